@@ -1,0 +1,36 @@
+"""django_poolguard: bounded, observable, self-healing PostgreSQL connection pools for Django.
+
+The public API is small; names are imported lazily so ``import django_poolguard`` never
+touches settings or the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .exceptions import PoolExhausted
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PoolExhausted",
+    "checkout_context",
+    "process_snapshot",
+    "snapshot",
+]
+
+_LAZY = {
+    "checkout_context": ("django_poolguard.context", "checkout_context"),
+    "snapshot": ("django_poolguard.snapshots", "snapshot"),
+    "process_snapshot": ("django_poolguard.snapshots", "process_snapshot"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'django_poolguard' has no attribute {name!r}") from None
+    from importlib import import_module
+
+    return getattr(import_module(module_name), attribute)

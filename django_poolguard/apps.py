@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class PoolGuardConfig(AppConfig):
+    name = "django_poolguard"
+    verbose_name = "Poolguard"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .context import detect_process_role, set_process_role
+
+        set_process_role(*detect_process_role())

@@ -1,0 +1,145 @@
+"""``ENGINE: "django_poolguard.backends.postgresql"``: Django's PostgreSQL backend with a guarded pool.
+
+Only the hooks that matter are overridden: the pool is a :class:`~django_poolguard.pool.GuardedPool`
+kept in a fork-aware registry, sessions are labelled and get their timeouts at connect time,
+and each checkout learns which wrapper holds it and when its transaction began.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from time import monotonic
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql import base as postgresql
+from django.db.utils import DEFAULT_DB_ALIAS
+
+from ... import stacks
+from ...conf import AliasConfig, guard_settings, hostname
+from ...pool import GuardedPool, discard_pool, get_or_create_pool, get_pool
+from .creation import DatabaseCreation
+
+NO_DB_ALIAS = postgresql.NO_DB_ALIAS
+APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def application_name(config: AliasConfig, pid: int) -> str:
+    """``<workload>:<alias>:<host>:<pid>``, cut to what PostgreSQL keeps (63 bytes)."""
+    name = f"{config.workload}:{config.alias}:{hostname()}:{pid}"
+    return name.encode()[:APPLICATION_NAME_BYTES].decode(errors="ignore")
+
+
+def session_options(config: AliasConfig, user_options: str | None) -> str | None:
+    """The libpq ``options`` string with the alias's timeouts, applied by the server at connect time."""
+    parts = [user_options] if user_options else []
+    if config.statement_timeout is not None:
+        parts.append(f"-c statement_timeout={int(float(config.statement_timeout) * 1000)}")
+    if config.idle_in_transaction_timeout is not None:
+        parts.append(
+            f"-c idle_in_transaction_session_timeout={int(float(config.idle_in_transaction_timeout) * 1000)}"
+        )
+    return " ".join(parts) or None
+
+
+class DatabaseWrapper(postgresql.DatabaseWrapper):
+    creation_class = DatabaseCreation
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
+        self._guard_config: tuple[Any, AliasConfig] | None = None
+
+    @property
+    def guard_config(self) -> AliasConfig:
+        """This alias's guard options, parsed once per settings dict (tests swap it)."""
+        cached = self._guard_config
+        if cached is None or cached[0] is not self.settings_dict:
+            cached = self._guard_config = (
+                self.settings_dict,
+                AliasConfig.from_settings_dict(self.alias, self.settings_dict),
+            )
+        return cached[1]
+
+    @property
+    def pool(self) -> GuardedPool | None:
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if self.alias == NO_DB_ALIAS or not pool_options:
+            return None
+        pool = get_pool(self.alias)
+        if pool is None:
+            pool = get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
+        return pool
+
+    def _build_pool(self, pool_options: Any) -> GuardedPool:
+        if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.alias!r}]: CONN_MAX_AGE must be 0 when OPTIONS['pool'] is set; "
+                "the pool already keeps connections open."
+            )
+        options = {} if pool_options is True else dict(pool_options)
+        options.setdefault("name", self.alias)
+        connect_kwargs = self.get_connection_params()
+        connect_kwargs["autocommit"] = True  # as Django: it sets autocommit itself later
+        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+        return GuardedPool(
+            kwargs=connect_kwargs,
+            open=False,  # opened on first checkout, never at import or startup
+            configure=self._configure_connection,
+            check=GuardedPool.check_connection if enable_checks else None,
+            config=self.guard_config,
+            **options,
+        )
+
+    def close_pool(self) -> None:
+        pool = discard_pool(self.alias)
+        if pool is not None:
+            pool.close()
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        params.pop("poolguard", None)
+        if self.alias == NO_DB_ALIAS:
+            return params
+        config = self.guard_config
+        params.setdefault("application_name", application_name(config, os.getpid()))
+        options = session_options(config, params.get("options"))
+        if options:
+            params["options"] = options
+        return params
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        connection = super().get_new_connection(conn_params)
+        pool = getattr(connection, "_pool", None)
+        if isinstance(pool, GuardedPool):
+            checkout = pool.ledger.get(connection)
+            if checkout is not None:
+                checkout.wrapper_ref = weakref.ref(self)
+            self._guard_checkout = checkout
+        return connection
+
+    def _close(self) -> None:
+        self._guard_checkout = None
+        super()._close()
+
+    def create_cursor(self, name: Any = None) -> Any:
+        checkout = self._guard_checkout
+        if checkout is not None:
+            checkout.last_used = monotonic()
+        return super().create_cursor(name)
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        checkout = self._guard_checkout
+        if checkout is not None:
+            if autocommit:
+                checkout.tx_started = checkout.tx_stack = None
+            else:
+                checkout.tx_started = checkout.last_used = monotonic()
+                checkout.tx_stack = (
+                    stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+                )
+        super()._set_autocommit(autocommit)
+
+
+__all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]

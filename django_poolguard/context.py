@@ -1,0 +1,66 @@
+"""What caused a checkout: the current request, Celery task or management command.
+
+A ``ContextVar`` holds a short label (``"GET /api/x"``, ``"task shop.tasks.export[id]"``);
+integrations set it with :func:`checkout_context`. Threads that start without one fall back
+to the process's own label (``"command migrate"``), set once at startup.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("poolguard_context", default=None)
+_process_label: str | None = None
+_process_role: str = "web"
+
+
+def current_context() -> str | None:
+    """The label the ledger records for a checkout made now."""
+    return _current.get() or _process_label
+
+
+@contextmanager
+def checkout_context(label: str) -> Iterator[None]:
+    """Attribute the checkouts made inside the block to ``label``."""
+    token = _current.set(label)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def set_context(label: str | None) -> contextvars.Token[str | None]:
+    """Set the label until ``reset_context(token)``; for integrations driven by signals."""
+    return _current.set(label)
+
+
+def reset_context(token: contextvars.Token[str | None]) -> None:
+    _current.reset(token)
+
+
+def process_role() -> str:
+    """``web``, ``worker`` or ``command``: what this process is, for fleet views."""
+    return _process_role
+
+
+def set_process_role(role: str, label: str | None = None) -> None:
+    global _process_role, _process_label
+    _process_role = role
+    _process_label = label
+
+
+def detect_process_role(argv: list[str] | None = None) -> tuple[str, str | None]:
+    """Guess the role from the command line: ``manage.py <command>``, celery, or a web server."""
+    argv = sys.argv if argv is None else argv
+    program = argv[0].rsplit("/", 1)[-1] if argv else ""
+    if "celery" in program or (len(argv) > 1 and argv[1] == "-m" and "celery" in argv[2:3]):
+        return "worker", None
+    if program in {"manage.py", "django-admin", "django-admin.py"} and len(argv) > 1:
+        command = argv[1]
+        if command in {"runserver", "runserver_plus", "testserver"}:
+            return "web", None
+        return "command", f"command {command}"
+    return "web", None

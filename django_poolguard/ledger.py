@@ -1,0 +1,171 @@
+"""The checkout ledger: who holds each of a pool's connections, since when, and why.
+
+One ``Ledger`` per pool. Entries exist only while a connection is checked out, so its size
+is bounded by ``max_size`` whatever the traffic; recent acquire and hold times live in
+fixed-size rings for percentiles and for exporters that read them incrementally.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from time import monotonic
+from typing import Any
+
+from . import stacks
+
+RING_SIZE = 4096  # samples kept for percentiles; a power of two so the index is a mask
+_MASK = RING_SIZE - 1
+
+
+class Checkout:
+    """One borrowed connection. Mutated only by its holder (``last_used``, ``tx_*``) and the watchdog."""
+
+    __slots__ = (
+        "__weakref__",
+        "connection",
+        "context",
+        "hoard_reported",
+        "last_used",
+        "reported",
+        "stack",
+        "started",
+        "thread",
+        "tx_stack",
+        "tx_started",
+        "wait",
+        "wrapper_ref",
+    )
+
+    def __init__(self, connection: Any, wait: float, stack: stacks.RawStack, context: str | None):
+        self.connection = connection  # a strong reference: a dead holder's connection stays reclaimable
+        self.thread = threading.current_thread()
+        self.wrapper_ref: weakref.ref[Any] | None = None
+        self.started = self.last_used = monotonic()
+        self.wait = wait
+        self.stack = stack
+        self.context = context
+        self.tx_started: float | None = None
+        self.tx_stack: stacks.RawStack | None = None
+        self.reported: float | None = None  # when the watchdog reported it as a leak
+        self.hoard_reported: float | None = None
+
+    @property
+    def held(self) -> float:
+        return monotonic() - self.started
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    @property
+    def holder(self) -> str:
+        return self.thread.name
+
+    @property
+    def label(self) -> str:
+        """The context, or the thread for checkouts made outside any request, task or command."""
+        return self.context or f"thread {self.thread.name}"
+
+    @property
+    def origin(self) -> str | None:
+        return stacks.origin(self.stack)
+
+    def as_dict(self, stack_limit: int | None = 20) -> dict[str, Any]:
+        return {
+            "thread": self.thread.name,
+            "alive": self.thread.is_alive(),
+            "held_s": round(self.held, 3),
+            "wait_ms": round(self.wait * 1000, 3),
+            "context": self.label,
+            "in_transaction": self.tx_started is not None,
+            "stack": stacks.format_stack(self.stack, stack_limit),
+        }
+
+
+class Ledger:
+    """The checkouts of one pool plus its counters."""
+
+    def __init__(self) -> None:
+        # Guards _checkouts, the counters and the rings: taken once per checkout and return.
+        self._lock = threading.Lock()
+        self._checkouts: dict[int, Checkout] = {}
+        self.acquired_total = 0
+        self.returned_total = 0
+        self.timeouts_total = 0
+        self.shed_total = 0
+        self.leaks_total = 0
+        self.hoards_total = 0
+        self.reclaimed_total = 0
+        self._acquire_ring = [0.0] * RING_SIZE
+        self._held_ring = [0.0] * RING_SIZE
+
+    def add(self, connection: Any, wait: float, stack: stacks.RawStack, context: str | None) -> Checkout:
+        checkout = Checkout(connection, wait, stack, context)
+        with self._lock:
+            self._checkouts[id(connection)] = checkout
+            self._acquire_ring[self.acquired_total & _MASK] = wait
+            self.acquired_total += 1
+        return checkout
+
+    def remove(self, connection: Any) -> Checkout | None:
+        with self._lock:
+            checkout = self._checkouts.pop(id(connection), None)
+            if checkout is not None:
+                self._held_ring[self.returned_total & _MASK] = monotonic() - checkout.started
+                self.returned_total += 1
+        return checkout
+
+    def get(self, connection: Any) -> Checkout | None:
+        return self._checkouts.get(id(connection))
+
+    def checkouts(self) -> list[Checkout]:
+        """The current checkouts, oldest first."""
+        with self._lock:
+            current = list(self._checkouts.values())
+        current.sort(key=lambda c: c.started)
+        return current
+
+    def __len__(self) -> int:
+        return len(self._checkouts)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + n)
+
+    def acquire_samples(self) -> list[float]:
+        """Up to the last ``RING_SIZE`` acquire waits, in seconds."""
+        return self._recent(self._acquire_ring, "acquired_total")
+
+    def held_samples(self) -> list[float]:
+        """Up to the last ``RING_SIZE`` hold times, in seconds."""
+        return self._recent(self._held_ring, "returned_total")
+
+    def samples_since(self, kind: str, seq: int) -> tuple[list[float], int]:
+        """Samples recorded after sequence number ``seq`` and the new sequence number.
+
+        For exporters that observe every sample once: ``kind`` is ``"acquire"`` or ``"held"``.
+        A reader that falls more than ``RING_SIZE`` behind gets the newest ``RING_SIZE``.
+        """
+        with self._lock:
+            ring, total = (
+                (self._acquire_ring, self.acquired_total)
+                if kind == "acquire"
+                else (self._held_ring, self.returned_total)
+            )
+            start = max(seq, total - RING_SIZE)
+            return [ring[i & _MASK] for i in range(start, total)], total
+
+    def _recent(self, ring: list[float], total_counter: str) -> list[float]:
+        with self._lock:
+            total = getattr(self, total_counter)
+            return list(ring) if total >= RING_SIZE else ring[:total]
+
+
+def percentiles(samples: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles in milliseconds; zeros when there is no sample yet."""
+    if not samples:
+        return {f"p{p}": 0.0 for p in points}
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return {f"p{p}": round(ordered[min(last, (len(ordered) * p + 99) // 100 - 1)] * 1000, 3) for p in points}

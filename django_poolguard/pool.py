@@ -1,0 +1,227 @@
+"""The guarded pool: psycopg_pool's ``ConnectionPool`` with a checkout ledger, and this
+process's registry of pools (one per alias), which never crosses ``fork()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+
+from . import stacks
+from .conf import AliasConfig, guard_settings
+from .context import current_context
+from .exceptions import PoolExhausted
+from .ledger import Ledger
+
+logger = logging.getLogger("django_poolguard")
+
+
+class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
+    """A ``ConnectionPool`` that records every checkout in a :class:`Ledger`."""
+
+    def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
+        self.config = config
+        self.ledger = Ledger()
+        self.pid = os.getpid()
+        self.created = monotonic()
+        super().__init__(*args, **kwargs)
+
+    # The hot path: one monotonic pair, a frame walk and a locked dict write per checkout.
+    def getconn(self, timeout: float | None = None) -> Any:
+        started = monotonic()
+        try:
+            connection = super().getconn(timeout)
+        except TooManyRequests as exc:
+            raise self._exhausted(started, queue_full=True) from exc
+        except PoolTimeout as exc:
+            raise self._exhausted(started, queue_full=False) from exc
+        waited = monotonic() - started
+        stack = stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+        self.ledger.add(connection, waited, stack, current_context())
+        return connection
+
+    def putconn(self, conn: Any) -> None:
+        self.ledger.remove(conn)
+        super().putconn(conn)
+
+    def state(self) -> dict[str, int]:
+        """Sizes read without the pool's lock: a consistent-enough view for monitoring."""
+        size = self._nconns
+        idle = len(self._pool)
+        return {
+            "min": self.min_size,
+            "max": self.max_size,
+            "size": size,
+            "in_use": len(self.ledger),
+            "idle": idle,
+            "waiting": self.waiting(),
+        }
+
+    def waiting(self) -> int:
+        """Clients still waiting: psycopg_pool leaves timed-out ones queued until the next return."""
+        return sum(1 for client in list(self._waiting) if client.conn is None and client.error is None)
+
+    def connection_errors(self) -> int:
+        return int(self._stats.get(self._CONNECTIONS_ERRORS, 0))
+
+    def connections_opened(self) -> int:
+        return int(self._stats.get(self._CONNECTIONS_NUM, 0))
+
+    def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
+        waited = monotonic() - started
+        self.ledger.count("shed_total" if queue_full else "timeouts_total")
+        state = self.state()
+        in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
+        if queue_full:
+            head = f"pool {self.config.alias!r} refused a checkout: {state['waiting']} requests already waiting (max_waiting={self.max_waiting}; {in_use})"
+        elif state["in_use"] < state["max"] and self.connection_errors():
+            head = (
+                f"pool {self.config.alias!r} could not get a connection after {waited:.1f} s "
+                f"({in_use}; {self.connection_errors()} failed connection attempts: is the database reachable?)"
+            )
+        else:
+            head = f"pool {self.config.alias!r} exhausted after {waited:.1f} s ({in_use})"
+        holders = describe_holders(self)
+        message = f"{head}: {holders}" if holders else head
+        return PoolExhausted(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+
+
+def describe_holders(pool: GuardedPool, limit: int = 3) -> str:
+    """``"7 held by GET /api/report (oldest 42 s, reports/views.py:88 in report), 3 by ..."``."""
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for checkout in pool.ledger.checkouts():  # oldest first
+        groups[checkout.label].append(checkout)
+    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0].started))
+    parts = []
+    for index, (label, checkouts) in enumerate(ranked[:limit]):
+        oldest = checkouts[0]
+        where = oldest.origin or "no application frame"
+        verb = "held by" if index == 0 else "by"
+        parts.append(f"{len(checkouts)} {verb} {label} (oldest {oldest.held:.0f} s, {where})")
+    if len(ranked) > limit:
+        parts.append(f"{sum(len(c) for _, c in ranked[limit:])} by {len(ranked) - limit} others")
+    return ", ".join(parts)
+
+
+# --- This process's pools -------------------------------------------------------------------
+
+_pools: dict[str, GuardedPool] = {}
+# Serializes pool creation so concurrent first checkouts on one alias build a single pool.
+_pools_lock = threading.Lock()
+# Pools and connections inherited from a parent process. Their sockets now point at /dev/null
+# (see _after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
+_inherited: list[Any] = []
+_pool_created_hooks: list[Callable[[GuardedPool], None]] = []
+
+
+def get_pool(alias: str) -> GuardedPool | None:
+    return _pools.get(alias)
+
+
+def get_or_create_pool(alias: str, factory: Callable[[], GuardedPool]) -> GuardedPool:
+    pool = _pools.get(alias)
+    if pool is not None:
+        return pool
+    with _pools_lock:
+        pool = _pools.get(alias)
+        if pool is None:
+            pool = _pools[alias] = factory()
+            created = True
+        else:
+            created = False
+    if created:
+        for hook in list(_pool_created_hooks):
+            hook(pool)
+    return pool
+
+
+def on_pool_created(hook: Callable[[GuardedPool], None]) -> None:
+    """Call ``hook(pool)`` for every pool created from now on (the watchdog starts this way)."""
+    if hook not in _pool_created_hooks:
+        _pool_created_hooks.append(hook)
+
+
+def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | None:
+    """Forget the alias's pool (only if it is still ``pool``, when given) and return it."""
+    with _pools_lock:
+        current = _pools.get(alias)
+        if current is None or (pool is not None and current is not pool):
+            return None
+        return _pools.pop(alias)
+
+
+def all_pools() -> dict[str, GuardedPool]:
+    return dict(_pools)
+
+
+def _silence(connection: Any) -> None:
+    """Point an inherited connection's socket at /dev/null in this process only.
+
+    Closing it would send PostgreSQL a Terminate on the parent's session; letting it be
+    garbage-collected would do the same. After dup2 the parent's socket is untouched and
+    whatever libpq later writes here goes nowhere.
+    """
+    try:
+        fd = connection.pgconn.socket
+    except Exception:
+        return
+    if fd is None or fd < 0:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    _inherited.append(connection)
+
+
+def _after_fork_in_child() -> None:
+    inherited = list(_pools.values())
+    _pools.clear()
+    for pool in inherited:
+        _inherited.append(pool)
+        for connection in list(pool._pool):
+            _silence(connection)
+        for checkout in pool.ledger.checkouts():
+            _silence(checkout.connection)
+    if inherited:
+        _forget_wrapper_connections(inherited)
+
+
+def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
+    """The forking thread's Django wrappers may hold a parent connection: drop it."""
+    try:
+        from django.db import connections
+    except Exception:
+        return
+    for wrapper in connections.all(initialized_only=True):
+        connection = getattr(wrapper, "connection", None)
+        if connection is not None and getattr(connection, "_pool", None) in inherited:
+            _silence(connection)
+            wrapper.connection = None
+            wrapper.in_atomic_block = False
+            wrapper.savepoint_ids = []
+            wrapper.atomic_blocks = []
+            wrapper.needs_rollback = False
+            wrapper.closed_in_transaction = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = [
+    "GuardedPool",
+    "PoolClosed",
+    "all_pools",
+    "describe_holders",
+    "discard_pool",
+    "get_or_create_pool",
+    "get_pool",
+    "on_pool_created",
+]

@@ -1,0 +1,115 @@
+"""Acquire stacks: captured cheaply on every checkout, formatted only when someone looks.
+
+Capture keeps ``(code, lineno)`` pairs, a frame walk with no string work, so a checkout
+pays well under a microsecond per frame. Formatting puts the application's frames first
+(anything outside the standard library, site-packages and poolguard itself), innermost
+first, so the first line is the place in *your* code that took the connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+from types import CodeType
+
+Frame = tuple[CodeType, int]
+RawStack = tuple[Frame, ...]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    paths = {_PACKAGE_DIR + os.sep}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            paths.add(os.path.abspath(path) + os.sep)
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")):
+            paths.add(os.path.abspath(entry) + os.sep)
+    return tuple(sorted(paths, key=len, reverse=True))
+
+
+_LIBRARY_PREFIXES: tuple[str, ...] | None = None
+# Formatting cache: one entry per code object ever formatted, bounded by the code base's size.
+_code_info: dict[CodeType, tuple[str, str, bool]] = {}
+
+
+def capture(skip: int = 1, depth: int = 48) -> RawStack:
+    """The caller's stack (minus ``skip`` frames), innermost first, as ``(code, lineno)``."""
+    try:
+        frame = sys._getframe(skip + 1)
+    except ValueError:
+        return ()
+    out = []
+    append = out.append
+    while frame is not None and depth:
+        append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+        depth -= 1
+    return tuple(out)
+
+
+def _display_path(filename: str) -> str:
+    absolute = os.path.abspath(filename)
+    best = ""
+    for entry in sys.path:
+        root = os.path.abspath(entry or os.curdir) + os.sep
+        if absolute.startswith(root) and len(root) > len(best):
+            best = root
+    return absolute[len(best) :] if best else filename
+
+
+def _info(code: CodeType) -> tuple[str, str, bool]:
+    info = _code_info.get(code)
+    if info is None:
+        global _LIBRARY_PREFIXES
+        if _LIBRARY_PREFIXES is None:
+            _LIBRARY_PREFIXES = _library_prefixes()
+        filename = code.co_filename
+        absolute = os.path.abspath(filename)
+        is_app = not filename.startswith("<") and not absolute.startswith(_LIBRARY_PREFIXES)
+        function = getattr(code, "co_qualname", code.co_name)
+        info = (_display_path(filename), function, is_app)
+        _code_info[code] = info
+    return info
+
+
+def frames(raw: RawStack) -> list[tuple[str, int, str, bool]]:
+    """``(path, lineno, function, is_app)`` for each frame, innermost first."""
+    out = []
+    for code, lineno in raw:
+        path, function, is_app = _info(code)
+        out.append((path, lineno, function, is_app))
+    return out
+
+
+def format_stack(raw: RawStack, limit: int | None = None) -> list[str]:
+    """``"shop/views.py:41 in checkout"`` lines, application frames first."""
+    described = frames(raw)
+    ordered = [f for f in described if f[3]] + [f for f in described if not f[3]]
+    lines = [f"{path}:{lineno} in {function}" for path, lineno, function, _ in ordered]
+    return lines[:limit] if limit is not None else lines
+
+
+def origin(raw: RawStack) -> str | None:
+    """The innermost application frame, ``"path:lineno in function"``, or None."""
+    for code, lineno in raw:
+        path, function, is_app = _info(code)
+        if is_app:
+            return f"{path}:{lineno} in {function}"
+    return None
+
+
+def fingerprint(raw: RawStack) -> str:
+    """A stable id for "the same place in the code", for de-duplicating leak reports.
+
+    Built from the application frames only, so the same leaking line reached through
+    different library paths (or Django versions) is one leak.
+    """
+    described = frames(raw)
+    app = [f"{p}:{n}:{fn}" for p, n, fn, is_app in described if is_app]
+    key = "\n".join(app or [f"{p}:{n}:{fn}" for p, n, fn, _ in described])
+    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]

@@ -1,0 +1,62 @@
+"""When the pool runs dry the error says who holds the connections, and where in the code."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError, connections
+
+from django_poolguard import PoolExhausted
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_timeout_raises_pool_exhausted_naming_holders(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 0.5})
+    holders(alias, name="report")
+    holders(alias, name="report")
+
+    with pytest.raises(PoolExhausted) as caught:
+        connections[alias].ensure_connection()
+
+    error = caught.value
+    assert isinstance(error, OperationalError), "code that catches Django's OperationalError keeps working"
+    message = str(error)
+    assert message.startswith(f"pool '{alias}' exhausted after 0.5 s (2/2 in use, 0 waiting): ")
+    assert "2 held by thread report (oldest " in message
+    assert "tests/conftest.py:" in message and "in Holder.hold_connection" in message
+    assert error.alias == alias and error.queue_full is False
+    assert error.waited >= 0.5
+
+
+def test_full_wait_queue_fails_at_once(make_alias, holders):
+    import threading
+    import time
+
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 3, "max_waiting": 1})
+    holders(alias, name="slow-report")
+    waiter = threading.Thread(target=lambda: _try_checkout(alias), name="waiter", daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    from django_poolguard.pool import get_pool
+
+    while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    with pytest.raises(PoolExhausted) as caught:
+        connections[alias].ensure_connection()
+    assert time.monotonic() - started < 1.0, "a full queue must not make the caller wait for the timeout"
+    assert caught.value.queue_full is True
+    assert "1 requests already waiting (max_waiting=1" in str(caught.value)
+    assert "held by thread slow-report" in str(caught.value)
+    assert get_pool(alias).ledger.shed_total == 1
+    waiter.join(5)
+
+
+def _try_checkout(alias: str) -> None:
+    try:
+        connections[alias].ensure_connection()
+    except PoolExhausted:
+        pass
+    finally:
+        connections[alias].close()

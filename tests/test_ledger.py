@@ -1,0 +1,98 @@
+"""The checkout ledger records who holds each connection, why and from where."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connections
+
+import django_poolguard
+from django_poolguard.context import checkout_context
+from django_poolguard.pool import get_pool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_report_query(alias: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def test_checkout_records_holder_context_and_application_stack(make_alias):
+    alias = make_alias()
+    with checkout_context("GET /api/report"):
+        run_report_query(alias)
+
+    [checkout] = get_pool(alias).ledger.checkouts()
+    entry = checkout.as_dict()
+    assert entry["thread"] == "MainThread"
+    assert entry["alive"] is True
+    assert entry["context"] == "GET /api/report"
+    # Application frames come first: the first line is this file's function that queried.
+    assert entry["stack"][0].startswith("tests/test_ledger.py:")
+    assert entry["stack"][0].endswith("in run_report_query")
+    assert any(
+        "in test_checkout_records_holder_context_and_application_stack" in line for line in entry["stack"]
+    )
+    assert any(line.startswith("django/") for line in entry["stack"]), (
+        "library frames follow the application's"
+    )
+
+    connections[alias].close()
+    assert get_pool(alias).ledger.checkouts() == []
+
+
+def test_checkout_outside_any_context_is_labelled_by_thread(make_alias, holders):
+    alias = make_alias()
+    holders(alias, name="export-worker")
+    [checkout] = get_pool(alias).ledger.checkouts()
+    assert checkout.label == "thread export-worker"
+    assert checkout.origin.startswith("tests/conftest.py:") and checkout.origin.endswith(
+        "in Holder.hold_connection"
+    )
+
+
+def test_snapshot_reports_pool_state_in_the_published_shape(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 3, "timeout": 2}, poolguard={"workload": "reports"})
+    holders(alias, name="h1")
+    holders(alias, name="h2")
+
+    state = django_poolguard.snapshot()[alias]
+    assert state["workload"] == "reports"
+    assert (state["max"], state["in_use"], state["waiting"]) == (3, 2, 0)
+    assert state["utilization"] == pytest.approx(2 / 3, abs=1e-3)
+    assert state["status"] == "healthy"
+    assert state["acquired_total"] == 2
+    assert set(state["acquire_ms"]) == {"p50", "p95", "p99"}
+    assert sorted(c["thread"] for c in state["checkouts"]) == ["h1", "h2"]
+    assert all(c["alive"] for c in state["checkouts"])
+
+    process = django_poolguard.process_snapshot()
+    assert {"host", "pid", "role", "updated_at", "aliases"} <= set(process)
+
+
+def test_snapshot_turns_warning_at_the_alert_utilization(make_alias, holders, settings):
+    settings.POOLGUARD = {**settings.POOLGUARD, "ALERT_UTILIZATION": 0.5}
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 2})
+    holders(alias)
+    assert django_poolguard.snapshot()[alias]["status"] == "warning"
+
+
+def test_stack_capture_can_be_switched_off(make_alias, settings):
+    settings.POOLGUARD = {**settings.POOLGUARD, "CAPTURE_STACKS": False}
+    alias = make_alias()
+    run_report_query(alias)
+    [checkout] = get_pool(alias).ledger.checkouts()
+    assert checkout.stack == ()
+    assert checkout.as_dict()["stack"] == []
+    connections[alias].close()
+
+
+def test_ledger_stays_bounded_by_checked_out_connections(make_alias):
+    alias = make_alias()
+    for _ in range(300):
+        run_report_query(alias)
+        connections[alias].close()
+    ledger = get_pool(alias).ledger
+    assert len(ledger) == 0
+    assert ledger.acquired_total == ledger.returned_total == 300
+    assert len(ledger.acquire_samples()) == 300
