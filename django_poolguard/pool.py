@@ -161,7 +161,7 @@ def all_pools() -> dict[str, GuardedPool]:
     return dict(_pools)
 
 
-def _silence(connection: Any) -> None:
+def silence_inherited(connection: Any) -> None:
     """Point an inherited connection's socket at /dev/null in this process only.
 
     Closing it would send PostgreSQL a Terminate on the parent's session; letting it be
@@ -188,9 +188,9 @@ def _after_fork_in_child() -> None:
     for pool in inherited:
         _inherited.append(pool)
         for connection in list(pool._pool):
-            _silence(connection)
+            silence_inherited(connection)
         for checkout in pool.ledger.checkouts():
-            _silence(checkout.connection)
+            silence_inherited(checkout.connection)
     if inherited:
         _forget_wrapper_connections(inherited)
 
@@ -204,7 +204,7 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
     for wrapper in connections.all(initialized_only=True):
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
-            _silence(connection)
+            silence_inherited(connection)
             wrapper.connection = None
             wrapper.in_atomic_block = False
             wrapper.savepoint_ids = []

@@ -96,3 +96,12 @@ def test_ledger_stays_bounded_by_checked_out_connections(make_alias):
     assert len(ledger) == 0
     assert ledger.acquired_total == ledger.returned_total == 300
     assert len(ledger.acquire_samples()) == 300
+
+
+def test_first_pool_starts_the_watchdog(make_alias):
+    from django_poolguard.monitor import watchdog
+
+    alias = make_alias()
+    run_report_query(alias)
+    assert watchdog.running
+    connections[alias].close()

@@ -1,0 +1,118 @@
+"""The watchdog: one daemon thread per process that runs poolguard's periodic work.
+
+Leak scans, dead-holder reclaim, alerts, publishing and metrics register themselves as
+tasks with their own interval. The thread starts with the first pool, restarts in a forked
+child on its first pool, and stops at interpreter exit. A task never runs on a request
+thread, and a failing task is logged and retried next interval, never raised.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import monotonic
+
+from .conf import guard_settings
+
+logger = logging.getLogger("django_poolguard")
+
+MAX_SLEEP = 1.0  # s: the thread re-reads intervals at least this often, so override_settings applies quickly
+
+
+def monitor_interval() -> float:
+    return float(guard_settings.MONITOR_INTERVAL)
+
+
+@dataclass
+class Task:
+    name: str
+    run: Callable[[], None]
+    interval: Callable[[], float]
+    next_run: float = field(default=0.0)
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        # Guards _tasks and _thread: registration, start and stop may race with each other.
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pid = os.getpid()
+
+    def register(self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval) -> None:
+        """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
+        with self._lock:
+            self._tasks[name] = Task(name, run, interval)
+        self._wake.set()
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._tasks.pop(name, None)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def ensure_started(self) -> None:
+        if self.running:
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="poolguard-watchdog", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+            thread.join(timeout)
+        self._thread = None
+
+    def run_once(self, *, force: bool = False) -> None:
+        """Run every due task now (all of them with ``force``); tests and commands call this."""
+        now = monotonic()
+        with self._lock:
+            tasks = list(self._tasks.values())
+        for task in tasks:
+            if not force and now < task.next_run:
+                continue
+            try:
+                task.run()
+            except Exception:
+                logger.exception("poolguard watchdog task %r failed; it will run again next interval", task.name)
+            try:
+                task.next_run = monotonic() + max(0.01, float(task.interval()))
+            except Exception:
+                task.next_run = monotonic() + MAX_SLEEP
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            with self._lock:
+                next_run = min((t.next_run for t in self._tasks.values()), default=monotonic() + MAX_SLEEP)
+            delay = min(MAX_SLEEP, max(0.0, next_run - monotonic()))
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here; the child's first pool starts a new one.
+        self._thread = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pid = os.getpid()
+
+
+watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
+atexit.register(watchdog.stop, 2.0)

@@ -1,0 +1,81 @@
+"""A connection outside the pool, for poolguard's own writes and reads (leak events,
+published snapshots, ``pg_stat_activity``).
+
+It never takes a slot of the pool it watches, so it works exactly when the pool is
+exhausted, and it fails fast (short connect and statement timeouts) instead of blocking
+the watchdog. One per alias and process, opened lazily, reopened after an error, used
+under a lock. It counts as one out-of-pool connection per process in ``poolbudget``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from .conf import hostname
+from .pool import silence_inherited
+
+CONNECT_TIMEOUT = 2  # s
+STATEMENT_TIMEOUT_MS = 5000
+
+_connections: dict[str, psycopg.Connection[Any]] = {}
+# Guards _connections and serializes use: the watchdog and a management command may share one.
+_lock = threading.RLock()
+
+
+def connection_params(alias: str) -> dict[str, Any]:
+    """The alias's libpq parameters without pool-only keys, labelled as poolguard's own session."""
+    from django.db import connections
+
+    wrapper = connections[alias]
+    params = dict(wrapper.get_connection_params())
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    params["application_name"] = f"poolguard:{alias}:{hostname()}:{os.getpid()}"[:63]
+    params["connect_timeout"] = CONNECT_TIMEOUT
+    params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    params["autocommit"] = True
+    return params
+
+
+@contextmanager
+def side_cursor(alias: str = "default") -> Iterator[psycopg.Cursor[Any]]:
+    """A cursor on poolguard's own connection to ``alias`` (autocommit).
+
+    Raises ``psycopg.Error`` when the database cannot be reached; callers log and move on.
+    """
+    with _lock:
+        connection = _connections.get(alias)
+        if connection is None or connection.closed:
+            connection = _connections[alias] = psycopg.connect(**connection_params(alias))
+        try:
+            with connection.cursor() as cursor:
+                yield cursor
+        except psycopg.Error:
+            _connections.pop(alias, None)
+            connection.close()
+            raise
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    for connection in _connections.values():
+        silence_inherited(connection)
+    _connections.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def close_all() -> None:
+    with _lock:
+        for connection in _connections.values():
+            connection.close()
+        _connections.clear()
