@@ -92,8 +92,9 @@ class Ledger:
         self._checkouts: dict[int, Checkout] = {}
         self.acquired_total = 0
         self.returned_total = 0
-        self.timeouts_total = 0
-        self.shed_total = 0
+        self.timeouts_total = 0  # checkouts that waited the whole pool timeout
+        self.rejected_total = 0  # checkouts refused at once: max_waiting clients already queued
+        self.shed_total = 0  # requests the middleware answered 503 because of this pool
         self.leaks_total = 0
         self.hoards_total = 0
         self.reclaimed_total = 0

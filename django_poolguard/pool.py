@@ -31,6 +31,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.ledger = Ledger()
         self.pid = os.getpid()
         self.created = monotonic()
+        self.connect_failing = False  # the last connection attempt failed: the database is unreachable
         super().__init__(*args, **kwargs)
 
     # The hot path: one monotonic pair, a frame walk and a locked dict write per checkout.
@@ -69,14 +70,26 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return sum(1 for client in list(self._waiting) if client.conn is None and client.error is None)
 
     def connection_errors(self) -> int:
+        """Failed connection attempts since the pool was created."""
         return int(self._stats.get(self._CONNECTIONS_ERRORS, 0))
 
     def connections_opened(self) -> int:
-        return int(self._stats.get(self._CONNECTIONS_NUM, 0))
+        """Physical connections opened (psycopg_pool counts attempts, failed ones included)."""
+        return int(self._stats.get(self._CONNECTIONS_NUM, 0)) - self.connection_errors()
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        # Runs on the pool's worker threads (or a caller growing the pool), never per checkout.
+        try:
+            connection = super()._connect(timeout)
+        except Exception:
+            self.connect_failing = True
+            raise
+        self.connect_failing = False
+        return connection
 
     def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
         waited = monotonic() - started
-        self.ledger.count("shed_total" if queue_full else "timeouts_total")
+        self.ledger.count("rejected_total" if queue_full else "timeouts_total")
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
         if queue_full:
