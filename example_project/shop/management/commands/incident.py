@@ -1,0 +1,112 @@
+"""``manage.py incident <name>``: replay a seed incident with and without poolguard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from shop import bootstrap
+from shop.incidents import SCENARIOS, execute, mode
+
+NAMES = [*SCENARIOS, "autoscale"]
+
+
+class Command(BaseCommand):
+    help = (
+        "Replay a seed incident against the example shop, once with Django's own pool and once with "
+        "poolguard, and print what happened and what poolguard named as the cause."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help=f"one of: {', '.join(NAMES)}")
+        parser.add_argument(
+            "--only",
+            choices=["guarded", "native"],
+            help="run one side only, in this process (the default runs both, each in its own process)",
+        )
+        parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    def handle(self, *args: Any, name: str, only: str | None, json: bool, **options: Any) -> None:
+        if name not in NAMES:
+            raise CommandError(f"Unknown incident {name!r}; choose one of: {', '.join(NAMES)}.")
+        if name == "autoscale":
+            from shop.autoscale import replay
+
+            result = replay()
+            self.stdout.write(self._dump(result) if json else result["text"])
+            return
+        if only:
+            if only != mode():
+                raise CommandError(
+                    f"--only {only} needs SHOP_POOL_MODE={only} in the environment (it is {mode()!r}): "
+                    "pools are chosen at startup."
+                )
+            bootstrap.prepare()
+            result = execute(SCENARIOS[name], only)
+            self.stdout.write(self._dump(result) if json else self._describe(result))
+            return
+        results = [self._side(name, side) for side in ("native", "guarded")]
+        if json:
+            self.stdout.write(self._dump(results))
+            return
+        for result in results:
+            self.stdout.write(self._describe(result))
+        self.stdout.write(self._table(results))
+
+    def _side(self, name: str, side: str) -> dict[str, Any]:
+        """One side in a fresh process: its pools, engine and middleware come from its settings."""
+        env = {**os.environ, "SHOP_POOL_MODE": side}
+        self.stderr.write(f"Replaying {name!r} {'with Django' if side == 'native' else 'with poolguard'}...")
+        command = [sys.executable, sys.argv[0], "incident", name, "--only", side, "--json"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise CommandError(f"The {side} run of {name!r} failed:\n{done.stderr[-3000:]}")
+        return json_loads_last(done.stdout)
+
+    @staticmethod
+    def _dump(data: Any) -> str:
+        return json.dumps(data, indent=2, default=str)
+
+    def _describe(self, r: dict[str, Any]) -> str:
+        scenario = SCENARIOS[r["scenario"]]
+        side = "Django's own pool" if r["mode"] == "native" else "poolguard"
+        lines = [
+            "",
+            f"== {r['scenario']} ({scenario.seed}: {scenario.title}) with {side}",
+            f"   {r['requests']} requests: {r['served']} served, {r['shed_503']} shed fast (503), "
+            f"{r['failed_5xx']} failed (5xx)",
+            f"   product-list probe answered {r['probes_answered']}/{r['probes']} within 4 s "
+            f"(worst {r['probe_worst_s']} s); pool afterwards: {r['usable_after']} connections usable",
+        ]
+        if r["named_at_s"] is not None:
+            lines.append(f"   poolguard named the cause after {r['named_at_s']} s: {r['named']}")
+        elif r["mode"] == "guarded":
+            lines.append("   poolguard did not name the cause.")
+        if r["first_error"]:
+            lines.append(f"   first error: {r['first_error'][:300]}")
+        return "\n".join(lines)
+
+    def _table(self, results: list[dict[str, Any]]) -> str:
+        head = "| pool | served | 503 fast | 5xx | probe answered | worst probe | usable after | cause named |"
+        rows = [head, "|" + "---|" * 8]
+        for r in results:
+            named = f"{r['named_at_s']} s" if r["named_at_s"] is not None else "no"
+            rows.append(
+                f"| {'Django' if r['mode'] == 'native' else 'poolguard'} | {r['served']} | {r['shed_503']} | "
+                f"{r['failed_5xx']} | {r['probes_answered']}/{r['probes']} | {r['probe_worst_s']} s | "
+                f"{r['usable_after']} | {named} |"
+            )
+        return "\n" + "\n".join(rows)
+
+
+def json_loads_last(text: str) -> Any:
+    """The JSON document a child printed (after whatever its logging wrote to stdout)."""
+    start = text.find("{")
+    if start < 0:
+        raise CommandError(f"The child printed no result:\n{text[-2000:]}")
+    return json.loads(text[start:])

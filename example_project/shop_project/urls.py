@@ -1,0 +1,20 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+
+from shop import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("products/", views.product_list, name="products"),
+    path("products/by-category/", views.products_by_category, name="products-by-category"),
+    path("checkout/", views.checkout, name="checkout"),
+    path("reports/revenue/", views.revenue_report, name="revenue-report"),
+    path("payments/pay/", views.pay, name="pay"),
+    path("orders/notify/", views.notify, name="notify"),
+    path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),  # /metrics
+]
+
+if settings.GUARDED:
+    urlpatterns.append(path("poolguard/", include("django_poolguard.urls")))  # /poolguard/health/
