@@ -48,7 +48,11 @@ def seed_catalogue(categories: int = 8, per_category: int = 12, orders: int = 20
     for c in range(categories):
         category = Category.objects.create(name=f"Category {c + 1}")
         Product.objects.bulk_create(
-            Product(name=f"Product {c + 1}.{p + 1}", category=category, price=Decimal(rng.randint(100, 9900)) / 100)
+            Product(
+                name=f"Product {c + 1}.{p + 1}",
+                category=category,
+                price=Decimal(rng.randint(100, 9900)) / 100,
+            )
             for p in range(per_category)
         )
     products = list(Product.objects.all())

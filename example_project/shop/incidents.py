@@ -156,7 +156,9 @@ class Run:
     def named_at(self) -> tuple[float | None, str]:
         """When poolguard first named the culprit, and what it said."""
         for finding in self.findings:
-            if finding.source.startswith("poolguard") and any(m in finding.text for m in self.scenario.culprit):
+            if finding.source.startswith("poolguard") and any(
+                m in finding.text for m in self.scenario.culprit
+            ):
                 return finding.at, finding.text
         return None, ""
 

@@ -47,8 +47,14 @@ class OrderLine(models.Model):
     quantity = models.PositiveIntegerField()
     price = models.DecimalField(max_digits=9, decimal_places=2)
 
+    def __str__(self) -> str:
+        return f"{self.quantity} x product #{self.product_id}"
+
 
 class Payment(models.Model):
     order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="payment")
     provider_ref = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.provider_ref

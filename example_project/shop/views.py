@@ -33,7 +33,12 @@ def product_list(request: HttpRequest) -> JsonResponse:
     """Fast: one query."""
     products = Product.objects.select_related("category").order_by("id")[:20]
     return JsonResponse(
-        {"products": [{"id": p.id, "name": p.name, "category": p.category.name, "price": str(p.price)} for p in products]}
+        {
+            "products": [
+                {"id": p.id, "name": p.name, "category": p.category.name, "price": str(p.price)}
+                for p in products
+            ]
+        }
     )
 
 
@@ -84,7 +89,10 @@ def revenue_by_day(seconds: float) -> list[dict[str, str]]:
         .annotate(orders=Count("id"), revenue=Sum("total"))
         .order_by("-day")[:30]
     )
-    return [{"day": r["day"].date().isoformat(), "orders": str(r["orders"]), "revenue": str(r["revenue"])} for r in rows]
+    return [
+        {"day": r["day"].date().isoformat(), "orders": str(r["orders"]), "revenue": str(r["revenue"])}
+        for r in rows
+    ]
 
 
 @csrf_exempt

@@ -92,7 +92,9 @@ class Command(BaseCommand):
         return "\n".join(lines)
 
     def _table(self, results: list[dict[str, Any]]) -> str:
-        head = "| pool | served | 503 fast | 5xx | probe answered | worst probe | usable after | cause named |"
+        head = (
+            "| pool | served | 503 fast | 5xx | probe answered | worst probe | usable after | cause named |"
+        )
         rows = [head, "|" + "---|" * 8]
         for r in results:
             named = f"{r['named_at_s']} s" if r["named_at_s"] is not None else "no"
