@@ -1,0 +1,122 @@
+"""What Debian's PgBouncer does with poolguard's startup parameters (docs/pgbouncer.md).
+
+poolguard sends ``application_name`` and, for an alias with timeouts, libpq ``options`` with
+``-c statement_timeout=…``. PgBouncer refuses ``options`` unless told to ignore it, and then drops
+the timeouts silently. Skipped when the ``pgbouncer`` binary is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from django.db import OperationalError, connections
+
+PGBOUNCER = shutil.which("pgbouncer") or (
+    "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(PGBOUNCER is None, reason="needs Debian's pgbouncer (apt-get install pgbouncer)"),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_as() -> str | None:
+    """PgBouncer refuses to run as root: run it as ``postgres`` (or ``nobody``) then."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    pytest.skip("running as root and no 'postgres' or 'nobody' user to run PgBouncer as")
+
+
+@pytest.fixture
+def pgbouncer():
+    """``start(extra_settings)`` runs PgBouncer in transaction mode in front of the test database."""
+    processes: list[subprocess.Popen[bytes]] = []
+    # Not pytest's tmp_path: under root it sits in a 0700 directory the PgBouncer user cannot enter.
+    tmp_path = Path(tempfile.mkdtemp(prefix="poolguard-pgbouncer-"))
+
+    def start(extra: str = "") -> tuple[int, Path]:
+        db = connections["default"].settings_dict
+        host = db["HOST"] or "127.0.0.1"
+        port = _free_port()
+        target = f"host={host} port={db['PORT'] or 5432} dbname={db['NAME']}"
+        log = tmp_path / "pgbouncer.log"
+        (tmp_path / "users.txt").write_text(f'"{db["USER"]}" "{db["PASSWORD"] or ""}"\n')
+        ini = tmp_path / "pgbouncer.ini"
+        ini.write_text(
+            f"[databases]\n{db['NAME']} = {target}\n\n[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {tmp_path / 'users.txt'}\npool_mode = transaction\n"
+            f"default_pool_size = 2\nlogfile = {log}\n{extra}\n"
+        )
+        user = _run_as()
+        if user:
+            shutil.chown(tmp_path, user)
+            for path in tmp_path.iterdir():
+                shutil.chown(path, user)
+        process = subprocess.Popen([str(PGBOUNCER), str(ini)], user=user, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return port, log
+            except OSError:
+                assert process.poll() is None, f"pgbouncer exited: {log.read_text() if log.exists() else ''}"
+                time.sleep(0.1)
+        pytest.fail("pgbouncer did not start listening within 10 s")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _alias_through(make_alias, port: int) -> str:
+    return make_alias(
+        pool={"min_size": 0, "max_size": 1, "timeout": 2},
+        poolguard={"statement_timeout": 2, "idle_in_transaction_timeout": 30},
+        HOST="127.0.0.1",
+        PORT=str(port),
+    )
+
+
+def test_pgbouncer_refuses_the_options_startup_parameter(make_alias, pgbouncer) -> None:
+    port, log = pgbouncer()
+    alias = _alias_through(make_alias, port)
+    with pytest.raises(OperationalError, match="failed connection attempts"):
+        connections[alias].ensure_connection()
+    assert "unsupported startup parameter: options" in log.read_text()
+
+
+def test_ignoring_options_drops_the_timeouts_silently(make_alias, pgbouncer) -> None:
+    port, _ = pgbouncer("ignore_startup_parameters = options")
+    alias = _alias_through(make_alias, port)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout'), current_setting('application_name')")
+        statement_timeout, application_name = cursor.fetchone()
+    connections[alias].close()
+    assert statement_timeout == "0"  # the 2 s asked for never reached PostgreSQL
+    assert application_name.startswith(f"{alias}:{alias}:")  # application_name does get through
