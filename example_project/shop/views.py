@@ -8,13 +8,14 @@ import random
 import threading
 from decimal import Decimal
 
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from psycopg.errors import QueryCanceled
 
 from django_poolguard import current_alias, workload
 
@@ -76,7 +77,14 @@ def revenue_report(request: HttpRequest) -> JsonResponse:
     ``analytics`` workload, whose pool and statement_timeout are its own."""
     seconds = min(float(request.GET.get("seconds", "4")), 120.0)
     with workload("analytics"):
-        return JsonResponse({"days": revenue_by_day(seconds)})
+        try:
+            return JsonResponse({"days": revenue_by_day(seconds)})
+        except OperationalError as exc:
+            if not isinstance(exc.__cause__, QueryCanceled):
+                raise
+            # PostgreSQL enforced the alias's statement_timeout: say so instead of a bare 500.
+            logger.warning("Revenue report cancelled by the analytics statement_timeout: %s", exc)
+            return JsonResponse({"error": "the report ran past its statement_timeout"}, status=504)
 
 
 def revenue_by_day(seconds: float) -> list[dict[str, str]]:

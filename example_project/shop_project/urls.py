@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.staticfiles.views import serve
+from django.urls import include, path, re_path
 from shop import views
 
 urlpatterns = [
@@ -14,6 +15,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),  # /metrics
 ]
+
+# The demo runs gunicorn without a web server in front: let Django serve the admin's CSS and JS.
+# (insecure=True is fine for a local demo; a real site serves static files from its web server.)
+urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}))
 
 if settings.GUARDED:
     urlpatterns.append(path("poolguard/", include("django_poolguard.urls")))  # /poolguard/health/

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Start the example shop on this machine: ``python3 example_project/demo.py``.
+
+Needs only Python 3.11+. If Django, Celery, gunicorn, psycopg or the embedded PostgreSQL are not
+importable, the first run creates ``example_project/.venv`` and installs them there (from PyPI),
+then runs ``manage.py demo`` with that environment. Options are passed on (``--port 8001``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV = HERE / ".venv"
+NEEDED = ["django", "psycopg", "psycopg_pool", "celery", "gunicorn", "django_prometheus", "pgserver"]
+REQUIREMENTS = [
+    "-e",
+    f"{REPO}[celery,prometheus]",
+    "psycopg[binary,pool]>=3.2",
+    "gunicorn>=23",
+    "pgserver>=0.1.4",
+    "redis>=5",
+]
+
+
+def missing() -> list[str]:
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def install() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may be started by any python3
+        sys.exit(f"The example needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
+    if not venv_python().exists():
+        print(f"First run: creating a virtual environment in {VENV} ...", flush=True)
+        try:
+            venv.create(VENV, with_pip=True)
+        except Exception as exc:  # Debian's python3 without python3-venv lands here
+            sys.exit(
+                f"Could not create {VENV} ({exc}). Install the venv module (Debian/Ubuntu: "
+                "apt-get install python3-venv), or install the requirements yourself: "
+                f"pip install {' '.join(REQUIREMENTS)}"
+            )
+    print("Installing django_poolguard and the example's requirements (a minute or two) ...", flush=True)
+    subprocess.run([str(venv_python()), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([str(venv_python()), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True)
+
+
+def main() -> None:
+    if missing():
+        in_venv = Path(sys.prefix).resolve() == VENV.resolve()
+        if in_venv:
+            sys.exit(f"{VENV} lacks {', '.join(missing())}; delete it and run this script again.")
+        if (
+            not venv_python().exists()
+            or subprocess.run(
+                [str(venv_python()), "-c", "import " + ", ".join(NEEDED)], capture_output=True
+            ).returncode
+        ):
+            install()
+        os.execv(str(venv_python()), [str(venv_python()), str(Path(__file__).resolve()), *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, str(HERE / "manage.py"), "demo", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()
