@@ -68,6 +68,7 @@ def main() -> None:
         ):
             install()
         os.execv(str(venv_python()), [str(venv_python()), str(Path(__file__).resolve()), *sys.argv[1:]])
+    os.environ["DJANGO_SETTINGS_MODULE"] = "shop_project.settings"  # the shop's, whatever the shell had
     os.execv(sys.executable, [sys.executable, str(HERE / "manage.py"), "demo", *sys.argv[1:]])
 
 

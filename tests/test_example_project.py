@@ -46,7 +46,7 @@ def shop_env(django_db_setup, django_db_blocker, tmp_path_factory):
         else f"postgresql://{db['USER']}:{db['PASSWORD'] or ''}@{host}:{db['PORT'] or 5432}/{name}"
     )
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
         "DATABASE_URL": url,
         "SHOP_VAR_DIR": str(tmp_path_factory.mktemp("shop-var")),
         "PYTHONUNBUFFERED": "1",
