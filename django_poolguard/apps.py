@@ -11,8 +11,10 @@ class PoolGuardConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
         from .context import detect_process_role, set_process_role
+        from .leaks import register_tasks
         from .monitor import watchdog
         from .pool import on_pool_created
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
+        register_tasks()  # leak scan, LeakEvent writer, alerts

@@ -45,11 +45,23 @@ class Watchdog:
         self._wake = threading.Event()
         self._pid = os.getpid()
 
-    def register(self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval) -> None:
+    def register(
+        self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval
+    ) -> None:
         """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
         with self._lock:
             self._tasks[name] = Task(name, run, interval)
         self._wake.set()
+
+    def nudge(self, name: str) -> None:
+        """Make task ``name`` due now; the thread runs it within ``MAX_SLEEP``.
+
+        Takes no lock and does no I/O, so it is safe from weakref callbacks and ``__del__``
+        (which may run inside the garbage collector, on any thread, holding any lock).
+        """
+        task = self._tasks.get(name)
+        if task is not None:
+            task.next_run = 0.0
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -89,7 +101,9 @@ class Watchdog:
             try:
                 task.run()
             except Exception:
-                logger.exception("poolguard watchdog task %r failed; it will run again next interval", task.name)
+                logger.exception(
+                    "poolguard watchdog task %r failed; it will run again next interval", task.name
+                )
             try:
                 task.next_run = monotonic() + max(0.01, float(task.interval()))
             except Exception:
