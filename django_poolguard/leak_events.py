@@ -117,7 +117,7 @@ def flush() -> int:
                 return 0
             now = monotonic()
             batches: dict[str, list[tuple[tuple[str, str, str, str], _Pending]]] = {}
-            for key, pending in list(_pending.items()):
+            for key in list(_pending):
                 if _retry_at.get(key[0], 0.0) <= now:
                     batches.setdefault(key[0], []).append((key, _pending.pop(key)))
             dropped, _dropped = _dropped, 0
