@@ -164,14 +164,14 @@ def _orphaned(checkout: Checkout) -> str | None:
     """Why nobody can return this checkout any more, or None while its holder may still do it."""
     ref = checkout.wrapper_ref
     wrapper = ref() if ref is not None else None
+    if not checkout.thread.is_alive():
+        if wrapper is not None and wrapper.allow_thread_sharing:
+            # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
+            return None
+        return THREAD_EXITED  # the root cause, even when its thread-local wrapper is gone as well
     if ref is not None and wrapper is None:
         return WRAPPER_COLLECTED
-    if checkout.thread.is_alive():
-        return None
-    if wrapper is not None and wrapper.allow_thread_sharing:
-        # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
-        return None
-    return THREAD_EXITED
+    return None
 
 
 def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
