@@ -4,7 +4,7 @@ A watchdog task (:func:`check`, right after the leak scan) looks at each pool's 
 state and counters and raises an alert when
 
 - ``utilization``: in-use / max has stayed at or above ``ALERT_UTILIZATION`` for ``ALERT_AFTER`` s;
-- ``waiting``: any client is waiting for a connection;
+- ``waiting``: a client is waiting for a connection while all of them are in use;
 - ``exhaustion``: checkouts timed out or were refused (``timeouts_total``/``shed_total`` grew);
 - ``leak``: new leaks, hoards or reclaimed connections since the last check.
 
@@ -89,7 +89,8 @@ def _check_pool(pool: GuardedPool) -> None:
     else:
         watch.busy_since = None
 
-    if state["waiting"] > 0:
+    # Waiting while the pool is still opening connections (in_use < max) is growth, not pressure.
+    if state["waiting"] > 0 and state["in_use"] >= state["max"]:
         due.append(
             (
                 WAITING,

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -201,3 +202,34 @@ def test_leak_inside_a_management_command_is_reported_with_the_command():
     row = LeakEvent.objects.get(alias="default", kind="leak", context="command export_rows")
     assert row.count == 1 and row.workload == "web"
     assert row.stack.splitlines()[0].endswith("in Command.export_rows")
+
+
+class LeakEventsToUnreachableDatabase:
+    """Routes LeakEvent writes to ``target``: an alias whose database does not exist."""
+
+    target = "default"
+
+    def db_for_write(self, model, **hints):
+        return self.target if model is LeakEvent else None
+
+
+def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settings, caplog):
+    broken = make_alias(NAME="poolguard_no_such_database")
+    LeakEventsToUnreachableDatabase.target = broken
+    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToUnreachableDatabase"]
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5}, poolguard={"leak_threshold": 0.2})
+    with recording(alias) as signals:
+        thread = threading.Thread(target=load_report_rows, args=(alias,), name="doomed")
+        thread.start()
+        thread.join()
+        # The report, the reclaim and the pool all work although the history cannot be written.
+        assert query_on_main_thread(alias) == 42
+        signals.wait("connection_reclaimed")
+    failures = wait_until(
+        lambda: [r for r in caplog.records if r.getMessage().startswith("poolguard could not write")],
+        what="the logged write failure",
+    )
+    assert failures[0].levelno == logging.WARNING
+    assert repr(broken) in failures[0].getMessage() and "retries in 30 s" in failures[0].getMessage()
+    assert "password" not in failures[0].getMessage().lower()
+    assert not LeakEvent.objects.filter(alias=alias).exists()
