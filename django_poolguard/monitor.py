@@ -30,7 +30,7 @@ def monitor_interval() -> float:
 @dataclass
 class Task:
     name: str
-    run: Callable[[], None]
+    run: Callable[[], object]
     interval: Callable[[], float]
     next_run: float = field(default=0.0)
 
