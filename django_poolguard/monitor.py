@@ -46,7 +46,7 @@ class Watchdog:
         self._pid = os.getpid()
 
     def register(
-        self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval
+        self, name: str, run: Callable[[], object], interval: Callable[[], float] = monitor_interval
     ) -> None:
         """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
         with self._lock:

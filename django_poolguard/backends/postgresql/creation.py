@@ -22,9 +22,9 @@ class DatabaseCreation(PostgresCreation):
         self.connection.close_pool()
         self.connection.settings_dict = {**primary_settings_dict, "OPTIONS": options}
 
-    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:  # type: ignore[misc]
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         # poolguard's own out-of-pool sessions (leak events, snapshots) would block DROP DATABASE.
         from ...side_connection import close_all
 
         close_all()
-        super()._destroy_test_db(test_database_name, verbosity)
+        super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
