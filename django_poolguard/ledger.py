@@ -28,6 +28,7 @@ class Checkout:
         "hoard_reported",
         "last_used",
         "reported",
+        "returned",
         "stack",
         "started",
         "thread",
@@ -49,6 +50,7 @@ class Checkout:
         self.tx_stack: stacks.RawStack | None = None
         self.reported: float | None = None  # when the watchdog reported it as a leak
         self.hoard_reported: float | None = None
+        self.returned: float | None = None  # when it came back, for "returned after N s" reports
 
     @property
     def held(self) -> float:
@@ -98,6 +100,7 @@ class Ledger:
         self.leaks_total = 0
         self.hoards_total = 0
         self.reclaimed_total = 0
+        self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
 
@@ -113,7 +116,8 @@ class Ledger:
         with self._lock:
             checkout = self._checkouts.pop(id(connection), None)
             if checkout is not None:
-                self._held_ring[self.returned_total & _MASK] = monotonic() - checkout.started
+                checkout.returned = now = monotonic()
+                self._held_ring[self.returned_total & _MASK] = now - checkout.started
                 self.returned_total += 1
         return checkout
 
@@ -133,6 +137,11 @@ class Ledger:
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+
+    def count_reclaimed(self, reason: str) -> None:
+        with self._lock:
+            self.reclaimed_total += 1
+            self.reclaimed_by_reason[reason] = self.reclaimed_by_reason.get(reason, 0) + 1
 
     def acquire_samples(self) -> list[float]:
         """Up to the last ``RING_SIZE`` acquire waits, in seconds."""

@@ -30,7 +30,7 @@ def monitor_interval() -> float:
 @dataclass
 class Task:
     name: str
-    run: Callable[[], None]
+    run: Callable[[], object]
     interval: Callable[[], float]
     next_run: float = field(default=0.0)
 
@@ -46,12 +46,22 @@ class Watchdog:
         self._pid = os.getpid()
 
     def register(
-        self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval
+        self, name: str, run: Callable[[], object], interval: Callable[[], float] = monitor_interval
     ) -> None:
         """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
         with self._lock:
             self._tasks[name] = Task(name, run, interval)
         self._wake.set()
+
+    def nudge(self, name: str) -> None:
+        """Make task ``name`` due now; the thread runs it within ``MAX_SLEEP``.
+
+        Takes no lock and does no I/O, so it is safe from weakref callbacks and ``__del__``
+        (which may run inside the garbage collector, on any thread, holding any lock).
+        """
+        task = self._tasks.get(name)
+        if task is not None:
+            task.next_run = 0.0
 
     def unregister(self, name: str) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from django.db.utils import DEFAULT_DB_ALIAS
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
+from ...leaks import wrapper_collected
 from ...pool import GuardedPool, discard_pool, get_or_create_pool, get_pool, pools_kept_open
 from .creation import DatabaseCreation
 
@@ -120,7 +121,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
             if checkout is not None:
-                checkout.wrapper_ref = weakref.ref(self)
+                # The callback asks the watchdog to reclaim soon if this wrapper dies holding it.
+                checkout.wrapper_ref = weakref.ref(self, wrapper_collected)
             self._guard_checkout = checkout
         return connection
 

@@ -40,4 +40,8 @@ class DatabaseCreation(PostgresCreation):
             if connections.settings.get(alias, {}).get("NAME") == test_database_name:
                 if discard_pool(alias, pool) is not None:
                     pool.close(timeout=5)
+        # poolguard's own out-of-pool sessions (leak events, snapshots) would block DROP DATABASE.
+        from ...side_connection import close_all
+
+        close_all()
         return super()._destroy_test_db(test_database_name, verbosity)
