@@ -180,7 +180,8 @@ def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, 
         state = session["state"] or "unknown"
         by_state[state] += 1
         by_application[(session["application_name"] or "", state)] += 1
-    in_transaction = [s for s in sessions if s["transaction_s"] is not None]
+    # poolguard's own side connection is counted, but never the "oldest" or "longest" culprit.
+    in_transaction = [s for s in sessions if s["transaction_s"] is not None and not s["own"]]
     running = [s for s in sessions if s["state"] == "active" and s["query_s"] is not None and not s["own"]]
     oldest = max(in_transaction, key=lambda s: s["transaction_s"], default=None)
     longest = max(running, key=lambda s: s["query_s"], default=None)
