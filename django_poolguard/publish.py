@@ -258,6 +258,9 @@ def read_published(mode: str | None = None) -> list[dict[str, Any]]:
 # --- The watchdog task -----------------------------------------------------------------------
 
 _last_errors: dict[str, float] = {}
+# Serializes snapshot-and-write, so an older snapshot (the watchdog's) can never be written
+# after a newer one (an explicit publish_now()) and overwrite it.
+_publish_lock = threading.Lock()
 # The key this process last published under, so exit withdraws exactly that one.
 _published: dict[str, str] = {}
 
@@ -268,15 +271,16 @@ def publish_now() -> bool:
     Errors are logged (at most every 5 minutes per message) and swallowed: a fleet view
     missing one process must never break the process itself.
     """
-    data = current_snapshot()
     target = store()
-    if data is None or target is None:
-        return False
-    try:
-        target.publish(data)
-    except Exception as exc:
-        _log_error(exc)
-        return False
+    with _publish_lock:
+        data = current_snapshot()
+        if data is None or target is None:
+            return False
+        try:
+            target.publish(data)
+        except Exception as exc:
+            _log_error(exc)
+            return False
     _published["key"] = process_key(data["host"], data["pid"])
     _published["mode"] = str(guard_settings.PUBLISH)
     return True
@@ -333,6 +337,8 @@ def register() -> None:
 
 def _reset_after_fork() -> None:
     # The child is a new process: it publishes under its own pid, and must not withdraw the parent.
+    global _publish_lock
+    _publish_lock = threading.Lock()
     _published.clear()
     history.clear()
 
