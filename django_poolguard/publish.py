@@ -292,9 +292,6 @@ def withdraw() -> None:
     mode = _published.pop("mode", None)
     if key is None or key != process_key():
         return
-    from .monitor import watchdog
-
-    watchdog.stop(2.0)  # so it cannot publish again after we leave
     target = store(mode)
     if target is None:
         return
@@ -303,6 +300,13 @@ def withdraw() -> None:
     except Exception:
         # At exit the database or cache may be gone; the entry then expires by itself.
         pass
+
+
+def _withdraw_at_exit() -> None:
+    from .monitor import watchdog
+
+    watchdog.stop(2.0)  # first, so it cannot publish again after we left
+    withdraw()
 
 
 def _log_error(exc: Exception) -> None:
@@ -331,8 +335,8 @@ def register() -> None:
 
     watchdog.register("publish", publish_now, interval=publish_interval)
     # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
-    atexit.unregister(withdraw)
-    atexit.register(withdraw)
+    atexit.unregister(_withdraw_at_exit)
+    atexit.register(_withdraw_at_exit)
 
 
 def _reset_after_fork() -> None:
