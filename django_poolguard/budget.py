@@ -162,7 +162,7 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
         if entry is None:
             out.append(Workload(workload, 1, 1, sizes, declared=False))
             continue
-        counts = [
+        counts: list[Any] = [
             entry.get(key, 1) if isinstance(entry, dict) else None for key in ("instances", "processes")
         ]
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):

@@ -50,8 +50,8 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
         ]
     if not history:
         for process in processes:
-            for data in process.get("aliases", {}).values():
-                data.pop("history", None)
+            for pool_data in process.get("aliases", {}).values():
+                pool_data.pop("history", None)
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,

@@ -302,6 +302,10 @@ def withdraw() -> None:
         pass
 
 
+def _publish_task() -> None:
+    publish_now()
+
+
 def _withdraw_at_exit() -> None:
     from .monitor import watchdog
 
@@ -310,22 +314,30 @@ def _withdraw_at_exit() -> None:
 
 
 def _log_error(exc: Exception) -> None:
+    import psycopg
+
     message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        # Normal while `migrate` creates the tables (its own pool publishes too): say it once, quietly.
+        if "UndefinedTable" not in _last_errors:
+            _last_errors["UndefinedTable"] = monotonic()
+            logger.info(
+                "poolguard cannot publish this process's pool snapshot yet: the table %s does not exist. "
+                "Normal while `manage.py migrate` runs; otherwise run it, or set POOLGUARD['PUBLISH'] "
+                "to 'cache' or None.",
+                _table(),
+            )
+        return
     now = monotonic()
     if now - _last_errors.get(message, -ERROR_REPEAT) < ERROR_REPEAT:
         return
     _last_errors[message] = now
-    hint = (
-        "run `manage.py migrate django_poolguard`"
-        if "processsnapshot" in message
-        else "check the database / cache named by POOLGUARD['PUBLISH'] and PUBLISH_CACHE"
-    )
     logger.warning(
-        "poolguard could not publish this process's pool snapshot (PUBLISH=%r) for fleet views: %s; %s. "
-        "The pools keep working; poolstats and the admin just miss this process.",
+        "poolguard could not publish this process's pool snapshot (PUBLISH=%r) for fleet views: %s; "
+        "check the database or cache it names (PUBLISH_CACHE). The pools keep working; poolstats and "
+        "the admin just miss this process until it succeeds.",
         guard_settings.PUBLISH,
         message,
-        hint,
     )
 
 
@@ -333,7 +345,7 @@ def register() -> None:
     """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
     from .monitor import watchdog
 
-    watchdog.register("publish", publish_now, interval=publish_interval)
+    watchdog.register("publish", _publish_task, interval=publish_interval)
     # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
     atexit.unregister(_withdraw_at_exit)
     atexit.register(_withdraw_at_exit)
