@@ -275,3 +275,31 @@ def test_output_never_shows_the_password(settings: Any) -> None:
     assert "postgresql://" not in text and "password=" not in text.lower()
     if password:
         assert password not in text
+
+
+def test_leaks_lists_recent_leak_events_with_stacks() -> None:
+    from django.utils import timezone
+
+    from django_poolguard.models import LeakEvent
+
+    now = timezone.now()
+    LeakEvent.objects.create(
+        alias="default",
+        workload="web",
+        kind="leak",
+        context="GET /api/report",
+        host="web-1",
+        pid=4242,
+        thread="worker-3",
+        stack="reports/views.py:88 in report\nreports/queries.py:12 in slow_total",
+        fingerprint="f" * 40,
+        held_seconds=42.0,
+        first_seen=now,
+        last_seen=now,
+        count=7,
+    )
+    text = _run("poolstats", "--leaks")
+    assert "leak on default (web), open, seen 7 times" in text and "GET /api/report" in text
+    assert "reports/views.py:88 in report" in text and "reports/queries.py:12 in slow_total" in text
+    data = json.loads(_run("poolstats", "--leaks", "--json"))
+    assert data["leak_events"][0]["stack"].startswith("reports/views.py:88")

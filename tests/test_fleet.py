@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet_helpers import INTERVAL, Fleet, fleet_env, make_fleet, redis_url
+from tests.fleet_helpers import INTERVAL, ROOT, Fleet, fleet_env, make_fleet, redis_url
 
 __all__ = ["fleet_env", "make_fleet"]  # fixtures used by this module
 
@@ -160,3 +161,29 @@ def test_budget_system_checks_e001_w001(make_fleet: Callable[..., Fleet]) -> Non
     assert offline.returncode == 0 and "E001" not in offline.stderr
     deploy = check(ceiling // per_process + 1, "--deploy")
     assert "django_poolguard.E001" in deploy.stderr
+
+
+def test_watch_redraws_until_interrupted(make_fleet: Callable[..., Fleet]) -> None:
+    fleet = make_fleet()
+    child = fleet.start("web", "default", 1)
+    fleet.wait_ready(child)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "django", "poolstats", "--watch", "0.3", "--json"],
+        cwd=ROOT,
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        documents = [json.loads(watcher.stdout.readline()) for _ in range(3)]
+        assert all(child.pid in by_pid(d) for d in documents)
+        assert len({d["generated_at"] for d in documents}) == 3  # three fresh readings, not one repeated
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=20)
+        assert watcher.returncode == 0 and "Traceback" not in err, err
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
