@@ -9,10 +9,11 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
         from .context import detect_process_role, set_process_role
         from .monitor import watchdog
         from .pool import on_pool_created
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
+        publish.register()

@@ -21,3 +21,14 @@ class DatabaseCreation(PostgresCreation):
         options.update({k: own[k] for k in OWN_OPTIONS if k in own})
         self.connection.close_pool()
         self.connection.settings_dict = {**primary_settings_dict, "OPTIONS": options}
+
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
+        # poolguard's side connection (published snapshots, leak events) would make
+        # DROP DATABASE fail with "is being accessed by other users".
+        # The watchdog stops first so it cannot reopen one in between.
+        from ...monitor import watchdog
+        from ...side_connection import close_all
+
+        watchdog.stop()
+        close_all()
+        super()._destroy_test_db(test_database_name, verbosity)
