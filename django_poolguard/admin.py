@@ -10,9 +10,10 @@ terminates a database session after a confirmation step. Everything goes through
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import time
 from typing import Any
 
+import psycopg
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
@@ -30,7 +31,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from . import dashboard, sessions
+from . import activity, dashboard
 from .models import LeakEvent, Pool
 
 logger = logging.getLogger("django_poolguard")
@@ -132,70 +133,82 @@ class PoolAdmin(admin.ModelAdmin):
     # --- cancelling and terminating sessions ----------------------------------------------
 
     def session_action_view(self, request: HttpRequest, alias: str, pid: int, action: str) -> HttpResponse:
-        """Confirm, then cancel or terminate one session; logged as an admin action."""
+        """Confirm, then cancel or terminate one session; logged as an admin action.
+
+        The dashboard's buttons POST here without ``confirm`` and get the confirmation page;
+        its form POSTs ``confirm=yes`` with the session's start time, so a backend pid reused
+        by a newer session in between is refused rather than signalled.
+        """
         if not self.has_signal_permission(request):
             raise PermissionDenied
-        if action not in sessions.ACTIONS or alias not in dashboard.session_databases():
+        if action not in activity.ACTIONS or alias not in dashboard.session_databases():
             raise Http404("No such database alias or action.")
-        dashboard_url = reverse(f"{self.admin_site.name}:django_poolguard_pool_changelist")
-        if request.method == "POST" and request.POST.get("confirm") == "yes":
-            try:
-                pinned = datetime.fromisoformat(request.POST["backend_start"])
-            except (KeyError, ValueError):
-                messages.error(request, "The confirmation form was incomplete; nothing was done.")
-                return HttpResponseRedirect(dashboard_url)
-            return self._signal(request, alias, pid, action, pinned, dashboard_url)
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
-
-        import psycopg
-
+        dashboard_url = reverse(f"{self.admin_site.name}:django_poolguard_pool_changelist")
         try:
-            session = sessions.get_session(alias, pid)
+            session = _find_session(alias, pid)
         except psycopg.Error as exc:
-            messages.error(request, f"The database could not be reached ({type(exc).__name__}).")
+            messages.error(
+                request, f"The database could not be reached ({type(exc).__name__}); nothing was done."
+            )
             return HttpResponseRedirect(dashboard_url)
         if session is None:
-            messages.warning(request, f"Session {pid} has already ended.")
+            messages.warning(request, f"Session {pid} has already ended; nothing was done.")
             return HttpResponseRedirect(dashboard_url)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            return self._signal(request, alias, session, action, dashboard_url)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"{'Cancel the query of' if action == sessions.CANCEL else 'Terminate'} session {pid}?",
+            "title": f"{'Cancel the query of' if action == CANCEL else 'Terminate'} session {pid}?",
             "alias": alias,
             "action": action,
             "session": session,
-            "refused": (
-                "This is poolguard's own connection."
-                if session["own"]
-                else "This session belongs to a superuser; it is not signalled from the admin."
-                if session["superuser"]
-                else ""
-            ),
+            "refused": _refusal(session),
             "dashboard_url": dashboard_url,
         }
         return TemplateResponse(request, "django_poolguard/session_confirm.html", context)
 
     def _signal(
-        self, request: HttpRequest, alias: str, pid: int, action: str, pinned: datetime, dashboard_url: str
+        self, request: HttpRequest, alias: str, session: dict[str, Any], action: str, dashboard_url: str
     ) -> HttpResponse:
-        import psycopg
-
+        pid = session["pid"]
         try:
-            session = sessions.signal_session(alias, pid, action, backend_start=pinned)
-        except sessions.SessionRefused as exc:
-            messages.error(request, str(exc))
+            listed_start = float(request.POST["started"])
+        except (KeyError, ValueError):
+            messages.error(request, "The confirmation form was incomplete; nothing was done.")
+            return HttpResponseRedirect(dashboard_url)
+        if abs(listed_start - session["started"]) > SAME_SESSION_TOLERANCE:
+            messages.error(
+                request, f"Session {pid} is a newer session than the one you confirmed; nothing was done."
+            )
+            return HttpResponseRedirect(dashboard_url)
+        refusal = _refusal(session)
+        try:
+            if refusal:
+                raise activity.RefusedSession(refusal)
+            signalled = activity.signal_session(alias, pid, action)
+        except activity.RefusedSession as exc:
+            messages.error(request, f"{exc} Nothing was done.")
             return HttpResponseRedirect(dashboard_url)
         except psycopg.Error as exc:
             messages.error(
                 request, f"The database could not be reached ({type(exc).__name__}); nothing was done."
             )
             return HttpResponseRedirect(dashboard_url)
-        done = "Cancelled the query of" if action == sessions.CANCEL else "Terminated"
+        if not signalled:
+            messages.error(
+                request,
+                f"PostgreSQL did not {action} session {pid}: it has just ended, or the database user "
+                "lacks the pg_signal_backend role.",
+            )
+            return HttpResponseRedirect(dashboard_url)
+        done = "Cancelled the query of" if action == CANCEL else "Terminated"
         description = (
             f"{done} session {pid} on alias {alias!r}: user {session['user']}, "
             f"application {session['application_name'] or '-'}, {session['state'] or 'no state'} "
-            f"for {session['age_s']} s."
+            f"for {session['age_s']:.1f} s."
         )
         LogEntry.objects.log_actions(
             user_id=request.user.pk,
@@ -204,9 +217,32 @@ class PoolAdmin(admin.ModelAdmin):
             change_message=description,
             single_object=True,
         )
-        logger.warning("%s (by admin user %s).", description, request.user.get_username())
+        logger.warning("%s Done by admin user %s.", description, request.user.get_username())
         messages.success(request, description)
         return HttpResponseRedirect(dashboard_url)
+
+
+CANCEL = "cancel"
+SAME_SESSION_TOLERANCE = 2.0  # s: two readings of one session's start differ only by clock reading jitter
+
+
+def _find_session(alias: str, pid: int) -> dict[str, Any] | None:
+    """The session ``pid`` of ``alias``'s database, with ``started`` (epoch s) and ``age_s``."""
+    for session in activity.sessions(alias):
+        if session["pid"] == pid:
+            session["started"] = time.time() - float(session["connected_s"] or 0.0)
+            session["age_s"] = dashboard.session_age(session)
+            return session
+    return None
+
+
+def _refusal(session: dict[str, Any]) -> str:
+    """Why the admin will not signal this session, or ``""``."""
+    if session["own"]:
+        return f"Session {session['pid']} is poolguard's own connection."
+    if session["superuser"]:
+        return f"Session {session['pid']} belongs to a superuser; it is not signalled from the admin."
+    return ""
 
 
 @admin.register(LeakEvent)

@@ -1,9 +1,11 @@
 """What the admin's "Connection pools" page shows, as template-ready data.
 
 The numbers come from the fleet view (:func:`django_poolguard.fleet.collect`, the
-``poolstats --json`` shape) and the sessions from :mod:`django_poolguard.sessions`; this
-module only arranges them: one card per alias, the per-process table, the current
-checkouts longest first, and the history sparkline as inline SVG (no chart library).
+``poolstats --json`` shape), with this process's own entry replaced by its live state (a
+published snapshot may be a few seconds old), and the sessions from
+:mod:`django_poolguard.activity`. This module only arranges them: one card per alias, the
+per-process table, the current checkouts longest first, the sessions longest first, and
+the history sparkline as inline SVG (no chart library).
 """
 
 from __future__ import annotations
@@ -18,66 +20,34 @@ from .snapshots import HEALTHY, worst
 
 logger = logging.getLogger("django_poolguard")
 
+MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
-HISTORY_BUCKET = 15.0  # s: processes publish at different moments; their samples are summed per bucket
 
 
 def fleet_data() -> dict[str, Any]:
-    """The fleet, in the ``poolstats --json`` shape."""
-    try:
-        from .fleet import collect
-    except ImportError:  # ADAPTER until issue 4's fleet.collect is merged: this process only.
-        from .snapshots import process_snapshot
+    """The fleet (``poolstats --json`` shape) with this process's entry live, not as last published."""
+    from .fleet import collect, fleet_history
+    from .publish import current_snapshot
 
-        return {"generated_at": datetime.now(UTC).isoformat(), "processes": [process_snapshot()]}
-    return collect()
-
-
-def _timestamp(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return None
+    fleet = collect()
+    own = current_snapshot()
+    if own is not None:
+        others = [p for p in fleet["processes"] if (p.get("host"), p.get("pid")) != (own["host"], own["pid"])]
+        fleet["processes"] = sorted([*others, own], key=lambda p: (str(p.get("host")), int(p.get("pid", 0))))
+        for alias, total in (fleet.get("aliases") or {}).items():
+            total["history"] = fleet_history(fleet["processes"], alias)
+    return fleet
 
 
-def _p95(sample: dict[str, Any]) -> float:
-    for key in ("acquire_p95_ms", "p95_ms", "acquire_p95", "p95"):
-        if key in sample:
-            return float(sample[key] or 0.0)
-    acquire = sample.get("acquire_ms")
-    return float(acquire.get("p95", 0.0)) if isinstance(acquire, dict) else 0.0
-
-
-def merge_history(histories: list[list[dict[str, Any]]], now: float) -> list[dict[str, float]]:
-    """Sum the processes' histories of one alias per time bucket (the last sample of each
-    process in each bucket), keeping the last 15 minutes."""
-    buckets: dict[int, dict[int, dict[str, Any]]] = {}
-    for index, history in enumerate(histories):
-        for sample in history or []:
-            t = _timestamp(sample.get("t"))
-            if t is None or t < now - HISTORY_SECONDS:
-                continue
-            buckets.setdefault(int(t // HISTORY_BUCKET), {})[index] = {**sample, "t": t}
-    merged = []
-    for bucket in sorted(buckets):
-        samples = buckets[bucket].values()
-        merged.append(
-            {
-                "t": max(s["t"] for s in samples),
-                "in_use": sum(float(s.get("in_use", 0)) for s in samples),
-                "waiting": sum(float(s.get("waiting", 0)) for s in samples),
-                "max": sum(float(s.get("max", 0)) for s in samples),
-                "p95": max(_p95(s) for s in samples),
-            }
-        )
-    return merged
+def _points(history: list[Any], now: float) -> list[dict[str, float]]:
+    """History points ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` of the last 15 minutes."""
+    out = []
+    for point in history or []:
+        t, in_use, _idle, waiting, maximum, p95 = (float(v or 0.0) for v in point[:6])
+        if t >= now - HISTORY_SECONDS:
+            out.append({"t": t, "in_use": in_use, "waiting": waiting, "max": maximum, "p95": p95})
+    return out
 
 
 def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | None:
@@ -112,7 +82,7 @@ def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | N
     }
 
 
-def _alias_cards(processes: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: float) -> list[dict[str, Any]]:
     by_alias: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for process in processes:
         for alias, data in (process.get("aliases") or {}).items():
@@ -127,7 +97,7 @@ def _alias_cards(processes: list[dict[str, Any]], now: float) -> list[dict[str, 
             p: max(float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas)
             for p in ("p50", "p95", "p99")
         }
-        history = merge_history([d.get("history") or [] for d in datas], now)
+        history = _points((totals.get(alias) or {}).get("history") or [], now)
         cards.append(
             {
                 "alias": alias,
@@ -152,14 +122,13 @@ def _alias_cards(processes: list[dict[str, Any]], now: float) -> list[dict[str, 
 def _process_rows(processes: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
     rows = []
     for process in sorted(processes, key=lambda p: (str(p.get("host")), int(p.get("pid", 0)))):
-        updated = _timestamp(process.get("updated_at"))
         for alias, data in sorted((process.get("aliases") or {}).items()):
             rows.append(
                 {
                     "host": process.get("host", ""),
                     "pid": process.get("pid", ""),
                     "role": process.get("role", ""),
-                    "age_s": round(now - updated, 1) if updated else None,
+                    "age_s": process.get("age_s"),
                     "alias": alias,
                     "status": data.get("status", HEALTHY),
                     "in_use": data.get("in_use", 0),
@@ -207,18 +176,40 @@ def session_databases() -> list[str]:
     return list(seen.values())
 
 
+def session_age(session: dict[str, Any]) -> float:
+    """How long a session has been doing what it does: the transaction, else the running
+    query, else the idle time; the figure "longest first" sorts by."""
+    if session["state"] == "idle":
+        return float(session["state_s"] or 0.0)
+    return float(session["transaction_s"] or session["query_s"] or session["connected_s"] or 0.0)
+
+
 def _sessions() -> list[dict[str, Any]]:
     import psycopg
 
-    from .sessions import list_sessions
+    from .activity import sessions
 
     groups = []
     for alias in session_databases():
         try:
-            groups.append({"alias": alias, "sessions": list_sessions(alias), "error": None})
+            rows = sessions(alias)
         except psycopg.Error as exc:
             logger.warning("The dashboard could not list the sessions of alias %r: %s", alias, exc)
-            groups.append({"alias": alias, "sessions": [], "error": type(exc).__name__})
+            groups.append({"alias": alias, "sessions": [], "error": type(exc).__name__, "more": 0})
+            continue
+        for row in rows:
+            row["age_s"] = session_age(row)
+            row["busy"] = row["state"] not in (None, "idle")
+        # Busy sessions first (they hold something), each group longest first.
+        rows.sort(key=lambda r: (not r["busy"], -r["age_s"]))
+        groups.append(
+            {
+                "alias": alias,
+                "sessions": rows[:MAX_SESSIONS],
+                "error": None,
+                "more": max(0, len(rows) - MAX_SESSIONS),
+            }
+        )
     return groups
 
 
@@ -227,7 +218,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     fleet = fleet_data() if fleet is None else fleet
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
-    cards = _alias_cards(processes, now)
+    cards = _alias_cards(processes, fleet.get("aliases") or {}, now)
     return {
         "generated_at": fleet.get("generated_at") or datetime.now(UTC).isoformat(),
         "status": worst([c["status"] for c in cards]),
@@ -238,4 +229,5 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
         "session_groups": _sessions() if with_sessions else [],
         "database": fleet.get("database") or {},
         "budget": fleet.get("budget") or {},
+        "errors": fleet.get("errors") or [],
     }
