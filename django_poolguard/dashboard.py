@@ -11,6 +11,7 @@ the history sparkline as inline SVG (no chart library).
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ logger = logging.getLogger("django_poolguard")
 MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
+MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 
 def fleet_data() -> dict[str, Any]:
@@ -34,6 +36,8 @@ def fleet_data() -> dict[str, Any]:
     own = current_snapshot()
     if own is not None:
         others = [p for p in fleet["processes"] if (p.get("host"), p.get("pid")) != (own["host"], own["pid"])]
+        own["age_s"] = 0.0
+        own["live"] = True
         fleet["processes"] = sorted([*others, own], key=lambda p: (str(p.get("host")), int(p.get("pid", 0))))
         for alias, total in (fleet.get("aliases") or {}).items():
             total["history"] = fleet_history(fleet["processes"], alias)
@@ -51,32 +55,38 @@ def _points(history: list[Any], now: float) -> list[dict[str, float]]:
 
 
 def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | None:
-    """Polyline points for in use, waiting and max over the last 15 minutes, or None."""
+    """SVG points for in use (line and area), waiting and max, or None without history.
+
+    The x axis spans the history there is, from one minute up to the last 15, ending now,
+    so a pool opened two minutes ago gets a readable line rather than a dot at the edge.
+    """
     if not history:
         return None
+    span = min(HISTORY_SECONDS, max(MIN_SPAN, now - history[0]["t"]))
+    start = now - span
     top = max(max(s["max"], s["in_use"] + s["waiting"]) for s in history) or 1.0
-    start = now - HISTORY_SECONDS
+
+    def xy(s: dict[str, float], key: str) -> tuple[float, float]:
+        x = max(0.0, min((s["t"] - start) / span * SPARK_WIDTH, SPARK_WIDTH))
+        return x, SPARK_HEIGHT - 1 - s[key] / top * (SPARK_HEIGHT - 2)
 
     def points(key: str) -> str:
-        coords = []
-        for s in history:
-            x = (s["t"] - start) / HISTORY_SECONDS * SPARK_WIDTH
-            y = SPARK_HEIGHT - s[key] / top * (SPARK_HEIGHT - 2) - 1
-            coords.append(f"{max(0.0, min(x, SPARK_WIDTH)):.1f},{y:.1f}")
-        if len(coords) == 1:  # one sample: a short flat segment, so it is visible at all
-            x, y = coords[0].split(",")
-            coords.insert(0, f"{max(0.0, float(x) - 4):.1f},{y}")
-        return " ".join(coords)
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, key) for s in history))
 
-    in_use = [s["in_use"] for s in history]
+    in_use = points("in_use")
+    first_x, _ = xy(history[0], "in_use")
+    last_x, last_y = xy(history[-1], "in_use")
     return {
         "width": SPARK_WIDTH,
         "height": SPARK_HEIGHT,
-        "in_use": points("in_use"),
+        "minutes": max(1, round(span / 60)),
+        "in_use": in_use,
+        "area": f"{first_x:.1f},{SPARK_HEIGHT} {in_use} {last_x:.1f},{SPARK_HEIGHT}",
+        "last": {"x": f"{last_x:.1f}", "y": f"{last_y:.1f}"},
         "waiting": points("waiting") if any(s["waiting"] for s in history) else "",
         "max": points("max"),
         "samples": len(history),
-        "peak_in_use": int(max(in_use)),
+        "peak_in_use": int(max(s["in_use"] for s in history)),
         "peak_waiting": int(max(s["waiting"] for s in history)),
         "peak_p95": max(s["p95"] for s in history),
     }
@@ -98,6 +108,16 @@ def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: f
             for p in ("p50", "p95", "p99")
         }
         history = _points((totals.get(alias) or {}).get("history") or [], now)
+        # History points are per 5 s step; the line ends at the numbers shown above it.
+        history.append(
+            {
+                "t": now,
+                "in_use": total["in_use"],
+                "waiting": total["waiting"],
+                "max": total["max"],
+                "p95": acquire["p95"],
+            }
+        )
         cards.append(
             {
                 "alias": alias,
@@ -129,6 +149,7 @@ def _process_rows(processes: list[dict[str, Any]], now: float) -> list[dict[str,
                     "pid": process.get("pid", ""),
                     "role": process.get("role", ""),
                     "age_s": process.get("age_s"),
+                    "live": bool(process.get("live")),
                     "alias": alias,
                     "status": data.get("status", HEALTHY),
                     "in_use": data.get("in_use", 0),
@@ -158,6 +179,10 @@ def _checkouts(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "pid": process.get("pid", ""),
                         "held_s": held,
                         "suspected_leak": bool(threshold and held >= threshold),
+                        # Outside a request, task or command the context is just the thread's name.
+                        "context": ""
+                        if checkout.get("context") == f"thread {checkout.get('thread')}"
+                        else checkout.get("context"),
                         "stack": list(checkout.get("stack") or []),
                     }
                 )
@@ -174,6 +199,29 @@ def session_databases() -> list[str]:
         key = (settings_dict.get("HOST"), settings_dict.get("PORT"), settings_dict.get("NAME"))
         seen.setdefault(key, alias)
     return list(seen.values())
+
+
+# Secrets whatever the statement: the literal after PASSWORD (ALTER ROLE, CREATE USER), a
+# password=... inside a connection string (dblink, postgres_fdw), a Django password hash.
+# Other literals are data the staff looking at the dashboard could read in psql anyway.
+_SECRETS = re.compile(
+    r"(?i)(?P<keyword>password\s*=?\s*)(?:'(?:[^']|'')*'|(?<==)[^\s']+)"
+    r"|'(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt|md5|sha1)\$[^']*'"
+)
+
+
+def redact_sql(query: str | None) -> str:
+    """``query`` with passwords and password hashes replaced by ``***``."""
+    if not query:
+        return ""
+
+    def hide(match: re.Match[str]) -> str:
+        keyword = match.group("keyword")
+        if keyword is None:
+            return "'***'"
+        return keyword + ("'***'" if match.group(0)[len(keyword) :].startswith("'") else "***")
+
+    return _SECRETS.sub(hide, query)
 
 
 def session_age(session: dict[str, Any]) -> float:
@@ -198,6 +246,7 @@ def _sessions() -> list[dict[str, Any]]:
             groups.append({"alias": alias, "sessions": [], "error": type(exc).__name__, "more": 0})
             continue
         for row in rows:
+            row["query"] = redact_sql(row["query"])
             row["age_s"] = session_age(row)
             row["busy"] = row["state"] not in (None, "idle")
         # Busy sessions first (they hold something), each group longest first.
@@ -221,6 +270,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     cards = _alias_cards(processes, fleet.get("aliases") or {}, now)
     return {
         "generated_at": fleet.get("generated_at") or datetime.now(UTC).isoformat(),
+        "generated": datetime.fromtimestamp(now, UTC),
         "status": worst([c["status"] for c in cards]),
         "cards": cards,
         "process_rows": _process_rows(processes, now),

@@ -61,8 +61,9 @@ def client_for(user: User, **kwargs: Any) -> Client:
 class SleepingSession(threading.Thread):
     """``SELECT pg_sleep(60)`` on its own psycopg connection; records how it ended."""
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, sql: str = "SELECT pg_sleep(60)", **params: Any) -> None:
         super().__init__(name="sleeping-session", daemon=True)
+        self.sql = sql
         self.params = params
         self.pid: int | None = None
         self.ready = threading.Event()
@@ -73,7 +74,7 @@ class SleepingSession(threading.Thread):
             with psycopg.connect(**self.params, autocommit=True) as conn:
                 self.pid = conn.info.backend_pid
                 self.ready.set()
-                conn.execute("SELECT pg_sleep(60)")
+                conn.execute(self.sql)
         except BaseException as exc:  # the test reads how the session ended
             self.error = exc
         finally:
@@ -100,13 +101,13 @@ def sleeping_session() -> Iterator[Callable[..., SleepingSession]]:
         cursor.execute(f'DROP ROLE IF EXISTS "{role}"')
         cursor.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
 
-    def start(superuser: bool = False) -> SleepingSession:
+    def start(superuser: bool = False, sql: str = "SELECT pg_sleep(60)") -> SleepingSession:
         params = dict(base)
         if superuser:
             params.update(user=settings_dict["USER"], password=settings_dict["PASSWORD"] or None)
         else:
             params.update(user=role, password=password)
-        session = SleepingSession(**params)
+        session = SleepingSession(sql, **params)
         session.start()
         assert session.ready.wait(10) and session.pid, (
             f"the sleeping session did not start: {session.error!r}"
@@ -316,6 +317,22 @@ def test_unknown_aliases_and_actions_are_404():
     client = client_for(make_user("root", superuser=True))
     assert client.get(session_url(1, alias="nope")).status_code == 404
     assert client.get(session_url(1, action="kill")).status_code == 404
+
+
+def test_password_literals_in_session_sql_are_redacted(sleeping_session):
+    sql = (
+        "/* provisioning: ALTER ROLE app PASSWORD 'hunter2' */ "
+        "SELECT pg_sleep(60), 'pbkdf2_sha256$1000000$salt$c2VjcmV0LWhhc2g=' AS hash"
+    )
+    session = sleeping_session(sql=sql)
+    client = client_for(make_user("root", superuser=True))
+    for page in (
+        client.get(DASHBOARD).content.decode(),
+        client.get(session_url(session.pid)).content.decode(),
+    ):
+        assert "SELECT pg_sleep(60), &#x27;***&#x27; AS hash" in page
+        assert "PASSWORD &#x27;***&#x27;" in page
+        assert "c2VjcmV0LWhhc2g" not in page and "hunter2" not in page
 
 
 def test_passwords_never_reach_the_page(make_alias):
