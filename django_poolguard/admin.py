@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from django.contrib import admin, messages
@@ -210,16 +210,21 @@ class PoolAdmin(admin.ModelAdmin):
             f"application {session['application_name'] or '-'}, {session['state'] or 'no state'} "
             f"for {session['age_s']:.1f} s."
         )
-        LogEntry.objects.log_actions(
-            user_id=request.user.pk,
-            queryset=[Pool(pk=pid)],
-            action_flag=CHANGE,
-            change_message=description,
-            single_object=True,
-        )
+        log_change(request, [Pool(pk=pid)], description)
         logger.warning("%s Done by admin user %s.", description, request.user.get_username())
         messages.success(request, description)
         return HttpResponseRedirect(dashboard_url)
+
+
+def log_change(request: HttpRequest, objects: list[Any], message: str) -> None:
+    """One admin LogEntry (CHANGE) per object, shown in the admin's history and "Recent actions".
+
+    ``log_actions`` exists since Django 5.1 and is the only API left in 6.0 (``log_action``
+    was removed), so this one call serves every supported Django.
+    """
+    LogEntry.objects.log_actions(
+        user_id=cast(int, request.user.pk), queryset=objects, action_flag=CHANGE, change_message=message
+    )
 
 
 CANCEL = "cancel"
@@ -274,7 +279,7 @@ class LeakEventAdmin(admin.ModelAdmin):
         css = {"all": ("django_poolguard/poolguard.css",)}
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [field for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
+        return [str(field) for _, options in self.fieldsets for field in options["fields"]]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -301,10 +306,5 @@ class LeakEventAdmin(admin.ModelAdmin):
         pending = list(queryset.filter(resolved=False))
         LeakEvent.objects.filter(pk__in=[event.pk for event in pending]).update(resolved=True)
         if pending:
-            LogEntry.objects.log_actions(
-                user_id=request.user.pk,
-                queryset=pending,
-                action_flag=CHANGE,
-                change_message="Marked resolved.",
-            )
+            log_change(request, pending, "Marked resolved.")
         self.message_user(request, f"{len(pending)} leak event(s) marked resolved.", messages.SUCCESS)

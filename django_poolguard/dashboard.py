@@ -228,8 +228,13 @@ def session_age(session: dict[str, Any]) -> float:
     """How long a session has been doing what it does: the transaction, else the running
     query, else the idle time; the figure "longest first" sorts by."""
     if session["state"] == "idle":
-        return float(session["state_s"] or 0.0)
-    return float(session["transaction_s"] or session["query_s"] or session["connected_s"] or 0.0)
+        keys = ("state_s", "connected_s")
+    else:
+        keys = ("transaction_s", "query_s", "state_s", "connected_s")
+    for key in keys:
+        if session.get(key) is not None:
+            return float(session[key])
+    return 0.0
 
 
 def _sessions() -> list[dict[str, Any]]:
@@ -245,6 +250,7 @@ def _sessions() -> list[dict[str, Any]]:
             logger.warning("The dashboard could not list the sessions of alias %r: %s", alias, exc)
             groups.append({"alias": alias, "sessions": [], "error": type(exc).__name__, "more": 0})
             continue
+        rows = [row for row in rows if not row["own"]]  # this page's own query: noise
         for row in rows:
             row["query"] = redact_sql(row["query"])
             row["age_s"] = session_age(row)

@@ -219,6 +219,23 @@ def test_superusers_see_cancel_and_terminate_for_plain_sessions_only(sleeping_se
     assert "protected" in rows[str(protected.pid)] and "<form" not in rows[str(protected.pid)]
 
 
+def test_sessions_are_listed_busy_first_then_longest_first(sleeping_session):
+    older = sleeping_session()
+    threading.Event().wait(1.0)
+    newer = sleeping_session()
+    page = client_for(make_user("viewer", "django_poolguard.view_pool")).get(DASHBOARD).content.decode()
+    pids = [int(pid) for pid in re.findall(r'<tr class="[^"]*" data-pid="(\d+)">', page)]
+    states = re.findall(r'<tr class="(pg-row-busy)?" data-pid="\d+">', page)
+    assert pids.index(older.pid) < pids.index(newer.pid)
+    # Busy rows form one block at the top; idle ones follow.
+    assert states == sorted(states, key=lambda busy: not busy)
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolguard:%%'")
+        assert cursor.fetchone()[0] >= 1  # the page read the sessions over its side connection...
+    sessions_table = re.search(r'<table class="pg-table pg-sessions">.*?</table>', page, re.S).group(0)
+    assert "poolguard:default:" not in sessions_table  # ...and does not list that session of its own
+
+
 # --- terminating and cancelling real sessions -----------------------------------------------
 
 

@@ -15,6 +15,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connections
 
+from django_poolguard.context import checkout_context
 from django_poolguard.side_connection import close_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -48,11 +49,12 @@ def _playwright() -> Any:
 
 def build_nightly_report(alias: str, holding: threading.Event, release: threading.Event) -> None:
     """Holds a connection of ``alias`` until released: the place the dashboard must name."""
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT 1")
-        holding.set()
-        release.wait(60)
-    connections[alias].close()
+    with checkout_context("GET /reports/nightly"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            holding.set()
+            release.wait(60)
+        connections[alias].close()
 
 
 class ReportThread(threading.Thread):
@@ -76,7 +78,9 @@ class ReportThread(threading.Thread):
 def superuser(transactional_db: Any) -> User:
     # Created before the browser starts: Playwright's sync API runs an event loop in this
     # thread, and Django refuses ORM calls from a thread with a running loop.
-    return User.objects.create_superuser("admin", "admin@example.com", "pw")
+    user = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    connections["default"].close()  # give the test thread's connection back; the page shows holders only
+    return user
 
 
 @pytest.fixture
@@ -103,7 +107,7 @@ def _close_side_connections() -> Iterator[None]:
 
 
 def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
-    alias = make_alias(pool={"min_size": 0, "max_size": 4, "timeout": 2}, poolguard={"workload": "reports"})
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 2}, poolguard={"workload": "reports"})
     page = browser_page
     dashboard = f"{live_server.url}/admin/django_poolguard/pool/?refresh={REFRESH}"
 
@@ -117,9 +121,11 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
 
         card = page.locator(f'article.pg-card[data-alias="{alias}"]')
         assert card.locator(".pg-in-use").inner_text() == "1"
-        assert card.locator(".pg-max").inner_text() == "4"
+        assert card.locator(".pg-max").inner_text() == "2"
+        assert "pg-card-healthy" in card.get_attribute("class")
         checkout = page.locator("table.pg-checkouts tr", has_text="nightly-report-1")
         assert "build_nightly_report" in checkout.inner_text()
+        assert "GET /reports/nightly" in checkout.inner_text()
 
         # A second holder shows up on the next refresh, without reloading the page.
         page.evaluate("window.__poolguardMarker = 'same page'")
@@ -130,6 +136,9 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
                 timeout=REFRESH * 1000 * 10,
             )
             assert page.evaluate("window.__poolguardMarker") == "same page"
+            # 2 of 2 in use is over ALERT_UTILIZATION: the card and its bar turn to "warning".
+            assert "pg-card-warning" in card.get_attribute("class")
+            assert card.locator(".pg-bar-fill.pg-fill-warning").count() == 1
             assert page.locator("table.pg-checkouts tr", has_text="nightly-report-2").count() == 1
 
             # Open the first report's acquire stack: the function holding the connection is its first line.
