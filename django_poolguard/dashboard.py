@@ -22,6 +22,9 @@ from .snapshots import HEALTHY, worst
 logger = logging.getLogger("django_poolguard")
 
 MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
+MAX_CHECKOUTS = (
+    50  # rows in the checkouts table (each with its stack), longest held first; the rest are counted
+)
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
 MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
@@ -274,6 +277,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
     cards = _alias_cards(processes, fleet.get("aliases") or {}, now)
+    checkouts = _checkouts(processes)
     return {
         "generated_at": fleet.get("generated_at") or datetime.now(UTC).isoformat(),
         "generated": datetime.fromtimestamp(now, UTC),
@@ -281,7 +285,8 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
         "cards": cards,
         "process_rows": _process_rows(processes, now),
         "process_count": len(processes),
-        "checkouts": _checkouts(processes),
+        "checkouts": checkouts[:MAX_CHECKOUTS],
+        "more_checkouts": max(0, len(checkouts) - MAX_CHECKOUTS),
         "session_groups": _sessions() if with_sessions else [],
         "database": fleet.get("database") or {},
         "budget": fleet.get("budget") or {},

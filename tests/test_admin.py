@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -277,8 +278,10 @@ def test_terminate_asks_for_confirmation_then_kills_the_session_and_logs_it(slee
     assert entry.content_type.model == "pool"
     assert f"Terminated session {session.pid}" in entry.change_message
     assert "sleeper-under-test" in entry.change_message
-    # The dashboard says what happened.
+    # The dashboard says what happened, and the admin index lists it under "Recent actions".
     assert f"Terminated session {session.pid}" in client.get(DASHBOARD).content.decode()
+    index = client.get("/admin/")
+    assert index.status_code == 200 and f"database session {session.pid}" in index.content.decode()
 
 
 def test_cancel_stops_the_query_and_keeps_the_session(sleeping_session):
@@ -478,3 +481,46 @@ def test_leak_history_is_staff_only():
     anonymous = Client().get(LEAKS)
     assert anonymous.status_code == 302
     assert client_for(make_user("staff")).get(LEAKS).status_code == 403
+
+
+# --- arranging the fleet's numbers -----------------------------------------------------------
+
+
+def _fleet(**aliases: dict[str, Any]) -> dict[str, Any]:
+    return {"processes": [{"host": "web-1", "pid": 1, "role": "web", "age_s": 2.0, "aliases": aliases}]}
+
+
+def test_checkouts_are_listed_longest_first_and_capped():
+    from django_poolguard import dashboard
+
+    checkouts = [
+        {"thread": f"t{i}", "alive": True, "held_s": float(i), "context": "GET /x", "stack": []}
+        for i in range(60)
+    ]
+    context = dashboard.build(
+        _fleet(default={"max": 60, "in_use": 60, "checkouts": checkouts}), with_sessions=False
+    )
+    assert [c["held_s"] for c in context["checkouts"]] == [float(i) for i in range(59, 9, -1)]
+    assert context["more_checkouts"] == 10
+
+
+def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
+    from django_poolguard import dashboard
+
+    now = time.time()
+    history = [[now - 600 + 5 * i, i % 5, 1, 0, 4, 0.5] for i in range(100)]
+    fleet = _fleet(default={"max": 4, "in_use": 3, "waiting": 2, "status": "warning"})
+    fleet["aliases"] = {"default": {"history": history}}
+    [card] = dashboard.build(fleet, with_sessions=False)["cards"]
+    spark = card["sparkline"]
+    assert spark["minutes"] == 10  # the axis spans the history there is
+    assert spark["peak_in_use"] == 4 and spark["peak_waiting"] == 2
+    assert len(spark["in_use"].split()) == 101  # every point, plus the live one
+    last_x, last_y = spark["in_use"].split()[-1].split(",")
+    assert float(last_x) == dashboard.SPARK_WIDTH  # ends now...
+    top = 5  # in use + waiting at the live point
+    assert float(last_y) == pytest.approx(
+        dashboard.SPARK_HEIGHT - 1 - 3 / top * (dashboard.SPARK_HEIGHT - 2), abs=0.1
+    )
+    assert spark["waiting"], "the waiting line is drawn when anyone waited"
+    assert card["status"] == "warning" and card["utilization_pct"] == 75
