@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 from django.apps import AppConfig
 
 
@@ -16,3 +18,7 @@ class PoolGuardConfig(AppConfig):
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
+        if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
+            from . import metrics
+
+            metrics.install()
