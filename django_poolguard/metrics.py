@@ -140,6 +140,15 @@ class _PoolProgress:
         return value - last if value >= last else value
 
 
+def _initialize(alias: str) -> None:
+    # Create the alias's counter series at 0, so its first increment is a visible increase()
+    # and alert expressions that combine series find all of them.
+    for counter, extra, _ in _TOTALS:
+        counter.labels(alias=alias, **extra)
+    acquire_seconds.labels(alias=alias)
+    checkout_seconds.labels(alias=alias)
+
+
 class Exporter:
     """Copies the pools' state into the metrics; one instance per process, driven by the watchdog."""
 
@@ -158,6 +167,7 @@ class Exporter:
                     # A new pool (first use, or reopened): its counters start again from zero,
                     # the exported ones keep counting up.
                     progress = self._progress[alias] = _PoolProgress(pool)
+                    _initialize(alias)
                 self._export_pool(alias, pool, progress)
             for alias in set(self._progress) - set(pools):
                 # The pool was closed: it holds nothing and nobody waits on it any more.
