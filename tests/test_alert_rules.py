@@ -60,3 +60,40 @@ def test_rules_only_use_metrics_the_app_exports():
 def _sample_names(family) -> set[str]:
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     return {family.name + suffix for suffix in suffixes.get(family.type, [""])}
+
+
+@needs_promtool
+def test_every_grafana_query_is_valid_promql_on_exported_metrics(tmp_path):
+    import json
+
+    dashboard = json.loads((RULES_DIR.parent / "grafana" / "poolguard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    expressions += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+    assert len(expressions) >= 10
+    # Grafana's variables, as Grafana would substitute them, so promtool can parse each query.
+    substituted = [
+        e.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$alias", ".*") for e in expressions
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "grafana",
+                "rules": [{"record": f"grafana:query{i}", "expr": e} for i, e in enumerate(substituted)],
+            }
+        ]
+    }
+    path = tmp_path / "grafana_queries.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    exported = {
+        name
+        for family in REGISTRY.collect()
+        if family.name.startswith("poolguard_")
+        for name in _sample_names(family)
+    }
+    used = set(re.findall(r"\b(poolguard_\w+)", " ".join(expressions)))
+    assert used <= exported, f"the dashboard names metrics nobody exports: {used - exported}"

@@ -222,7 +222,7 @@ def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def summarize(
@@ -240,7 +240,7 @@ def summarize(
     served_during_spike = [r for r in in_time if spike_start <= r[0] + r[2] < spike_end]
     served = [r[2] for r in spike if r[1] == 200]
     shed = [r[2] for r in spike if r[1] == 503]
-    other_5xx = [r for r in results if r[1] >= 500 and r[1] != 503 or r[1] == -1]
+    other_5xx = [r for r in results if (r[1] >= 500 and r[1] != 503) or r[1] == -1]
     timeouts = [r for r in results if r[2] > CLIENT_TIMEOUT]
     after = sorted((r for r in results if r[0] >= spike_end), key=lambda r: r[0])
     bad = [r for r in after if r[1] != 200 or r[2] > NORMAL_LATENCY]
@@ -282,7 +282,7 @@ def _ms(value: float | None) -> float | None:
 
 def table(rows: list[dict[str, object]]) -> str:
     def fmt(value: object, suffix: str = "") -> str:
-        return "–" if value is None else f"{value}{suffix}"
+        return "-" if value is None else f"{value}{suffix}"
 
     lines = [
         "| configuration | offered req/s | goodput / capacity | served p50 | served p99 | served max | shed | shed p99 | 5xx other than 503 | client timeouts (> 30 s) | recovery after the spike | peak DB sessions |",
