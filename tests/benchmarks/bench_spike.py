@@ -65,7 +65,12 @@ def configure(config: str) -> None:
         options["pool"] = {"min_size": POOL_SIZE, "max_size": POOL_SIZE}  # Django's defaults otherwise
     elif config == "poolguard":
         engine = "django_poolguard.backends.postgresql"
-        options["pool"] = {"min_size": POOL_SIZE, "max_size": POOL_SIZE, "timeout": 2, "max_waiting": POOL_SIZE}
+        options["pool"] = {
+            "min_size": POOL_SIZE,
+            "max_size": POOL_SIZE,
+            "timeout": 2,
+            "max_waiting": POOL_SIZE,
+        }
         options["poolguard"] = {"leak_threshold": 60}
         middleware = ["django_poolguard.middleware.PoolGuardMiddleware"]
     settings.configure(
@@ -193,7 +198,8 @@ def run_config(config: str, spike_seconds: float, threads: int, cooldown: float)
         ) as conn:
             while not stop.is_set():
                 row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [f"bench_spike-{config}"]
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    [f"bench_spike-{config}"],
                 ).fetchone()
                 sessions.append(int(row[0]) if row else 0)
                 stop.wait(0.25)
@@ -290,7 +296,9 @@ def table(rows: list[dict[str, object]]) -> str:
     ]
     for row in rows:
         recovery = row["recovery_s"]
-        recovery_text = f"> {row['cooldown_s']:.0f} s (not recovered)" if recovery is None else f"{recovery} s"
+        recovery_text = (
+            f"> {row['cooldown_s']:.0f} s (not recovered)" if recovery is None else f"{recovery} s"
+        )
         lines.append(
             f"| {row['config']} | {row['offered_rps']:.0f} | {row['goodput_ratio']:.2f} ({row['goodput_rps']:.0f} req/s) "
             f"| {fmt(row['served_p50_ms'], ' ms')} | {fmt(row['served_p99_ms'], ' ms')} | {fmt(row['served_max_ms'], ' ms')} "
@@ -301,11 +309,17 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the spike (default 20)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS)
+    )
     parser.add_argument("--threads", type=int, default=32, help="server threads (default 32: 2 workers x 16)")
-    parser.add_argument("--cooldown", type=float, default=30.0, help="s of base load after the spike (default 30)")
+    parser.add_argument(
+        "--cooldown", type=float, default=30.0, help="s of base load after the spike (default 30)"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     if args.seconds <= 0 or args.threads <= 0 or args.cooldown <= 0:
