@@ -248,14 +248,9 @@ def summarize(
     shed = [r[2] for r in spike if r[1] == 503]
     other_5xx = [r for r in results if (r[1] >= 500 and r[1] != 503) or r[1] == -1]
     timeouts = [r for r in results if r[2] > CLIENT_TIMEOUT]
-    after = sorted((r for r in results if r[0] >= spike_end), key=lambda r: r[0])
-    bad = [r for r in after if r[1] != 200 or r[2] > NORMAL_LATENCY]
-    if not bad:
-        recovery: float | None = 0.0
-    elif bad[-1] is after[-1]:
-        recovery = None  # not recovered within the cool-down
-    else:
-        recovery = bad[-1][0] - spike_end
+    after = [r for r in results if r[0] >= spike_end]
+    recovery = recovery_time(after, spike_end, cooldown)
+    late = [r for r in after if r[1] != 200 or r[2] > NORMAL_LATENCY]
     duration = spike_end - spike_start
     return {
         "config": config,
@@ -272,11 +267,39 @@ def summarize(
         "other_5xx": len(other_5xx),
         "client_timeouts": len(timeouts),
         "recovery_s": None if recovery is None else round(recovery, 2),
+        "after_spike_not_normal": {
+            "failed": sum(1 for r in late if r[1] != 200),
+            "slower_than_normal": sum(1 for r in late if r[1] == 200),
+            "last_at_s": round(max((r[0] for r in late), default=spike_end) - spike_end, 2),
+        },
         "cooldown_s": cooldown,
         "slow_query": {k: round(v, 2) for k, v in slow.items()},
         "peak_sessions": max(sessions, default=0),
         "generator_max_lag_ms": round(lag * 1000, 1),
     }
+
+
+def recovery_time(after: list[tuple[float, int, float]], spike_end: float, cooldown: float) -> float | None:
+    """Seconds from the end of the spike to the first 1 s window (by arrival) from which on every
+    window is normal: no request failed or shed, and its p99 latency is at most NORMAL_LATENCY.
+    ``None`` when the cool-down never got there. A lone outlier (a GC pause, another process
+    taking the CPU) does not count as "not recovered"; a queue or a failure does.
+    """
+    windows: list[list[tuple[float, int, float]]] = [[] for _ in range(int(cooldown))]
+    for request in after:
+        index = int(request[0] - spike_end)
+        if 0 <= index < len(windows):
+            windows[index].append(request)
+    normal = [
+        all(r[1] == 200 for r in window) and (percentile([r[2] for r in window], 99) or 0.0) <= NORMAL_LATENCY
+        for window in windows
+    ]
+    for index in range(len(windows)):
+        if all(normal[index:]):
+            # Recovered when the last request that was not normal before that window arrived.
+            before = [r for window in windows[:index] for r in window if r[1] != 200 or r[2] > NORMAL_LATENCY]
+            return max((r[0] - spike_end for r in before), default=0.0)
+    return None
 
 
 def _ms(value: float | None) -> float | None:
