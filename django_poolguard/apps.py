@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 from django.apps import AppConfig
 
 
@@ -21,3 +23,7 @@ class PoolGuardConfig(AppConfig):
         connect_signals()  # a no-op unless Celery is installed
         register_tasks()  # leak scan, LeakEvent writer, alerts
         publish.register()
+        if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
+            from . import metrics
+
+            metrics.install()
