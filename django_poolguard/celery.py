@@ -63,7 +63,8 @@ def connect_signals() -> bool:
 
 def task_label(task: Any, task_id: str | None) -> str:
     """``task shop.tasks.export[<id>]``: what the ledger shows as the checkout's context."""
-    return f"task {getattr(task, 'name', None) or task!r}[{task_id}]"
+    name = getattr(task, "name", None) or repr(task)
+    return f"task {name}[{task_id}]"
 
 
 def _is_eager(task: Any) -> bool:
