@@ -40,4 +40,4 @@ class DatabaseCreation(PostgresCreation):
             if connections.settings.get(alias, {}).get("NAME") == test_database_name:
                 if discard_pool(alias, pool) is not None:
                     pool.close(timeout=5)
-        return super()._destroy_test_db(test_database_name, verbosity)
+        return super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
