@@ -88,6 +88,7 @@ def test_500_tasks_use_at_most_max_size_sessions_per_child(prefork_worker: Worke
     for pid, backend_pids in sessions.items():
         assert len(backend_pids) <= WORKER_MAX_SIZE, f"child {pid} opened {len(backend_pids)} sessions"
         state = state_of(prefork_worker, pid)
+        assert state["role"] == "worker"
         assert state["aliases"]["worker"]["connections_opened_total"] <= WORKER_MAX_SIZE
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard import current_alias, snapshot
+from django_poolguard.context import process_role
 
-from . import app
+from .app import app
 
 
 def _session() -> dict[str, Any]:
@@ -58,7 +59,7 @@ def hold(seconds: float) -> dict[str, Any]:
 def pool_state(linger: float = 0.0) -> dict[str, Any]:
     """This process's pools, without touching the database; ``linger`` keeps the process busy
     so that tasks sent together land on different prefork children."""
-    state = {"pid": os.getpid(), "aliases": snapshot()}
+    state = {"pid": os.getpid(), "role": process_role(), "aliases": snapshot()}
     time.sleep(linger)
     return state
 

@@ -53,7 +53,7 @@ class Worker:
             "-m",
             "celery",
             "-A",
-            "tests.celery_app",
+            "tests.celery_app.app",
             "worker",
             f"--pool={pool}",
             f"--concurrency={concurrency}",
