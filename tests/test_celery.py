@@ -127,6 +127,21 @@ def test_a_task_holding_a_connection_is_in_the_ledger_with_its_name_and_id(
     assert not [c for c in checkouts_of(state_of(worker, result["pid"])) if c["context"] == label]
 
 
+@pytest.mark.parametrize("worker_fixture", ["prefork_worker", "threads_worker"])
+def test_a_task_that_leaves_a_transaction_open_is_rolled_back_and_the_worker_recovers(
+    worker_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    worker: Worker = request.getfixturevalue(worker_fixture)
+    name = f"never committed {worker_fixture}"
+    pid = worker.run("leave_transaction_open", name)
+    assert worker.run("count_items", name) == 0  # rolled back, not committed at task end
+    # Every thread of every process keeps working: no wrapper is left "inside" the dead transaction.
+    results = run_many(worker, "whoami", 12)
+    assert all(r["alias"] == "worker" for r in results)
+    assert "ended inside an open transaction on alias 'worker'" in worker.log()
+    assert not checkouts_of(state_of(worker, pid))
+
+
 def test_threads_share_a_bounded_pool(threads_worker: Worker) -> None:
     results = run_many(threads_worker, "whoami", 60)
     assert {r["pid"] for r in results} == {results[0]["pid"]}  # one process, four threads

@@ -70,3 +70,22 @@ def sleep_in_database(seconds: float) -> int:
     with connections[current_alias()].cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s), pg_backend_pid()", [seconds])
         return int(cursor.fetchone()[1])
+
+
+@app.task
+def leave_transaction_open(name: str) -> int:
+    """A buggy task: enters a transaction it never leaves, after writing a row."""
+    from django.db import transaction
+
+    from tests.testapp.models import Item
+
+    transaction.atomic(using=current_alias()).__enter__()
+    Item.objects.create(name=name)
+    return os.getpid()
+
+
+@app.task
+def count_items(name: str) -> int:
+    from tests.testapp.models import Item
+
+    return Item.objects.filter(name=name).count()
