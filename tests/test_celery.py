@@ -142,6 +142,18 @@ def test_a_task_that_leaves_a_transaction_open_is_rolled_back_and_the_worker_rec
     assert not checkouts_of(state_of(worker, pid))
 
 
+def test_a_connection_leaked_into_a_thread_names_the_task(prefork_worker: Worker) -> None:
+    """A prefork child runs one task at a time: what a thread still holds when the task ends is the task's."""
+    leaking = prefork_worker.send("leak_into_thread", 30)
+    pid = leaking.get(timeout=60)
+    label = f"task tests.celery_app.tasks.leak_into_thread[{leaking.id}] (thread report-uploader)"
+    assert [c for c in checkouts_of(state_of(prefork_worker, pid)) if c["context"] == label]
+    assert (
+        f"task tests.celery_app.tasks.leak_into_thread[{leaking.id}] ended while thread 'report-uploader' "
+        "it started still holds a connection of alias 'worker', acquired at tests/celery_app/tasks.py:"
+    ) in prefork_worker.log()
+
+
 def test_threads_share_a_bounded_pool(threads_worker: Worker) -> None:
     results = run_many(threads_worker, "whoami", 60)
     assert {r["pid"] for r in results} == {results[0]["pid"]}  # one process, four threads

@@ -89,3 +89,20 @@ def count_items(name: str) -> int:
     from tests.testapp.models import Item
 
     return Item.objects.filter(name=name).count()
+
+
+@app.task
+def leak_into_thread(seconds: float) -> int:
+    """A buggy task: starts a thread that queries, keeps its connection for ``seconds``, and
+    never closes it; the task itself returns at once."""
+    started = threading.Event()
+
+    def run() -> None:
+        with connections["worker"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        started.set()
+        time.sleep(seconds)
+
+    threading.Thread(target=run, name="report-uploader", daemon=True).start()
+    started.wait(10)
+    return os.getpid()
