@@ -17,12 +17,14 @@ label but keep the caller's workload and connections.
 from __future__ import annotations
 
 import logging
+import threading
+from time import monotonic
 from typing import Any
 
 from django.db import connections
 
 from .context import reset_context, set_context, set_process_role
-from .pool import close_all_pools, keep_pools_open
+from .pool import all_pools, close_all_pools, keep_pools_open
 from .workloads import WORKER, alias_for, enter, leave, web_alias
 
 try:
@@ -35,9 +37,12 @@ logger = logging.getLogger("django_poolguard")
 ENGINE = "django_poolguard.backends.postgresql"
 SINGLE_TASK_POOLS = ("prefork", "processes", "solo")  # one task at a time per process
 
-# task id -> (context token, workload token), set in task_prerun and reset in task_postrun.
+# task id -> (context token, workload token, start), set in task_prerun and reset in task_postrun.
 # Both run in the task's own thread/greenlet; a dict keyed by id needs no lock under the GIL.
-_tokens: dict[str, tuple[Any, Any]] = {}
+_tokens: dict[str, tuple[Any, Any, float]] = {}
+# True in processes that run one task at a time (prefork children, solo): there, a checkout made
+# by another thread during a task can only come from a thread the task started.
+_one_task_at_a_time = False
 
 
 def connect_signals() -> bool:
@@ -63,7 +68,8 @@ def connect_signals() -> bool:
 
 def task_label(task: Any, task_id: str | None) -> str:
     """``task shop.tasks.export[<id>]``: what the ledger shows as the checkout's context."""
-    return f"task {getattr(task, 'name', None) or task!r}[{task_id}]"
+    name = getattr(task, "name", None) or repr(task)
+    return f"task {name}[{task_id}]"
 
 
 def _is_eager(task: Any) -> bool:
@@ -74,21 +80,50 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     task = task or sender
     context_token = set_context(task_label(task, task_id))
     workload_token = None if _is_eager(task) else enter(WORKER)
-    _tokens[str(task_id)] = (context_token, workload_token)
+    _tokens[str(task_id)] = (context_token, workload_token, monotonic())
 
 
 def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
     task = task or sender
     tokens = _tokens.pop(str(task_id), None)
+    label = task_label(task, task_id)
     try:
         if not _is_eager(task):
-            release_connections(task_label(task, task_id))
+            release_connections(label)
+            if _one_task_at_a_time and tokens is not None:
+                adopt_thread_checkouts(label, tokens[2])
     finally:
         if tokens is not None:
-            context_token, workload_token = tokens
+            context_token, workload_token, _ = tokens
             if workload_token is not None:
                 leave(workload_token)
             reset_context(context_token)
+
+
+def adopt_thread_checkouts(label: str, since: float) -> int:
+    """Label checkouts that threads started by the task still hold after it ended.
+
+    Python does not copy the task's context into a new thread, so such a checkout has none; in a
+    process that runs one task at a time it can only come from this task. Naming the task makes the
+    leak report (and ``PoolExhausted``) point at it. Returns how many were found.
+    """
+    current = threading.current_thread()
+    found = 0
+    for alias, pool in all_pools().items():
+        for checkout in pool.ledger.checkouts():
+            if checkout.context is not None or checkout.started < since or checkout.thread is current:
+                continue
+            checkout.context = f"{label} (thread {checkout.thread.name})"
+            found += 1
+            logger.warning(
+                "%s ended while thread %r it started still holds a connection of alias %r, acquired at "
+                "%s. Close it in that thread (connections.close_all() in a finally block).",
+                label,
+                checkout.thread.name,
+                alias,
+                checkout.origin or "an unknown place",
+            )
+    return found
 
 
 def release_connections(label: str = "this thread") -> int:
@@ -134,8 +169,10 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 def on_worker_process_init(**kwargs: Any) -> None:
     """A prefork child: its pools were dropped at fork and will be created on first use."""
+    global _one_task_at_a_time
     set_process_role(WORKER)
     keep_pools_open()
+    _one_task_at_a_time = True
 
 
 def on_worker_shutdown(**kwargs: Any) -> None:
@@ -180,8 +217,11 @@ def concurrency_problem(worker: Any) -> str | None:
 
 def on_worker_after_setup(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
     """Worker start: check per-process concurrency against the worker alias's ``max_size``."""
+    global _one_task_at_a_time
     if instance is None:
         return
+    if worker_task_concurrency(instance) == 1:
+        _one_task_at_a_time = True  # solo (prefork children are told in worker_process_init)
     try:
         problem = concurrency_problem(instance)
     except Exception:

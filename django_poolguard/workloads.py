@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
 
 from .conf import guard_settings
@@ -54,13 +55,33 @@ def alias_for(name: str) -> str | None:
     return alias if alias in settings.DATABASES else None
 
 
+# workload -> the alias it resolves to. The router asks on every query, and reading two settings
+# costs microseconds; entries are added on first use and all dropped when POOLGUARD or DATABASES
+# change (override_settings). Plain dict writes of the same value from several threads are harmless.
+_resolved: dict[str, str] = {}
+
+
 def current_alias() -> str:
     """The alias queries use now: pass it on where Django defaults to ``default``, e.g.
     ``transaction.atomic(using=current_alias())`` and ``transaction.on_commit(fn, using=current_alias())``.
 
     A workload without its own alias (a project with no ``worker`` database) uses the web alias.
     """
-    return alias_for(current_workload()) or web_alias()
+    name = _current.get()
+    if name is None:
+        name = WORKER if process_role() == WORKER else WEB
+    alias = _resolved.get(name)
+    if alias is None:
+        alias = _resolved[name] = alias_for(name) or web_alias()
+    return alias
+
+
+def _forget_resolved(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("POOLGUARD", "DATABASES"):
+        _resolved.clear()
+
+
+setting_changed.connect(_forget_resolved, dispatch_uid="django_poolguard.workloads.forget_resolved")
 
 
 class workload(ContextDecorator):  # lower case: used like a function, @workload("analytics")

@@ -47,4 +47,4 @@ class DatabaseCreation(PostgresCreation):
 
         watchdog.stop()
         close_all()
-        return super()._destroy_test_db(test_database_name, verbosity)
+        return super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
