@@ -138,7 +138,9 @@ POOLGUARD = {
         "web": {"instances": 2, "processes": 2},
         "worker": {"instances": 1, "processes": 2},
         "analytics": {"instances": 1, "processes": 1},
-    },
+    }
+    if GUARDED
+    else {},
     "RESERVED_CONNECTIONS": 10,
 }
 
