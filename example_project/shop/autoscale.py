@@ -45,7 +45,9 @@ def replay() -> dict[str, Any]:
                 "safe_max_size": web["safe_max_size"],
             }
         )
-        lines.append(f"   {pods} pods: {describe(budget)} -> {verdict}; largest safe web max_size {web['safe_max_size']}")
+        lines.append(
+            f"   {pods} pods: {describe(budget)} -> {verdict}; largest safe web max_size {web['safe_max_size']}"
+        )
     lines += [
         "   Django's own pool: no budget and no check; at 24 pods under load PostgreSQL answers",
         "   'FATAL: sorry, too many clients already' to whichever process connects last.",

@@ -130,7 +130,8 @@ else:
 POOLGUARD = {
     "WORKLOADS": {"web": "default", "worker": "worker", "analytics": "analytics"}
     if GUARDED
-    else {"web": "default"},
+    # Without poolguard's pools every workload shares the one alias, as in most projects.
+    else {"web": "default", "worker": "default", "analytics": "default"},
     "MONITOR_INTERVAL": 1.0,
     "PUBLISH_INTERVAL": 2.0,
     # The shape the shop may autoscale to; `manage.py poolbudget` checks it against max_connections.
