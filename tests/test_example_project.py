@@ -150,6 +150,7 @@ def _incident(name: str, env: dict[str, str]) -> dict:
 
 
 LEAK_THRESHOLD = 5  # the shop's web alias
+ANALYTICS_LEAK_THRESHOLD = 10  # the shop's analytics alias, where the report runs
 
 
 def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> None:
@@ -166,7 +167,7 @@ def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> N
 def test_slow_report_incident_names_the_report_and_keeps_the_site_answering(shop_env) -> None:
     runs = _incident("slow-report", shop_env)
     guarded, native = runs["guarded"], runs["native"]
-    assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= LEAK_THRESHOLD + 2, guarded
+    assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= ANALYTICS_LEAK_THRESHOLD + 2, guarded
     assert "/reports/revenue/" in guarded["named"]
     assert guarded["probes_answered"] == guarded["probes"], guarded
     assert native["probes_answered"] < native["probes"], native  # the report starved the product list
