@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from shop import bootstrap
 from shop.driver import Driver
@@ -69,6 +70,7 @@ class Command(BaseCommand):
             raise CommandError("The demo shows poolguard: unset SHOP_POOL_MODE (it is 'native').")
         self.stdout.write("Preparing the database (create, migrate, catalogue, demo user)...")
         bootstrap.prepare()
+        connections.close_all()  # this process only watches from now on: give its connection back
         if setup_only:
             self.stdout.write("Database ready.")
             return
