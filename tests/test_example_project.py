@@ -167,7 +167,9 @@ def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> N
 def test_slow_report_incident_names_the_report_and_keeps_the_site_answering(shop_env) -> None:
     runs = _incident("slow-report", shop_env)
     guarded, native = runs["guarded"], runs["native"]
-    assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= ANALYTICS_LEAK_THRESHOLD + 2, guarded
+    assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= ANALYTICS_LEAK_THRESHOLD + 2, (
+        guarded
+    )
     assert "/reports/revenue/" in guarded["named"]
     assert guarded["probes_answered"] == guarded["probes"], guarded
     assert native["probes_answered"] < native["probes"], native  # the report starved the product list
