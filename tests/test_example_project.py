@@ -173,3 +173,18 @@ def test_slow_report_incident_names_the_report_and_keeps_the_site_answering(shop
     assert "/reports/revenue/" in guarded["named"]
     assert guarded["probes_answered"] == guarded["probes"], guarded
     assert native["probes_answered"] < native["probes"], native  # the report starved the product list
+
+
+HOARD_THRESHOLD = 2  # the shop's web alias
+
+
+def test_hoard_incident_names_where_the_transaction_began(shop_env) -> None:
+    guarded = _incident("hoard", shop_env)["guarded"]
+    hoard_reports = [
+        f for f in guarded["findings"] if "idle in transaction" in f and "the transaction began at" in f
+    ]
+    assert hoard_reports, guarded["findings"]
+    at = float(hoard_reports[0].split()[0])
+    assert at <= HOARD_THRESHOLD + 2, hoard_reports[0]
+    assert "shop/views.py" in hoard_reports[0] and "in pay" in hoard_reports[0]
+    assert guarded["probes_answered"] == guarded["probes"], guarded
