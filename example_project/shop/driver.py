@@ -9,7 +9,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+
+from django.utils import timezone
 
 PAUSE = 25.0  # s of ordinary traffic between two incidents, so the pools recover on screen
 
@@ -32,11 +35,34 @@ class Driver(threading.Thread):
         while not self.stop.wait(PAUSE):
             for name, what, replay in incidents:
                 self.out.write(f"[driver] replaying {name!r}: {what}...")
+                since = timezone.now()
                 statuses = replay()
                 summary = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
                 self.out.write(f"[driver] {name!r} done: {summary or 'tasks queued'}")
+                if self.stop.wait(8):  # the watchdogs report within a few MONITOR_INTERVALs
+                    return
+                for line in self.what_poolguard_recorded(since):
+                    self.out.write(f"[driver]   poolguard recorded: {line}")
                 if self.stop.wait(PAUSE):
                     return
+
+    def what_poolguard_recorded(self, since: datetime) -> list[str]:
+        """The leak and hoard events the processes wrote since ``since`` (what the admin lists)."""
+        from django.db import connections
+
+        from django_poolguard.models import LeakEvent
+
+        try:
+            events = list(LeakEvent.objects.filter(last_seen__gte=since).order_by("-count")[:3])
+        finally:
+            connections.close_all()
+        lines = []
+        for event in events:
+            origin = event.stack.strip().splitlines()[0].strip() if event.stack.strip() else "no stack"
+            lines.append(
+                f"{event.kind} on {event.alias!r} x{event.count}, {event.context or event.thread}, at {origin}"
+            )
+        return lines or ["nothing (see poolstats --leaks and the logs)"]
 
     # --- traffic --------------------------------------------------------------------------------
 
