@@ -221,7 +221,14 @@ def run_config(config: str, spike_seconds: float, threads: int, cooldown: float)
     slow_thread.join()
     stop.set()
     watcher.join()
-    return summarize(config, results, spike_start, spike_end, cooldown, slow, sessions, lag)
+    summary = summarize(config, results, spike_start, spike_end, cooldown, slow, sessions, lag)
+    if config == "poolguard":
+        from django_poolguard.pool import get_pool
+
+        held = get_pool("default").ledger.held_samples()  # the last 4,096 hold times
+        summary["hold_mean_ms"] = round(sum(held) / len(held) * 1000, 1)
+    summary["load_average"] = os.getloadavg()[0]
+    return summary
 
 
 def percentile(values: list[float], p: float) -> float | None:
