@@ -15,7 +15,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import Iterator
-from types import CodeType
+from types import CodeType, FrameType
 
 # Flat pairs: code object, then the byte offset of its last instruction.
 RawStack = tuple[CodeType | int, ...]
@@ -54,6 +54,7 @@ def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[CodeType] = fr
     """
     getframe = sys._getframe
     start = skip + 1
+    frame: FrameType | None
     try:
         frame = getframe(start)
     except ValueError:

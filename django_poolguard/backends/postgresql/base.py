@@ -23,7 +23,7 @@ from ...conf import AliasConfig, guard_settings, hostname
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool
 from .creation import DatabaseCreation
 
-NO_DB_ALIAS = postgresql.NO_DB_ALIAS
+NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 _CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -91,7 +91,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
-            configure=self._configure_connection,
+            configure=self._configure_connection,  # type: ignore[attr-defined]
             check=GuardedPool.check_connection if enable_checks else None,
             config=self.guard_config,
             **options,
@@ -129,7 +129,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def _close(self) -> None:
         self._guard_checkout = None
-        super()._close()
+        super()._close()  # type: ignore[misc]
 
     def create_cursor(self, name: Any = None) -> Any:
         checkout = self._guard_checkout
@@ -147,7 +147,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
-        super()._set_autocommit(autocommit)
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
 __all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]
