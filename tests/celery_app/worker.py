@@ -103,7 +103,7 @@ class Worker:
         return self.client.send_task(f"tests.celery_app.tasks.{task}", args=args, queue=self.queue)
 
     def run(self, task: str, *args: Any, timeout: float = 60) -> Any:
-        return self.send(task, *args).get(timeout=timeout)
+        return self.send(task, *args).get(timeout=timeout, interval=0.05)
 
     def stop(self) -> None:
         process = self.process
