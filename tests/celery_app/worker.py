@@ -86,7 +86,9 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the Celery worker exited with {self.process.returncode}:\n{self.log()}")
+                returncode, log = self.process.returncode, self.log()
+                self.stop()
+                raise RuntimeError(f"the Celery worker exited with {returncode}:\n{log}")
             if " ready." in self.log():
                 return self
             time.sleep(0.2)
