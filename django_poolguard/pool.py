@@ -150,6 +150,8 @@ _pools_lock = threading.Lock()
 # (see _after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
 _inherited: list[Any] = []
 _pool_created_hooks: list[Callable[[GuardedPool], None]] = []
+# Set in processes that own their pools until exit (Celery workers): see keep_pools_open().
+_keep_open = False
 
 
 def get_pool(alias: str) -> GuardedPool | None:
@@ -190,6 +192,33 @@ def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | N
 
 def all_pools() -> dict[str, GuardedPool]:
     return dict(_pools)
+
+
+def keep_pools_open(keep: bool = True) -> None:
+    """Make this process own its pools until it exits: ``close_pool()`` on a guarded alias then
+    returns only the calling thread's connection and keeps the pool.
+
+    Celery's Django fixup calls ``close_pool()`` after every task in a prefork child, which turns a
+    pool into one new connection per task (celery#10554); :mod:`django_poolguard.celery` calls this
+    in each worker process and closes the pools itself with :func:`close_all_pools` at shutdown.
+    """
+    global _keep_open
+    _keep_open = keep
+
+
+def pools_kept_open() -> bool:
+    return _keep_open
+
+
+def close_all_pools(timeout: float = 5.0) -> None:
+    """Close every pool of this process (process shutdown): sessions end cleanly on the server."""
+    for alias in list(_pools):
+        pool = discard_pool(alias)
+        if pool is not None:
+            try:
+                pool.close(timeout=timeout)
+            except Exception:
+                logger.exception("Closing the pool of alias %r at shutdown failed.", alias)
 
 
 def silence_inherited(connection: Any) -> None:
@@ -250,9 +279,12 @@ __all__ = [
     "GuardedPool",
     "PoolClosed",
     "all_pools",
+    "close_all_pools",
     "describe_holders",
     "discard_pool",
     "get_or_create_pool",
     "get_pool",
+    "keep_pools_open",
     "on_pool_created",
+    "pools_kept_open",
 ]

@@ -20,7 +20,7 @@ from django.db.utils import DEFAULT_DB_ALIAS
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
-from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool
+from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
@@ -98,6 +98,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         )
 
     def close_pool(self) -> None:
+        if pools_kept_open():
+            # A Celery worker owns its pools until it exits (see pool.keep_pools_open): give back
+            # this thread's connection, as the caller (Celery's fixup, after each task) intends.
+            self.close()
+            return
         pool = discard_pool(self.alias)
         if pool is not None:
             pool.close()
