@@ -150,26 +150,23 @@ def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str
 def fleet_history(processes: list[dict[str, Any]], alias: str) -> list[list[float]]:
     """The processes' history points of ``alias`` summed per 5 s step (p95: the worst)."""
     step = publish.HISTORY_SECONDS / publish.HISTORY_POINTS
-    buckets: dict[int, dict[tuple[str, int], list[float]]] = defaultdict(dict)
+    sums: dict[int, list[float]] = {}
     for process in processes:
-        points = process.get("aliases", {}).get(alias, {}).get("history") or []
-        for point in points:
-            # The newest point of each process within a step stands for that step.
-            buckets[int(point[0] // step)][(process["host"], process["pid"])] = point
-    out = []
-    for bucket in sorted(buckets):
-        points = list(buckets[bucket].values())
-        out.append(
-            [
-                round(bucket * step, 1),
-                sum(p[1] for p in points),
-                sum(p[2] for p in points),
-                sum(p[3] for p in points),
-                sum(p[4] for p in points),
-                max(p[5] for p in points),
-            ]
-        )
-    return out
+        # The newest point of each process within a step stands for that step.
+        latest = {
+            int(p[0] // step): p for p in process.get("aliases", {}).get(alias, {}).get("history") or ()
+        }
+        for bucket, p in latest.items():
+            total = sums.get(bucket)
+            if total is None:
+                sums[bucket] = [round(bucket * step, 1), p[1], p[2], p[3], p[4], p[5]]
+            else:
+                total[1] += p[1]
+                total[2] += p[2]
+                total[3] += p[3]
+                total[4] += p[4]
+                total[5] = max(total[5], p[5])
+    return [sums[bucket] for bucket in sorted(sums)]
 
 
 def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, int]) -> dict[str, Any]:
