@@ -164,6 +164,10 @@ def test_budget_of_the_seed_incident() -> None:
     # The article's 288 possible connections against 300 - 3 - 10 = 287 usable ones.
     assert (data["ceiling"], data["planned"], data["status"]) == (287, 288, "over")
     assert data["workloads"]["web"]["safe_max_size"] == 11
+    tight = budget.Workload("web", 21, 1, {"default": 12})  # 21 x 13 = 273 of 287: within 10 %
+    data = budget.compute(max_connections=300, superuser_reserved=3, reserved=10, workloads=[tight])
+    assert data["status"] == "tight"
+    assert data["workloads"]["web"]["comfortable_max_size"] == int(0.9 * 287 / 21) - 1 == 11
     before = budget.Workload("web", 8, 1, {"default": 12}, side_connections=0)
     data = budget.compute(max_connections=300, superuser_reserved=3, reserved=10, workloads=[before])
     assert (data["planned"], data["status"], data["headroom"]) == (96, "ok", 191)
