@@ -66,12 +66,12 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
         server = activity.server_settings(db_alias)
         data["database"] = database_side(db_alias, activity.sessions(db_alias), server)
     except Exception as exc:
-        errors.append(_error("database", db_alias, exc))
+        errors.append(error_entry("database", db_alias, exc))
     if server is not None:
         try:
             data["budget"] = budget.for_alias(db_alias, server=server)
         except Exception as exc:
-            errors.append(_error("budget", db_alias, exc))
+            errors.append(error_entry("budget", db_alias, exc))
     return data
 
 
@@ -82,7 +82,7 @@ def _processes(errors: list[dict[str, str]], *, local_fallback: bool) -> list[di
         try:
             processes = publish.read_published()
         except Exception as exc:
-            errors.append(_error("publish", str(mode), exc))
+            errors.append(error_entry("publish", str(mode), exc))
     if mode is None or local_fallback:
         # This process's live pools are fresher than what it published up to an interval ago.
         own = publish.current_snapshot()
@@ -222,7 +222,7 @@ def _session_summary(session: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: session[key] for key in keys}
 
 
-def _error(part: str, where: str, exc: Exception) -> dict[str, str]:
+def error_entry(part: str, where: str, exc: Exception) -> dict[str, str]:
     # psycopg error messages name host/database/user but never the password.
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return {"part": part, "where": where, "error": f"{type(exc).__name__}: {message}"}

@@ -334,3 +334,12 @@ def test_poolactivity_reports_what_postgresql_refuses(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [other]
             )
             connection.execute(f'DROP ROLE IF EXISTS "{other}"')
+
+
+def test_check_is_critical_when_the_database_cannot_be_reached(make_alias: Callable[..., str]) -> None:
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 1}, HOST="127.0.0.1", PORT="1")
+    code, line = check("--alias", alias)
+    assert code == 2 and "database unavailable" in line, line
+    text = _run("poolstats", "--alias", alias, "--leaks")
+    assert "! database" in text and "! leaks" in text
+    assert "Traceback" not in text

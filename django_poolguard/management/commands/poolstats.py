@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import fleet
@@ -73,7 +74,10 @@ class Command(BaseCommand):
     def show(self, alias: str | None, options: dict[str, Any]) -> None:
         data = fleet.collect(alias, history=False)
         if options["leaks"]:
-            data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
+            try:
+                data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
+            except psycopg.Error as exc:
+                data["errors"].append(fleet.error_entry("leaks", postgres_alias(alias), exc))
         if options["json"]:
             # One document per line under --watch, so a pipe can read them one by one.
             indent = None if options["watch"] else 2
