@@ -55,6 +55,7 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
+        "history_fields": list(publish.HISTORY_FIELDS),
         "processes": processes,
         "aliases": totals(processes, history=history),
         "database": {},

@@ -115,6 +115,7 @@ def test_collect_includes_history_for_the_dashboard(make_alias: Callable[..., st
     data = fleet.collect(alias)
     total = data["aliases"][alias]
     assert (total["in_use"], total["max"]) == (1, 3)
+    assert data["history_fields"] == ["t", "in_use", "idle", "waiting", "max", "acquire_p95_ms"]
     assert total["history"][-1][1:5] == [1, 0, 0, 3]
     assert data["processes"][0]["aliases"][alias]["history"]
     assert "history" not in fleet.collect(alias, history=False)["aliases"][alias]
