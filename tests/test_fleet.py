@@ -97,7 +97,9 @@ def test_fleet_published_to_database(make_fleet: Callable[..., Fleet]) -> None:
 def test_fleet_published_to_redis_cache(make_fleet: Callable[..., Fleet]) -> None:
     url = redis_url()
     if url is None:
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379 (PUBLISH='cache' needs a shared cache)")
+        pytest.skip(
+            "Redis is not reachable at REDIS_URL or 127.0.0.1:6379 (PUBLISH='cache' needs a shared cache)"
+        )
     prefix = f"poolguard-test-{uuid.uuid4().hex[:8]}"
     fleet = make_fleet(
         POOLGUARD_FLEET_PUBLISH="cache", POOLGUARD_FLEET_REDIS=url, POOLGUARD_FLEET_PREFIX=prefix

@@ -89,7 +89,8 @@ class Command(BaseCommand):
 def check_line(state: str, data: dict[str, Any]) -> str:
     """``POOLGUARD WARNING - default: 8/8 in use, 2 waiting (3 processes)``: the Nagios style."""
     parts = [
-        f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting ({t['processes']} processes, {t['status']})"
+        f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting "
+        f"({t['processes']} process{'' if t['processes'] == 1 else 'es'}, {t['status']})"
         for alias, t in data["aliases"].items()
     ]
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
