@@ -9,7 +9,7 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
         from .celery import connect_signals
         from .context import detect_process_role, set_process_role
         from .monitor import watchdog
@@ -18,3 +18,4 @@ class PoolGuardConfig(AppConfig):
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
         connect_signals()  # a no-op unless Celery is installed
+        publish.register()
