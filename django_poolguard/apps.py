@@ -11,13 +11,16 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
+        from .celery import connect_signals
         from .context import detect_process_role, set_process_role
         from .monitor import watchdog
         from .pool import on_pool_created
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
+        connect_signals()  # a no-op unless Celery is installed
+        publish.register()
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
             from . import metrics
 
