@@ -89,7 +89,7 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         workload=pool.config.workload,
         kind=kind,
         thread=checkout.thread.name,
-        thread_alive=checkout.thread.is_alive(),
+        thread_alive=_alive(checkout.thread),
         context=checkout.label,
         held=round(checkout.held, 3),
         stack=tuple(stacks.format_stack(raw)),
@@ -164,7 +164,7 @@ def _orphaned(checkout: Checkout) -> str | None:
     """Why nobody can return this checkout any more, or None while its holder may still do it."""
     ref = checkout.wrapper_ref
     wrapper = ref() if ref is not None else None
-    if not checkout.thread.is_alive():
+    if not _alive(checkout.thread):
         if wrapper is not None and wrapper.allow_thread_sharing:
             # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
             return None
@@ -172,6 +172,15 @@ def _orphaned(checkout: Checkout) -> str | None:
     if ref is not None and wrapper is None:
         return WRAPPER_COLLECTED
     return None
+
+
+def _alive(thread: threading.Thread) -> bool:
+    # Threads started outside ``threading`` (mod_wsgi, some C extensions) are "dummy" threads
+    # whose liveness Python cannot know: count them as alive, never reclaim by thread.
+    try:
+        return thread.is_alive()
+    except Exception:
+        return True
 
 
 def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
@@ -186,8 +195,9 @@ def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
         status = checkout.connection.pgconn.transaction_status
     except Exception:
         return False
-    # INTRANS is "idle in transaction": not running a query (ACTIVE), not failed, not autocommit.
-    return bool(status == TransactionStatus.INTRANS)
+    # "idle in transaction" (INTRANS) or "idle in transaction (aborted)" (INERROR): waiting on
+    # the application, not running a query (ACTIVE), and still holding its locks.
+    return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
 def reclaim(pool: GuardedPool, checkout: Checkout, reason: str) -> None:
