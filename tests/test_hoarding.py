@@ -81,7 +81,7 @@ def test_each_hoarding_transaction_is_reported_once(make_alias):
 
     def two_slow_transactions() -> None:
         for _ in range(2):
-            book_and_call_payment_api(alias, 0.8)
+            book_and_call_payment_api(alias, 1.2)
 
     with recording(alias) as signals:
         in_thread(two_slow_transactions).join(10)
