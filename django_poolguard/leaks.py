@@ -243,7 +243,10 @@ def _detach(wrapper: Any, connection: Any) -> None:
 
 def wrapper_collected(ref: weakref.ref[Any]) -> None:
     """Weakref callback of a checkout's wrapper: ask for a scan soon. No lock, no I/O (runs in GC)."""
-    watchdog.nudge(TASK_NAME)
+    try:
+        watchdog.nudge(TASK_NAME)
+    except Exception:  # at interpreter shutdown module globals may already be gone
+        pass
 
 
 # --- Reporting -----------------------------------------------------------------------------
