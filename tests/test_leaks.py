@@ -204,8 +204,8 @@ def test_leak_inside_a_management_command_is_reported_with_the_command():
     assert row.stack.splitlines()[0].endswith("in Command.export_rows")
 
 
-class LeakEventsToUnreachableDatabase:
-    """Routes LeakEvent writes to ``target``: an alias whose database does not exist."""
+class LeakEventsToAlias:
+    """Routes LeakEvent writes to the alias in ``target``."""
 
     target = "default"
 
@@ -215,8 +215,8 @@ class LeakEventsToUnreachableDatabase:
 
 def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settings, caplog):
     broken = make_alias(NAME="poolguard_no_such_database")
-    LeakEventsToUnreachableDatabase.target = broken
-    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToUnreachableDatabase"]
+    LeakEventsToAlias.target = broken
+    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5}, poolguard={"leak_threshold": 0.2})
     with recording(alias) as signals:
         thread = threading.Thread(target=load_report_rows, args=(alias,), name="doomed")
@@ -233,3 +233,16 @@ def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settin
     assert repr(broken) in failures[0].getMessage() and "retries in 30 s" in failures[0].getMessage()
     assert "password" not in failures[0].getMessage().lower()
     assert not LeakEvent.objects.filter(alias=alias).exists()
+
+
+def test_leak_event_is_written_while_its_database_pool_is_exhausted(make_alias, holders, settings):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 1}, poolguard={"leak_threshold": 0.2})
+    LeakEventsToAlias.target = alias  # the very alias whose only connection is held
+    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
+    holders(alias, name="hog")
+    assert django_poolguard.snapshot()[alias]["idle"] == 0
+
+    row = wait_until(lambda: LeakEvent.objects.filter(alias=alias, kind="leak").first(), what="LeakEvent")
+    assert row.thread == "hog"
+    state = django_poolguard.snapshot()[alias]
+    assert (state["in_use"], state["max"], state["acquired_total"]) == (1, 1, 1), "written outside the pool"
