@@ -19,6 +19,7 @@ table (:mod:`django_poolguard.leak_events`). Nothing here runs on a request thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -94,11 +95,16 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         held=round(checkout.held, 3),
         stack=tuple(stacks.format_stack(raw)),
         origin=stacks.origin(raw),
-        fingerprint=stacks.fingerprint(raw),
+        # Without stacks (CAPTURE_STACKS off) the context is the best "same place" there is.
+        fingerprint=stacks.fingerprint(raw) if raw else _context_fingerprint(checkout.label),
         host=hostname(),
         pid=os.getpid(),
         **extra,
     )
+
+
+def _context_fingerprint(context: str) -> str:
+    return hashlib.sha1(f"context:{context}".encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 # --- Watchdog state -------------------------------------------------------------------------
