@@ -10,6 +10,7 @@ class PoolGuardConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .celery import connect_signals
         from .context import detect_process_role, set_process_role
         from .leaks import register_tasks
         from .monitor import watchdog
@@ -18,3 +19,4 @@ class PoolGuardConfig(AppConfig):
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
         register_tasks()  # leak scan, LeakEvent writer, alerts
+        connect_signals()  # a no-op unless Celery is installed
