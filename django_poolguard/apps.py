@@ -9,7 +9,7 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
         from .celery import connect_signals
         from .context import detect_process_role, set_process_role
         from .leaks import register_tasks
@@ -20,3 +20,4 @@ class PoolGuardConfig(AppConfig):
         on_pool_created(lambda pool: watchdog.ensure_started())
         register_tasks()  # leak scan, LeakEvent writer, alerts
         connect_signals()  # a no-op unless Celery is installed
+        publish.register()
