@@ -4,6 +4,8 @@ late return is reported as "unleaked"."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 
 import django_poolguard
@@ -246,3 +249,15 @@ def test_leak_event_is_written_while_its_database_pool_is_exhausted(make_alias, 
     assert row.thread == "hog"
     state = django_poolguard.snapshot()[alias]
     assert (state["in_use"], state["max"], state["acquired_total"]) == (1, 1, 1), "written outside the pool"
+
+
+def test_poolstats_leaks_lists_the_recorded_leak(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 3}, poolguard={"leak_threshold": 0.2})
+    holders(alias, name="nightly-export")
+    wait_until(lambda: LeakEvent.objects.filter(alias=alias, kind="leak").exists(), what="LeakEvent")
+
+    out = io.StringIO()
+    call_command("poolstats", "--leaks", "--json", stdout=out)
+    [event] = [e for e in json.loads(out.getvalue())["leak_events"] if e["alias"] == alias]
+    assert (event["kind"], event["thread"], event["count"]) == ("leak", "nightly-export", 1)
+    assert event["stack"].splitlines()[0].endswith("in Holder.hold_connection")
