@@ -14,11 +14,13 @@ class PoolGuardConfig(AppConfig):
         from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
         from .celery import connect_signals
         from .context import detect_process_role, set_process_role
+        from .leaks import register_tasks
         from .monitor import watchdog
         from .pool import on_pool_created
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
+        register_tasks()  # leak scan, LeakEvent writer, alerts
         connect_signals()  # a no-op unless Celery is installed
         publish.register()
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra

@@ -58,6 +58,7 @@ def pool_snapshot(
         "leaks_total": ledger.leaks_total,
         "hoards_total": ledger.hoards_total,
         "reclaimed_total": ledger.reclaimed_total,
+        "reclaimed_by_reason": dict(ledger.reclaimed_by_reason),
         "connections_opened_total": pool.connections_opened(),
         "connection_errors_total": pool.connection_errors(),
         "leak_threshold": pool.config.leak_threshold,

@@ -20,6 +20,7 @@ from django.db.utils import DEFAULT_DB_ALIAS
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
+from ...leaks import wrapper_collected
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
 
@@ -52,7 +53,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
-        self._guard_ref = weakref.ref(self)  # handed to each checkout: made once, not per checkout
+        # Handed to each checkout: made once, not per checkout. Its callback asks the watchdog to
+        # reclaim soon when this wrapper is garbage-collected while a checkout still refers to it.
+        self._guard_ref = weakref.ref(self, wrapper_collected)
         self._guard_config: tuple[Any, AliasConfig] | None = None
 
     @property
