@@ -20,8 +20,8 @@ class PoolGuardConfig(AppConfig):
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
-        connect_signals()  # a no-op unless Celery is installed
         register_tasks()  # leak scan, LeakEvent writer, alerts
+        connect_signals()  # a no-op unless Celery is installed
         publish.register()
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
             from . import metrics

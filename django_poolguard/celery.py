@@ -30,7 +30,7 @@ from .workloads import WORKER, alias_for, enter, leave, web_alias
 try:
     from celery import signals
 except ImportError:  # pragma: no cover - celery is an optional extra
-    signals = None
+    signals = None  # type: ignore[assignment]
 
 logger = logging.getLogger("django_poolguard")
 

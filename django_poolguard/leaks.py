@@ -19,6 +19,7 @@ table (:mod:`django_poolguard.leak_events`). Nothing here runs on a request thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -89,16 +90,21 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         workload=pool.config.workload,
         kind=kind,
         thread=checkout.thread.name,
-        thread_alive=checkout.thread.is_alive(),
+        thread_alive=_alive(checkout.thread),
         context=checkout.label,
         held=round(checkout.held, 3),
         stack=tuple(stacks.format_stack(raw)),
         origin=stacks.origin(raw),
-        fingerprint=stacks.fingerprint(raw),
+        # Without stacks (CAPTURE_STACKS off) the context is the best "same place" there is.
+        fingerprint=stacks.fingerprint(raw) if raw else _context_fingerprint(checkout.label),
         host=hostname(),
         pid=os.getpid(),
         **extra,
     )
+
+
+def _context_fingerprint(context: str) -> str:
+    return hashlib.sha1(f"context:{context}".encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 # --- Watchdog state -------------------------------------------------------------------------
@@ -164,7 +170,7 @@ def _orphaned(checkout: Checkout) -> str | None:
     """Why nobody can return this checkout any more, or None while its holder may still do it."""
     ref = checkout.wrapper_ref
     wrapper = ref() if ref is not None else None
-    if not checkout.thread.is_alive():
+    if not _alive(checkout.thread):
         if wrapper is not None and wrapper.allow_thread_sharing:
             # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
             return None
@@ -172,6 +178,15 @@ def _orphaned(checkout: Checkout) -> str | None:
     if ref is not None and wrapper is None:
         return WRAPPER_COLLECTED
     return None
+
+
+def _alive(thread: threading.Thread) -> bool:
+    # Threads started outside ``threading`` (mod_wsgi, some C extensions) are "dummy" threads
+    # whose liveness Python cannot know: count them as alive, never reclaim by thread.
+    try:
+        return thread.is_alive()
+    except Exception:
+        return True
 
 
 def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
@@ -186,8 +201,9 @@ def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
         status = checkout.connection.pgconn.transaction_status
     except Exception:
         return False
-    # INTRANS is "idle in transaction": not running a query (ACTIVE), not failed, not autocommit.
-    return bool(status == TransactionStatus.INTRANS)
+    # "idle in transaction" (INTRANS) or "idle in transaction (aborted)" (INERROR): waiting on
+    # the application, not running a query (ACTIVE), and still holding its locks.
+    return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
 def reclaim(pool: GuardedPool, checkout: Checkout, reason: str) -> None:
@@ -233,7 +249,10 @@ def _detach(wrapper: Any, connection: Any) -> None:
 
 def wrapper_collected(ref: weakref.ref[Any]) -> None:
     """Weakref callback of a checkout's wrapper: ask for a scan soon. No lock, no I/O (runs in GC)."""
-    watchdog.nudge(TASK_NAME)
+    try:
+        watchdog.nudge(TASK_NAME)
+    except Exception:  # at interpreter shutdown module globals may already be gone
+        pass
 
 
 # --- Reporting -----------------------------------------------------------------------------

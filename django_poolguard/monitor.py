@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
 
+from django.core.signals import setting_changed
+
 from .conf import guard_settings
 
 logger = logging.getLogger("django_poolguard")
@@ -62,6 +64,13 @@ class Watchdog:
         task = self._tasks.get(name)
         if task is not None:
             task.next_run = 0.0
+
+    def wake(self) -> None:
+        """Run every task now, e.g. after the settings changed (takes a lock: not for GC callbacks)."""
+        with self._lock:
+            for task in self._tasks.values():
+                task.next_run = 0.0
+        self._wake.set()
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -128,5 +137,14 @@ class Watchdog:
 
 
 watchdog = Watchdog()
+
+
+def _settings_changed(*, setting: str, **kwargs: object) -> None:
+    # override_settings(POOLGUARD=...) takes effect at once, not after the old interval.
+    if setting == "POOLGUARD":
+        watchdog.wake()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="django_poolguard.monitor.settings_changed")
 os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
 atexit.register(watchdog.stop, 2.0)

@@ -44,7 +44,11 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         waited = monotonic() - started
-        stack = stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+        stack = (
+            stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
+            if guard_settings.CAPTURE_STACKS
+            else ()
+        )
         self.ledger.add(connection, waited, stack, current_context())
         return connection
 
@@ -104,6 +108,33 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         holders = describe_holders(self)
         message = f"{head}: {holders}" if holders else head
         return PoolExhausted(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+
+
+_PLUMBING: frozenset[Any] = frozenset()
+
+
+def _plumbing_codes() -> frozenset[Any]:
+    """Django's connection-opening frames, the same under every checkout: not worth recording."""
+    global _PLUMBING
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+    from django.utils.asyncio import async_unsafe
+
+    functions: list[Any] = [async_unsafe(lambda: None)]
+    for cls in (BaseDatabaseWrapper, PostgresWrapper):
+        for name in ("connect", "ensure_connection", "_cursor", "cursor", "get_new_connection"):
+            function = cls.__dict__.get(name)
+            if function is not None:
+                functions.append(function)
+                functions.append(getattr(function, "__wrapped__", function))
+    try:
+        from .backends.postgresql.base import DatabaseWrapper as GuardedWrapper
+
+        functions.append(GuardedWrapper.get_new_connection)
+    except ImportError:  # pragma: no cover
+        pass
+    _PLUMBING = frozenset(f.__code__ for f in functions if hasattr(f, "__code__"))
+    return _PLUMBING
 
 
 def describe_holders(pool: GuardedPool, limit: int = 3) -> str:

@@ -8,6 +8,7 @@ both workers, while ``/poolguard/health/`` keeps answering.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 import time
@@ -19,7 +20,13 @@ from django.db import connections
 
 from tests.gunicorn_app.server import GunicornServer, get
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gunicorn") is None,
+        reason="gunicorn is not installed (pip install -e .[dev])",
+    ),
+]
 
 TIMEOUT = 2.0
 SERVICE = 0.2

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from django.db import connections, transaction
+from django.db import DataError, connections, transaction
 
 import django_poolguard
 from django_poolguard.models import LeakEvent
@@ -81,7 +81,7 @@ def test_each_hoarding_transaction_is_reported_once(make_alias):
 
     def two_slow_transactions() -> None:
         for _ in range(2):
-            book_and_call_payment_api(alias, 0.8)
+            book_and_call_payment_api(alias, 1.2)
 
     with recording(alias) as signals:
         in_thread(two_slow_transactions).join(10)
@@ -89,6 +89,25 @@ def test_each_hoarding_transaction_is_reported_once(make_alias):
     hoards = signals.of("leak_detected", kind="hoard")
     assert len(hoards) == 2
     assert hoards[0]["event"].fingerprint == hoards[1]["event"].fingerprint
+
+
+def test_a_failed_transaction_left_open_is_hoarding_too(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 3}, poolguard={"hoard_threshold": 0.3})
+
+    def swallow_error_and_wait() -> None:
+        with transaction.atomic(using=alias):  # the failed transaction begins here
+            try:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("SELECT 1 / 0")
+            except DataError:
+                pass  # the transaction is aborted but still open, holding what it locked
+            time.sleep(1.2)
+
+    with recording(alias) as signals:
+        in_thread(swallow_error_and_wait).join(10)
+    [hoard] = signals.of("leak_detected", kind="hoard")
+    began = line_of(swallow_error_and_wait, "the failed transaction begins here")
+    assert hoard["event"].origin.startswith(f"tests/test_hoarding.py:{began} in ")
 
 
 def test_long_query_and_busy_transaction_are_not_hoarding(make_alias):

@@ -4,6 +4,8 @@ late return is reported as "unleaked"."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 
 import django_poolguard
@@ -204,8 +207,8 @@ def test_leak_inside_a_management_command_is_reported_with_the_command():
     assert row.stack.splitlines()[0].endswith("in Command.export_rows")
 
 
-class LeakEventsToUnreachableDatabase:
-    """Routes LeakEvent writes to ``target``: an alias whose database does not exist."""
+class LeakEventsToAlias:
+    """Routes LeakEvent writes to the alias in ``target``."""
 
     target = "default"
 
@@ -215,8 +218,8 @@ class LeakEventsToUnreachableDatabase:
 
 def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settings, caplog):
     broken = make_alias(NAME="poolguard_no_such_database")
-    LeakEventsToUnreachableDatabase.target = broken
-    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToUnreachableDatabase"]
+    LeakEventsToAlias.target = broken
+    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5}, poolguard={"leak_threshold": 0.2})
     with recording(alias) as signals:
         thread = threading.Thread(target=load_report_rows, args=(alias,), name="doomed")
@@ -233,3 +236,28 @@ def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settin
     assert repr(broken) in failures[0].getMessage() and "retries in 30 s" in failures[0].getMessage()
     assert "password" not in failures[0].getMessage().lower()
     assert not LeakEvent.objects.filter(alias=alias).exists()
+
+
+def test_leak_event_is_written_while_its_database_pool_is_exhausted(make_alias, holders, settings):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 1}, poolguard={"leak_threshold": 0.2})
+    LeakEventsToAlias.target = alias  # the very alias whose only connection is held
+    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
+    holders(alias, name="hog")
+    assert django_poolguard.snapshot()[alias]["idle"] == 0
+
+    row = wait_until(lambda: LeakEvent.objects.filter(alias=alias, kind="leak").first(), what="LeakEvent")
+    assert row.thread == "hog"
+    state = django_poolguard.snapshot()[alias]
+    assert (state["in_use"], state["max"], state["acquired_total"]) == (1, 1, 1), "written outside the pool"
+
+
+def test_poolstats_leaks_lists_the_recorded_leak(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 3}, poolguard={"leak_threshold": 0.2})
+    holders(alias, name="nightly-export")
+    wait_until(lambda: LeakEvent.objects.filter(alias=alias, kind="leak").exists(), what="LeakEvent")
+
+    out = io.StringIO()
+    call_command("poolstats", "--leaks", "--json", stdout=out)
+    [event] = [e for e in json.loads(out.getvalue())["leak_events"] if e["alias"] == alias]
+    assert (event["kind"], event["thread"], event["count"]) == ("leak", "nightly-export", 1)
+    assert event["stack"].splitlines()[0].endswith("in Holder.hold_connection")

@@ -102,6 +102,18 @@ def test_exhaustion_in_a_middleware_below_is_a_503_not_a_500(exhausted, make_ali
     assert get_pool(exhausted).ledger.shed_total == 1
 
 
+@override_settings(MIDDLEWARE=[*GUARDED, "tests.testapp.shed.AsyncDatabaseTouchingMiddleware"])
+def test_exhaustion_in_an_async_middleware_below_is_a_503(exhausted, make_alias):
+    other = make_alias()
+    client = AsyncClient(raise_request_exception=False)
+    response = async_to_sync(client.get)("/async-query/", {"alias": other, "early": exhausted})
+    connections[other].close()
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert get_pool(exhausted).ledger.shed_total == 1
+
+
 @override_settings(MIDDLEWARE=GUARDED)
 def test_other_errors_stay_500():
     response = Client(raise_request_exception=False).get("/broken/")

@@ -3,7 +3,9 @@
 One thread per second runs a query and exits without closing its connection (the thread /
 thread-pool leak of the SPEC) against a pool of ``max_size=5``, for 60 s. Meanwhile the main
 thread runs a query every 100 ms and returns its connection properly, as a request would.
-Two configurations of the same code, each in its own process:
+Before the storm, each process replays the SPEC's reproduction on a separate ``max_size=3``
+pool: three threads query and exit, then a fourth query. Two configurations of the same code,
+each in its own process:
 
   native     django.db.backends.postgresql with OPTIONS["pool"] (max_size=5, timeout=1)
   poolguard  django_poolguard.backends.postgresql, same pool options, default MONITOR_INTERVAL (1 s)
@@ -73,7 +75,14 @@ def configure(config: str, args: argparse.Namespace) -> CountingHandler:
         DEBUG=False,
         SECRET_KEY="bench",
         INSTALLED_APPS=apps,
-        DATABASES={"default": {"ENGINE": engine, **connection, "OPTIONS": options}},
+        DATABASES={
+            "default": {"ENGINE": engine, **connection, "OPTIONS": options},
+            "three": {
+                "ENGINE": engine,
+                **connection,
+                "OPTIONS": {**options, "pool": {"min_size": 0, "max_size": 3, "timeout": 2}},
+            },
+        },
         POOLGUARD={
             "PUBLISH": None,
             "WORKLOADS": {"web": "default"},
@@ -98,20 +107,43 @@ def configure(config: str, args: argparse.Namespace) -> CountingHandler:
     return handler
 
 
-def leak_one_connection(failures: list[str]) -> None:
+def leak_one_connection(failures: list[str], alias: str = "default") -> None:
     """The leaking code path: one query, no close, thread ends."""
     from django.db import connections
 
     try:
-        with connections["default"].cursor() as cursor:
+        with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception as exc:
         failures.append(type(exc).__name__)
 
 
+def three_dead_threads() -> dict[str, Any]:
+    """The SPEC's reproduction: three threads query and exit on a max_size=3 pool; then a 4th query."""
+    from django.db import connections
+
+    failures: list[str] = []
+    for n in range(3):
+        thread = threading.Thread(target=leak_one_connection, args=(failures, "three"), name=f"dead-{n}")
+        thread.start()
+        thread.join()
+    began = time.monotonic()
+    try:
+        with connections["three"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        outcome = "served"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    finally:
+        connections["three"].close()
+    return {"fourth_query": outcome, "after_ms": round((time.monotonic() - began) * 1000, 1)}
+
+
 def run_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     handler = configure(config, args)
     from django.db import connections
+
+    three = three_dead_threads()
 
     leak_failures: list[str] = []
     attempts: list[tuple[float, bool, float]] = []  # (start offset, served, latency)
@@ -164,6 +196,7 @@ def run_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms_p99": _pct(served_latencies, 99),
         "latency_ms_max": round(served_latencies[-1] * 1000, 1) if served_latencies else None,
         "log": handler.counts,
+        "three_dead_threads": three,
     }
     if config == "poolguard":
         from django_poolguard import leak_events, snapshot
@@ -173,12 +206,13 @@ def run_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
         watchdog.run_once(force=True)
         leak_events.flush()
         state = snapshot(with_checkouts=False)["default"]
+        three["reclaimed"] = snapshot(with_checkouts=False)["three"]["reclaimed_total"]
         result["reclaimed_total"] = state["reclaimed_total"]
         result["reclaimed_by_reason"] = state["reclaimed_by_reason"]
         result["in_use_at_end"] = state["in_use"]
         result["leak_events"] = [
             {"kind": e.kind, "count": e.count, "where": e.stack.splitlines()[0] if e.stack else ""}
-            for e in LeakEvent.objects.all()
+            for e in LeakEvent.objects.filter(alias="default")
         ]
         result["first_reclaim_log"] = next(
             (line for key, line in handler.first.items() if "Reclaimed" in key), None
@@ -260,6 +294,12 @@ def main() -> None:
             f"| {min(1.0, r['served'] / scheduled):.1%} | {first} | {r['outage_s']} s "
             f"| {latency} | {r['leaking_threads_failed']}/{r['leaking_threads']} |"
         )
+    print("\nThree threads query and exit on a max_size=3 pool (timeout 2 s); then a fourth query:\n")
+    print("| configuration | fourth query | after |")
+    print("|---|---|---|")
+    for r in results:
+        three = r["three_dead_threads"]
+        print(f"| {r['config']} | {three['fourth_query']} | {three['after_ms']} ms |")
     for r in results:
         if r["config"] == "poolguard":
             print(

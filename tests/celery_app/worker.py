@@ -86,7 +86,9 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the Celery worker exited with {self.process.returncode}:\n{self.log()}")
+                returncode, log = self.process.returncode, self.log()
+                self.stop()
+                raise RuntimeError(f"the Celery worker exited with {returncode}:\n{log}")
             if " ready." in self.log():
                 return self
             time.sleep(0.2)
@@ -103,7 +105,7 @@ class Worker:
         return self.client.send_task(f"tests.celery_app.tasks.{task}", args=args, queue=self.queue)
 
     def run(self, task: str, *args: Any, timeout: float = 60) -> Any:
-        return self.send(task, *args).get(timeout=timeout)
+        return self.send(task, *args).get(timeout=timeout, interval=0.05)
 
     def stop(self) -> None:
         process = self.process

@@ -6,7 +6,7 @@ way an application view would with the ORM.
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
@@ -48,6 +48,23 @@ class DatabaseTouchingMiddleware:
             with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT 1")
         return self.get_response(request)
+
+
+class AsyncDatabaseTouchingMiddleware:
+    """The same in an async stack: Django converts its exception to a 500 in a worker thread."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        alias = request.GET.get("early")
+        if alias:
+            await sync_to_async(_query)(alias)
+        return await self.get_response(request)
 
 
 urlpatterns = [

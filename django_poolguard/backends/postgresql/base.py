@@ -8,21 +8,24 @@ and each checkout learns which wrapper holds it and when its transaction began.
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
 from ...leaks import wrapper_collected
-from ...pool import GuardedPool, discard_pool, get_or_create_pool, get_pool, pools_kept_open
+from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
 
-NO_DB_ALIAS = postgresql.NO_DB_ALIAS
+NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
+_CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 
@@ -50,6 +53,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
+        # Handed to each checkout: made once, not per checkout. Its callback asks the watchdog to
+        # reclaim soon when this wrapper is garbage-collected while a checkout still refers to it.
+        self._guard_ref = weakref.ref(self, wrapper_collected)
         self._guard_config: tuple[Any, AliasConfig] | None = None
 
     @property
@@ -65,13 +71,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     @property
     def pool(self) -> GuardedPool | None:
+        # Read several times per checkout by Django: the common case is one dict lookup.
+        pool = _pools.get(self.alias)
+        if pool is not None:
+            return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
-        pool = get_pool(self.alias)
-        if pool is None:
-            pool = get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
-        return pool
+        return get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
 
     def _build_pool(self, pool_options: Any) -> GuardedPool:
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
@@ -87,7 +94,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
-            configure=self._configure_connection,
+            configure=self._configure_connection,  # type: ignore[attr-defined]
             check=GuardedPool.check_connection if enable_checks else None,
             config=self.guard_config,
             **options,
@@ -104,6 +111,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             pool.close()
 
     def get_connection_params(self) -> dict[str, Any]:
+        if self.alias in _pools and sys._getframe(1).f_code is _CONNECT_CODE:
+            # Django's connect() builds these on every checkout and ignores them when pooled.
+            return {}
         params: dict[str, Any] = super().get_connection_params()
         params.pop("poolguard", None)
         if self.alias == NO_DB_ALIAS:
@@ -121,14 +131,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
             if checkout is not None:
-                # The callback asks the watchdog to reclaim soon if this wrapper dies holding it.
-                checkout.wrapper_ref = weakref.ref(self, wrapper_collected)
+                checkout.wrapper_ref = self._guard_ref
             self._guard_checkout = checkout
         return connection
 
     def _close(self) -> None:
         self._guard_checkout = None
-        super()._close()
+        super()._close()  # type: ignore[misc]
 
     def create_cursor(self, name: Any = None) -> Any:
         checkout = self._guard_checkout
@@ -146,7 +155,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
-        super()._set_autocommit(autocommit)
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
 __all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]
