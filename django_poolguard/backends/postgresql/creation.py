@@ -45,11 +45,4 @@ class DatabaseCreation(PostgresCreation):
             if connections.settings.get(alias, {}).get("NAME") == test_database_name:
                 if discard_pool(alias, pool) is not None:
                     pool.close(timeout=5)
-        # poolguard's own out-of-pool sessions (leak events, snapshots) would block DROP DATABASE.
-        # The watchdog stops first so it cannot reopen one in between.
-        from ...monitor import watchdog
-        from ...side_connection import close_all
-
-        watchdog.stop()
-        close_all()
         return super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
