@@ -8,14 +8,19 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
+from django.utils import timezone
 
+from django_poolguard import stacks
 from django_poolguard.context import checkout_context
+from django_poolguard.models import LeakEvent
+from django_poolguard.pool import get_pool
 from django_poolguard.side_connection import close_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -180,6 +185,60 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
                 ?.textContent.trim() === '0'""",
         timeout=REFRESH * 1000 * 10,
     )
+
+
+@pytest.fixture
+def recorded_leak(superuser: User, make_alias: Any) -> LeakEvent:
+    """A LeakEvent row made from a real checkout's acquire stack, as the watchdog records one."""
+    alias = make_alias(poolguard={"workload": "reports"})
+    with ReportThread(alias, "nightly-report") as thread:
+        [checkout] = get_pool(alias).ledger.checkouts()
+        stack = stacks.format_stack(checkout.stack)
+        fingerprint = stacks.fingerprint(checkout.stack)
+        assert checkout.thread is thread
+    now = timezone.now()
+    event = LeakEvent.objects.create(
+        alias=alias,
+        workload="reports",
+        kind=LeakEvent.Kind.LEAK,
+        context="GET /reports/nightly",
+        host="web-1",
+        pid=4242,
+        thread="nightly-report",
+        stack="\n".join(stack),
+        fingerprint=fingerprint,
+        held_seconds=95.2,
+        first_seen=now - timedelta(hours=3),
+        last_seen=now,
+        count=17,
+    )
+    connections["default"].close()
+    return event
+
+
+def test_leak_event_pages_in_chromium(live_server, recorded_leak, browser_page):
+    page = browser_page
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/django_poolguard/leakevent/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "pw")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/django_poolguard/leakevent/")
+    assert "GET /reports/nightly" in page.locator("#result_list").inner_text()
+
+    page.fill("#searchbar", "build_nightly_report")  # the stack is searchable
+    page.press("#searchbar", "Enter")
+    page.wait_for_url("**q=build_nightly_report**")
+    page.locator("#result_list a", has_text="leak").first.click()
+    page.wait_for_url(f"**/leakevent/{recorded_leak.pk}/change/**")
+
+    lines = page.locator("ol.poolguard-stack li")
+    assert lines.count() == len(recorded_leak.stack.splitlines())
+    assert "build_nightly_report" in lines.first.inner_text()
+    font = lines.first.locator("code").evaluate("el => getComputedStyle(el).fontFamily")
+    assert "mono" in font.lower(), f"the stack is not in a monospace font: {font}"
+    assert page.locator("input[name=_save]").count() == 0  # read-only
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(IMAGES / "leak-event.png"), full_page=True)
 
 
 def test_dashboard_without_javascript_is_a_static_page(live_server, make_alias, superuser, tmp_path):
