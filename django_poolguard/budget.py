@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import AliasConfig, guard_settings
 
@@ -152,21 +153,24 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
             continue
         workload = AliasConfig.from_settings_dict(name, settings_dict).workload
         pools.setdefault(workload, {})[name] = max_size
-    deployment = guard_settings.DEPLOYMENT if isinstance(guard_settings.DEPLOYMENT, dict) else {}
+    deployment = guard_settings.DEPLOYMENT
+    if not isinstance(deployment, dict):
+        raise ImproperlyConfigured("POOLGUARD['DEPLOYMENT'] must be a dict (see system check E010).")
     out = []
     for workload, sizes in sorted(pools.items()):
         entry = deployment.get(workload)
-        if isinstance(entry, dict):
-            out.append(
-                Workload(
-                    workload,
-                    int(entry.get("instances", 1)),
-                    int(entry.get("processes", 1)),
-                    sizes,
-                )
-            )
-        else:
+        if entry is None:
             out.append(Workload(workload, 1, 1, sizes, declared=False))
+            continue
+        counts: list[Any] = [
+            entry.get(key, 1) if isinstance(entry, dict) else None for key in ("instances", "processes")
+        ]
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
+            raise ImproperlyConfigured(
+                f"POOLGUARD['DEPLOYMENT'][{workload!r}] is {entry!r}; it must be a dict of whole numbers >= 1, "
+                'e.g. {"instances": 24, "processes": 4} (see system check E010).'
+            )
+        out.append(Workload(workload, counts[0], counts[1], sizes))
     return out
 
 
@@ -231,8 +235,11 @@ def budget_messages(aliases: list[str]) -> list[Any]:
         if server_key in seen:  # default and worker on one server: one budget
             continue
         seen.add(server_key)
-        if not workloads_for_server(alias):
-            continue
+        try:
+            if not workloads_for_server(alias):
+                continue
+        except ImproperlyConfigured:
+            continue  # E010 names the bad DEPLOYMENT entry
         server = _read_server(alias)
         if server is None:
             continue

@@ -38,8 +38,8 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
 
     ``alias`` restricts processes and totals to one alias (and reads the database side
     from it); ``history=False`` drops the per-alias 15-minute history points. With
-    ``PUBLISH=None`` (or ``local_fallback`` and this process missing from the store) this
-    process's own pools are included, so a lone ``runserver`` still sees itself.
+    ``PUBLISH=None`` or ``local_fallback``, this process's own pools are included live (in
+    place of what it published), so a lone ``runserver`` sees itself, and up to date.
     """
     errors: list[dict[str, str]] = []
     db_alias = alias if alias is not None else default_alias()
@@ -50,8 +50,8 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
         ]
     if not history:
         for process in processes:
-            for data in process.get("aliases", {}).values():
-                data.pop("history", None)
+            for pool_data in process.get("aliases", {}).values():
+                pool_data.pop("history", None)
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
@@ -84,11 +84,11 @@ def _processes(errors: list[dict[str, str]], *, local_fallback: bool) -> list[di
         except Exception as exc:
             errors.append(_error("publish", str(mode), exc))
     if mode is None or local_fallback:
+        # This process's live pools are fresher than what it published up to an interval ago.
         own = publish.current_snapshot()
-        if own is not None and not any(
-            p["host"] == own["host"] and p["pid"] == own["pid"] for p in processes
-        ):
+        if own is not None:
             own["age_s"] = 0.0
+            processes = [p for p in processes if (p["host"], p["pid"]) != (own["host"], own["pid"])]
             processes.append(own)
     processes.sort(key=lambda p: (p["host"], p["pid"]))
     return processes
@@ -180,7 +180,8 @@ def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, 
         state = session["state"] or "unknown"
         by_state[state] += 1
         by_application[(session["application_name"] or "", state)] += 1
-    in_transaction = [s for s in sessions if s["transaction_s"] is not None]
+    # poolguard's own side connection is counted, but never the "oldest" or "longest" culprit.
+    in_transaction = [s for s in sessions if s["transaction_s"] is not None and not s["own"]]
     running = [s for s in sessions if s["state"] == "active" and s["query_s"] is not None and not s["own"]]
     oldest = max(in_transaction, key=lambda s: s["transaction_s"], default=None)
     longest = max(running, key=lambda s: s["query_s"], default=None)

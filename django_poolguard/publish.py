@@ -258,6 +258,9 @@ def read_published(mode: str | None = None) -> list[dict[str, Any]]:
 # --- The watchdog task -----------------------------------------------------------------------
 
 _last_errors: dict[str, float] = {}
+# Serializes snapshot-and-write, so an older snapshot (the watchdog's) can never be written
+# after a newer one (an explicit publish_now()) and overwrite it.
+_publish_lock = threading.Lock()
 # The key this process last published under, so exit withdraws exactly that one.
 _published: dict[str, str] = {}
 
@@ -268,15 +271,16 @@ def publish_now() -> bool:
     Errors are logged (at most every 5 minutes per message) and swallowed: a fleet view
     missing one process must never break the process itself.
     """
-    data = current_snapshot()
     target = store()
-    if data is None or target is None:
-        return False
-    try:
-        target.publish(data)
-    except Exception as exc:
-        _log_error(exc)
-        return False
+    with _publish_lock:
+        data = current_snapshot()
+        if data is None or target is None:
+            return False
+        try:
+            target.publish(data)
+        except Exception as exc:
+            _log_error(exc)
+            return False
     _published["key"] = process_key(data["host"], data["pid"])
     _published["mode"] = str(guard_settings.PUBLISH)
     return True
@@ -288,9 +292,6 @@ def withdraw() -> None:
     mode = _published.pop("mode", None)
     if key is None or key != process_key():
         return
-    from .monitor import watchdog
-
-    watchdog.stop(2.0)  # so it cannot publish again after we leave
     target = store(mode)
     if target is None:
         return
@@ -301,23 +302,42 @@ def withdraw() -> None:
         pass
 
 
+def _publish_task() -> None:
+    publish_now()
+
+
+def _withdraw_at_exit() -> None:
+    from .monitor import watchdog
+
+    watchdog.stop(2.0)  # first, so it cannot publish again after we left
+    withdraw()
+
+
 def _log_error(exc: Exception) -> None:
+    import psycopg
+
     message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        # Normal while `migrate` creates the tables (its own pool publishes too): say it once, quietly.
+        if "UndefinedTable" not in _last_errors:
+            _last_errors["UndefinedTable"] = monotonic()
+            logger.info(
+                "poolguard cannot publish this process's pool snapshot yet: the table %s does not exist. "
+                "Normal while `manage.py migrate` runs; otherwise run it, or set POOLGUARD['PUBLISH'] "
+                "to 'cache' or None.",
+                _table(),
+            )
+        return
     now = monotonic()
     if now - _last_errors.get(message, -ERROR_REPEAT) < ERROR_REPEAT:
         return
     _last_errors[message] = now
-    hint = (
-        "run `manage.py migrate django_poolguard`"
-        if "processsnapshot" in message
-        else "check the database / cache named by POOLGUARD['PUBLISH'] and PUBLISH_CACHE"
-    )
     logger.warning(
-        "poolguard could not publish this process's pool snapshot (PUBLISH=%r) for fleet views: %s; %s. "
-        "The pools keep working; poolstats and the admin just miss this process.",
+        "poolguard could not publish this process's pool snapshot (PUBLISH=%r) for fleet views: %s; "
+        "check the database or cache it names (PUBLISH_CACHE). The pools keep working; poolstats and "
+        "the admin just miss this process until it succeeds.",
         guard_settings.PUBLISH,
         message,
-        hint,
     )
 
 
@@ -325,14 +345,16 @@ def register() -> None:
     """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
     from .monitor import watchdog
 
-    watchdog.register("publish", publish_now, interval=publish_interval)
+    watchdog.register("publish", _publish_task, interval=publish_interval)
     # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
-    atexit.unregister(withdraw)
-    atexit.register(withdraw)
+    atexit.unregister(_withdraw_at_exit)
+    atexit.register(_withdraw_at_exit)
 
 
 def _reset_after_fork() -> None:
     # The child is a new process: it publishes under its own pid, and must not withdraw the parent.
+    global _publish_lock
+    _publish_lock = threading.Lock()
     _published.clear()
     history.clear()
 

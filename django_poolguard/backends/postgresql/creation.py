@@ -31,4 +31,4 @@ class DatabaseCreation(PostgresCreation):
 
         watchdog.stop()
         close_all()
-        super()._destroy_test_db(test_database_name, verbosity)
+        super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
