@@ -1,8 +1,8 @@
 """What the admin's "Connection pools" page shows, as template-ready data.
 
 The numbers come from the fleet view (:func:`django_poolguard.fleet.collect`, the
-``poolstats --json`` shape), with this process's own entry replaced by its live state (a
-published snapshot may be a few seconds old), and the sessions from
+``poolstats --json`` shape, where this process's own entry is live rather than its last
+published snapshot), and the sessions from
 :mod:`django_poolguard.activity`. This module only arranges them: one card per alias, the
 per-process table, the current checkouts longest first, the sessions longest first, and
 the history sparkline as inline SVG (no chart library).
@@ -11,39 +11,34 @@ the history sparkline as inline SVG (no chart library).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
 
+from .conf import hostname
 from .snapshots import HEALTHY, worst
 
 logger = logging.getLogger("django_poolguard")
 
 MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
-MAX_CHECKOUTS = (
-    50  # rows in the checkouts table (each with its stack), longest held first; the rest are counted
-)
+# Rows in the checkouts table, longest held first; each carries its stack, so the rest are only counted.
+MAX_CHECKOUTS = 50
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
 MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 
 def fleet_data() -> dict[str, Any]:
-    """The fleet (``poolstats --json`` shape) with this process's entry live, not as last published."""
-    from .fleet import collect, fleet_history
-    from .publish import current_snapshot
+    """The fleet (``poolstats --json`` shape); this process's own entry is live, not as last published."""
+    from .fleet import collect
 
     fleet = collect()
-    own = current_snapshot()
-    if own is not None:
-        others = [p for p in fleet["processes"] if (p.get("host"), p.get("pid")) != (own["host"], own["pid"])]
-        own["age_s"] = 0.0
-        own["live"] = True
-        fleet["processes"] = sorted([*others, own], key=lambda p: (str(p.get("host")), int(p.get("pid", 0))))
-        for alias, total in (fleet.get("aliases") or {}).items():
-            total["history"] = fleet_history(fleet["processes"], alias)
+    me = (hostname(), os.getpid())
+    for process in fleet["processes"]:
+        process["live"] = (process.get("host"), process.get("pid")) == me
     return fleet
 
 
