@@ -193,6 +193,71 @@ def test_staff_with_view_pool_see_pools_and_holders_but_no_session_buttons(make_
     assert client.post(session_url(1234), {"confirm": "yes"}).status_code == 403
 
 
+OTHER_PROCESS = """
+import sys, threading
+import django
+django.setup()
+from django.db import connections
+from django_poolguard.context import checkout_context, set_process_role
+from django_poolguard.publish import publish_now
+
+set_process_role("worker")
+
+def export_orders_for_finance():
+    with checkout_context("task shop.tasks.export_orders[7f3a]"):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert publish_now(), "could not publish"
+            print("holding", flush=True)
+            sys.stdin.readline()
+        connections["default"].close()
+
+export_orders_for_finance()
+"""
+
+
+def test_the_dashboard_shows_other_processes_of_the_fleet(tmp_path):
+    """A second OS process publishes its snapshot; the page lists it and its holder."""
+    import os
+    import subprocess
+    import sys
+
+    settings_dict = connections["default"].settings_dict
+    from urllib.parse import quote
+
+    credentials = quote(settings_dict["USER"] or "", safe="")
+    if settings_dict["PASSWORD"]:
+        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
+    host = quote(settings_dict["HOST"] or "", safe="")
+    url = f"postgresql://{credentials}@/{settings_dict['NAME']}?host={host}&port={settings_dict['PORT'] or 5432}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": os.getcwd(),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", OTHER_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = worker.stdout.readline()
+        assert line.strip() == "holding", worker.stderr.read()
+        page = client_for(make_user("viewer", "django_poolguard.view_pool")).get(DASHBOARD).content.decode()
+        processes = re.search(r'<table class="pg-table pg-processes">.*?</table>', page, re.S).group(0)
+        assert re.search(rf"<td>{worker.pid}</td><td>worker</td><td>default</td>", processes)
+        checkouts = re.search(r'<table class="pg-table pg-checkouts">.*?</table>', page, re.S).group(0)
+        row = re.search(rf"<tr[^>]*>(?:(?!</tr>).)*?:{worker.pid}</td>.*?</tr>", checkouts, re.S).group(0)
+        assert "task shop.tasks.export_orders[7f3a]" in row
+        assert "in export_orders_for_finance" in row
+    finally:
+        worker.communicate("\n", timeout=20)
+
+
 def test_the_json_view_returns_the_refreshed_body(make_alias, holders):
     alias = make_alias()
     client = client_for(make_user("viewer", "django_poolguard.view_pool"))
