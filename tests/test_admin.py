@@ -152,6 +152,7 @@ def test_admin_index_has_a_poolguard_section(client):
     assert "Poolguard" in page
     assert f'<a href="{DASHBOARD}">Connection pools</a>' in page
     assert f'<a href="{LEAKS}">Leak events</a>' in page
+    assert client.get("/admin/django_poolguard/").status_code == 200
 
 
 @pytest.mark.parametrize("url", [DASHBOARD, DATA, session_url(1234)])
@@ -418,6 +419,25 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "SELECT pg_sleep(60), &#x27;***&#x27; AS hash" in page
         assert "PASSWORD &#x27;***&#x27;" in page
         assert "c2VjcmV0LWhhc2g" not in page and "hunter2" not in page
+
+
+def test_an_unreachable_database_is_reported_not_fatal(make_alias):
+    make_alias(HOST="127.0.0.1", PORT="1")  # nothing listens there
+    client = client_for(make_user("root", superuser=True))
+    response = client.get(DASHBOARD)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "The sessions could not be listed (OperationalError)" in page
+    assert 'data-alias="default"' in page  # the rest of the page is there
+
+
+def test_without_publishing_the_page_shows_this_process(make_alias, holders, settings):
+    settings.POOLGUARD = {"WORKLOADS": {"web": "default"}, "PUBLISH": None}
+    alias = make_alias()
+    holders(alias, name="unpublished-holder")
+    page = client_for(make_user("root", superuser=True)).get(DASHBOARD).content.decode()
+    assert f'data-alias="{alias}"' in page and "unpublished-holder" in page
+    assert "live (this process)" in page
 
 
 def test_passwords_never_reach_the_page(make_alias):
