@@ -186,6 +186,14 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
         timeout=REFRESH * 1000 * 10,
     )
 
+    # Signed out meanwhile: the page says so instead of showing the login form inside itself.
+    page.context.clear_cookies()
+    page.wait_for_function(
+        "document.getElementById('poolguard-refresh-state').textContent.includes('signed out')",
+        timeout=REFRESH * 1000 * 10,
+    )
+    assert page.locator("#poolguard-dashboard article.pg-card").count() >= 1
+
 
 @pytest.fixture
 def recorded_leak(superuser: User, make_alias: Any) -> LeakEvent:
