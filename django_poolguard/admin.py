@@ -59,8 +59,9 @@ class PoolAdmin(admin.ModelAdmin):
         return False
 
     def has_signal_permission(self, request: HttpRequest) -> bool:
-        """May cancel or terminate database sessions: superuser or ``terminate_session``."""
-        return request.user.is_active and (
+        """May cancel or terminate database sessions: someone who may look at the dashboard
+        and is a superuser or has ``terminate_session``."""
+        return self.has_view_permission(request) and (
             request.user.is_superuser or request.user.has_perm("django_poolguard.terminate_session")
         )
 

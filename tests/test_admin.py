@@ -168,6 +168,12 @@ def test_staff_without_the_view_permission_get_403(url):
     assert client.get(url).status_code == 403
 
 
+def test_terminate_permission_alone_does_not_open_the_dashboard_or_its_actions():
+    client = client_for(make_user("half", "django_poolguard.terminate_session"))
+    assert client.get(DASHBOARD).status_code == 403
+    assert client.post(session_url(1234), {"confirm": "yes"}).status_code == 403
+
+
 def test_non_staff_users_with_the_permission_still_cannot_look():
     client = client_for(make_user("outsider", "django_poolguard.view_pool", staff=False))
     response = client.get(DASHBOARD)
