@@ -25,7 +25,7 @@ from django_poolguard.side_connection import close_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("POOLGUARD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("POOLGUARD_CHROMIUM") or os.environ.get("CHROMIUM") or "/usr/bin/chromium"
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 CHROMIUM_ARGS = [
     "--headless",
