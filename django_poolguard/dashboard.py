@@ -91,21 +91,16 @@ def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | N
 
 
 def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: float) -> list[dict[str, Any]]:
-    by_alias: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for process in processes:
-        for alias, data in (process.get("aliases") or {}).items():
-            by_alias.setdefault(alias, []).append((process, data))
+    """One card per alias from the fleet's per-alias totals, plus the worst process's acquire
+    p50/p99 (the totals carry only p95) and the sparkline."""
     cards = []
-    for alias, entries in sorted(by_alias.items()):
-        datas = [data for _, data in entries]
-        total = {
-            key: sum(int(d.get(key, 0) or 0) for d in datas) for key in ("in_use", "idle", "waiting", "max")
-        }
+    for alias, total in sorted(totals.items()):
+        datas = [p["aliases"][alias] for p in processes if alias in (p.get("aliases") or {})]
         acquire = {
-            p: max(float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas)
+            p: max((float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas), default=0.0)
             for p in ("p50", "p95", "p99")
         }
-        history = _points((totals.get(alias) or {}).get("history") or [], now)
+        history = _points(total.get("history") or [], now)
         # History points are per 5 s step; the line ends at the numbers shown above it.
         history.append(
             {
@@ -118,19 +113,11 @@ def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: f
         )
         cards.append(
             {
-                "alias": alias,
-                "workload": ", ".join(sorted({str(d.get("workload", "")) for d in datas})),
                 **total,
+                "alias": alias,
+                "workload": total.get("workload") or "",
                 "utilization_pct": round(100 * total["in_use"] / total["max"]) if total["max"] else 0,
-                "status": worst([str(d.get("status", HEALTHY)) for d in datas]),
                 "acquire_ms": acquire,
-                "processes": len(entries),
-                "acquired_total": sum(int(d.get("acquired_total", 0) or 0) for d in datas),
-                "timeouts_total": sum(int(d.get("timeouts_total", 0) or 0) for d in datas),
-                "shed_total": sum(int(d.get("shed_total", 0) or 0) for d in datas),
-                "leaks_active": sum(int(d.get("leaks_active", 0) or 0) for d in datas),
-                "leaks_total": sum(int(d.get("leaks_total", 0) or 0) for d in datas),
-                "reclaimed_total": sum(int(d.get("reclaimed_total", 0) or 0) for d in datas),
                 "sparkline": sparkline(history, now),
             }
         )
@@ -271,7 +258,11 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     fleet = fleet_data() if fleet is None else fleet
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
-    cards = _alias_cards(processes, fleet.get("aliases") or {}, now)
+    if "aliases" not in fleet:  # a fleet given without its totals (tests, callers of build())
+        from .fleet import totals
+
+        fleet = {**fleet, "aliases": totals(processes)}
+    cards = _alias_cards(processes, fleet["aliases"], now)
     checkouts = _checkouts(processes)
     return {
         "generated_at": fleet.get("generated_at") or datetime.now(UTC).isoformat(),

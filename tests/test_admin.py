@@ -597,11 +597,13 @@ def test_checkouts_are_listed_longest_first_and_capped():
 
 def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
     from django_poolguard import dashboard
+    from django_poolguard.fleet import totals
 
     now = time.time()
     history = [[now - 600 + 5 * i, i % 5, 1, 0, 4, 0.5] for i in range(100)]
     fleet = _fleet(default={"max": 4, "in_use": 3, "waiting": 2, "status": "warning"})
-    fleet["aliases"] = {"default": {"history": history}}
+    fleet["aliases"] = totals(fleet["processes"])  # what fleet.collect() puts beside the processes
+    fleet["aliases"]["default"]["history"] = history
     [card] = dashboard.build(fleet, with_sessions=False)["cards"]
     spark = card["sparkline"]
     assert spark["minutes"] == 10  # the axis spans the history there is
