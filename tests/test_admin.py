@@ -262,7 +262,11 @@ def test_the_dashboard_shows_other_processes_of_the_fleet(tmp_path):
         assert "task shop.tasks.export_orders[7f3a]" in row
         assert "in export_orders_for_finance" in row
     finally:
-        worker.communicate("\n", timeout=20)
+        try:
+            worker.communicate("\n", timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.communicate()
 
 
 def test_the_json_view_returns_the_refreshed_body(make_alias, holders):
