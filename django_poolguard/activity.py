@@ -25,7 +25,9 @@ SELECT a.pid, a.usename, a.application_name, a.client_addr::text, a.state,
        COALESCE(r.rolsuper, false) AS superuser
 FROM pg_stat_activity a
 LEFT JOIN pg_roles r ON r.oid = a.usesysid
-WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+WHERE a.datname = current_database()
+  -- Other roles' sessions hide their backend_type from unprivileged roles: keep them.
+  AND COALESCE(a.backend_type, 'client backend') = 'client backend'
 ORDER BY a.xact_start NULLS LAST, a.backend_start
 """
 
@@ -75,7 +77,7 @@ def server_settings(alias: str = "default") -> dict[str, int]:
         cursor.execute(
             "SELECT current_setting('max_connections')::int, "
             "current_setting('superuser_reserved_connections')::int, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
+            "(SELECT count(*) FROM pg_stat_activity WHERE COALESCE(backend_type, 'client backend') = 'client backend')::int"
         )
         max_connections, superuser_reserved, connections = cursor.fetchone()  # type: ignore[misc]
     return {

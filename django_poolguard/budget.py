@@ -90,8 +90,11 @@ def compute(
         processes = workload.process_count
         if processes > 0:
             safe = math.floor(own_ceiling / processes) - workload.side_connections
+            # The largest max_size that keeps the whole fleet out of W001's last 10 %.
+            roomy_share = TIGHT_FRACTION * ceiling - (planned - workload.connections)
+            comfortable = math.floor(roomy_share / processes) - workload.side_connections
         else:
-            safe = own_ceiling
+            safe = comfortable = own_ceiling
         out[workload.name] = {
             "instances": workload.instances,
             "processes": workload.processes,
@@ -103,6 +106,7 @@ def compute(
             "connections": workload.connections,
             "ceiling": own_ceiling,
             "safe_max_size": safe if safe >= 1 else None,
+            "comfortable_max_size": comfortable if comfortable >= 1 else None,
         }
     return {
         "max_connections": max_connections,
@@ -257,19 +261,24 @@ def budget_messages(aliases: list[str]) -> list[Any]:
         if budget["status"] == OVER:
             messages.append(
                 Error(
-                    f"DATABASES[{alias!r}]: the fleet can open {budget['planned']} connections but the server allows "
-                    f"{budget['ceiling']} ({describe(budget)}; {shares}{note}).",
+                    f"DATABASES[{alias!r}]: the fleet can open {budget['planned']} connections, "
+                    f"{budget['planned'] - budget['ceiling']} more than the {budget['ceiling']} the server leaves it "
+                    f"(max_connections {budget['max_connections']} - {budget['superuser_reserved']} superuser-reserved "
+                    f"- {budget['reserved']} RESERVED_CONNECTIONS; {shares}{note}).",
                     hint=f"Lower max_size ({safe}), lower DEPLOYMENT instances/processes, put PgBouncer in front, "
-                    "or raise max_connections.",
+                    "or raise max_connections. `manage.py poolbudget` shows the whole computation.",
                     id="django_poolguard.E001",
                 )
             )
         elif budget["status"] == TIGHT:
+            comfortable = ", ".join(
+                f"{name} max_size <= {w['comfortable_max_size']}" for name, w in budget["workloads"].items()
+            )
             messages.append(
                 Warning(
-                    f"DATABASES[{alias!r}]: the fleet can use {budget['planned']} of {budget['ceiling']} available "
-                    f"connections, within 10 % of the limit ({shares}{note}).",
-                    hint=f"Keep headroom for deploys and incidents: lower max_size ({safe}) or DEPLOYMENT.",
+                    f"DATABASES[{alias!r}]: the fleet can use {budget['planned']} of the {budget['ceiling']} connections "
+                    f"the server leaves it, within 10 % of the limit ({shares}{note}).",
+                    hint=f"Keep headroom for deploys and incidents: lower max_size ({comfortable}) or DEPLOYMENT.",
                     id="django_poolguard.W001",
                 )
             )

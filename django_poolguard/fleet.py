@@ -55,6 +55,7 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
+        "history_fields": list(publish.HISTORY_FIELDS),
         "processes": processes,
         "aliases": totals(processes, history=history),
         "database": {},
@@ -66,12 +67,12 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
         server = activity.server_settings(db_alias)
         data["database"] = database_side(db_alias, activity.sessions(db_alias), server)
     except Exception as exc:
-        errors.append(_error("database", db_alias, exc))
+        errors.append(error_entry("database", db_alias, exc))
     if server is not None:
         try:
             data["budget"] = budget.for_alias(db_alias, server=server)
         except Exception as exc:
-            errors.append(_error("budget", db_alias, exc))
+            errors.append(error_entry("budget", db_alias, exc))
     return data
 
 
@@ -82,7 +83,7 @@ def _processes(errors: list[dict[str, str]], *, local_fallback: bool) -> list[di
         try:
             processes = publish.read_published()
         except Exception as exc:
-            errors.append(_error("publish", str(mode), exc))
+            errors.append(error_entry("publish", str(mode), exc))
     if mode is None or local_fallback:
         # This process's live pools are fresher than what it published up to an interval ago.
         own = publish.current_snapshot()
@@ -150,26 +151,23 @@ def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str
 def fleet_history(processes: list[dict[str, Any]], alias: str) -> list[list[float]]:
     """The processes' history points of ``alias`` summed per 5 s step (p95: the worst)."""
     step = publish.HISTORY_SECONDS / publish.HISTORY_POINTS
-    buckets: dict[int, dict[tuple[str, int], list[float]]] = defaultdict(dict)
+    sums: dict[int, list[float]] = {}
     for process in processes:
-        points = process.get("aliases", {}).get(alias, {}).get("history") or []
-        for point in points:
-            # The newest point of each process within a step stands for that step.
-            buckets[int(point[0] // step)][(process["host"], process["pid"])] = point
-    out = []
-    for bucket in sorted(buckets):
-        points = list(buckets[bucket].values())
-        out.append(
-            [
-                round(bucket * step, 1),
-                sum(p[1] for p in points),
-                sum(p[2] for p in points),
-                sum(p[3] for p in points),
-                sum(p[4] for p in points),
-                max(p[5] for p in points),
-            ]
-        )
-    return out
+        # The newest point of each process within a step stands for that step.
+        latest = {
+            int(p[0] // step): p for p in process.get("aliases", {}).get(alias, {}).get("history") or ()
+        }
+        for bucket, p in latest.items():
+            total = sums.get(bucket)
+            if total is None:
+                sums[bucket] = [round(bucket * step, 1), p[1], p[2], p[3], p[4], p[5]]
+            else:
+                total[1] += p[1]
+                total[2] += p[2]
+                total[3] += p[3]
+                total[4] += p[4]
+                total[5] = max(total[5], p[5])
+    return [sums[bucket] for bucket in sorted(sums)]
 
 
 def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, int]) -> dict[str, Any]:
@@ -225,7 +223,7 @@ def _session_summary(session: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: session[key] for key in keys}
 
 
-def _error(part: str, where: str, exc: Exception) -> dict[str, str]:
+def error_entry(part: str, where: str, exc: Exception) -> dict[str, str]:
     # psycopg error messages name host/database/user but never the password.
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return {"part": part, "where": where, "error": f"{type(exc).__name__}: {message}"}

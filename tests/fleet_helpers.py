@@ -20,9 +20,14 @@ INTERVAL = 1.0  # PUBLISH_INTERVAL of the children: small, so a dead one drops o
 
 
 def redis_url() -> str | None:
+    """``REDIS_URL`` (default redis://127.0.0.1:6379/0) when something answers there."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
     try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return "redis://127.0.0.1:6379/0"
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5):
+            return url
     except OSError:
         return None
 

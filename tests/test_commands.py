@@ -303,3 +303,43 @@ def test_leaks_lists_recent_leak_events_with_stacks() -> None:
     assert "reports/views.py:88 in report" in text and "reports/queries.py:12 in slow_total" in text
     data = json.loads(_run("poolstats", "--leaks", "--json"))
     assert data["leak_events"][0]["stack"].startswith("reports/views.py:88")
+
+
+def test_poolactivity_reports_what_postgresql_refuses(
+    make_fleet: Callable[..., Fleet], plain_role: str, sleepers: Callable[..., Sleeper]
+) -> None:
+    """Run as one plain role, cancelling another plain role's query: PostgreSQL says no, and
+    the command says so per session instead of crashing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    other = f"{plain_role}_b"
+    with psycopg.connect(**connection_params("default")) as connection:
+        connection.execute(f'DROP ROLE IF EXISTS "{other}"')
+        connection.execute(f'CREATE ROLE "{other}" LOGIN')
+    try:
+        sleeper = sleepers(user=other, application_name="web:default:testhost:4646")
+        parts = urlsplit(os.environ["DATABASE_URL"])
+        netloc = f"{plain_role}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        fleet = make_fleet(DATABASE_URL=urlunsplit(parts._replace(netloc=netloc)))
+        result = fleet.manage("poolactivity", "--cancel", "--pid", str(sleeper.pid), "--yes", "--json")
+        assert result.returncode == 0, result.stderr
+        [outcome] = json.loads(result.stdout)["results"]
+        assert outcome["pid"] == sleeper.pid and not outcome["done"]
+        assert outcome["reason"].startswith("PostgreSQL refused")
+        assert sleeper.is_alive() and sleeper.error is None
+    finally:
+        sleeper.stop()
+        with psycopg.connect(**connection_params("default")) as connection:
+            connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [other]
+            )
+            connection.execute(f'DROP ROLE IF EXISTS "{other}"')
+
+
+def test_check_is_critical_when_the_database_cannot_be_reached(make_alias: Callable[..., str]) -> None:
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 1}, HOST="127.0.0.1", PORT="1")
+    code, line = check("--alias", alias)
+    assert code == 2 and "database unavailable" in line, line
+    text = _run("poolstats", "--alias", alias, "--leaks")
+    assert "! database" in text and "! leaks" in text
+    assert "Traceback" not in text

@@ -97,11 +97,23 @@ def test_fleet_published_to_database(make_fleet: Callable[..., Fleet]) -> None:
 def test_fleet_published_to_redis_cache(make_fleet: Callable[..., Fleet]) -> None:
     url = redis_url()
     if url is None:
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379 (PUBLISH='cache' needs a shared cache)")
+        pytest.skip(
+            "Redis is not reachable at REDIS_URL or 127.0.0.1:6379 (PUBLISH='cache' needs a shared cache)"
+        )
     prefix = f"poolguard-test-{uuid.uuid4().hex[:8]}"
-    run_fleet_scenario(
-        make_fleet(POOLGUARD_FLEET_PUBLISH="cache", POOLGUARD_FLEET_REDIS=url, POOLGUARD_FLEET_PREFIX=prefix)
+    fleet = make_fleet(
+        POOLGUARD_FLEET_PUBLISH="cache", POOLGUARD_FLEET_REDIS=url, POOLGUARD_FLEET_PREFIX=prefix
     )
+    try:
+        run_fleet_scenario(fleet)
+    finally:
+        fleet.stop_all()
+        import redis
+
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
 
 
 def test_poolbudget_matches_the_seed_incident(make_fleet: Callable[..., Fleet]) -> None:

@@ -115,6 +115,7 @@ def test_collect_includes_history_for_the_dashboard(make_alias: Callable[..., st
     data = fleet.collect(alias)
     total = data["aliases"][alias]
     assert (total["in_use"], total["max"]) == (1, 3)
+    assert data["history_fields"] == ["t", "in_use", "idle", "waiting", "max", "acquire_p95_ms"]
     assert total["history"][-1][1:5] == [1, 0, 0, 3]
     assert data["processes"][0]["aliases"][alias]["history"]
     assert "history" not in fleet.collect(alias, history=False)["aliases"][alias]
@@ -164,6 +165,10 @@ def test_budget_of_the_seed_incident() -> None:
     # The article's 288 possible connections against 300 - 3 - 10 = 287 usable ones.
     assert (data["ceiling"], data["planned"], data["status"]) == (287, 288, "over")
     assert data["workloads"]["web"]["safe_max_size"] == 11
+    tight = budget.Workload("web", 21, 1, {"default": 12})  # 21 x 13 = 273 of 287: within 10 %
+    data = budget.compute(max_connections=300, superuser_reserved=3, reserved=10, workloads=[tight])
+    assert data["status"] == "tight"
+    assert data["workloads"]["web"]["comfortable_max_size"] == int(0.9 * 287 / 21) - 1 == 11
     before = budget.Workload("web", 8, 1, {"default": 12}, side_connections=0)
     data = budget.compute(max_connections=300, superuser_reserved=3, reserved=10, workloads=[before])
     assert (data["planned"], data["status"], data["headroom"]) == (96, "ok", 191)

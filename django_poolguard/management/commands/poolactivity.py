@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import activity
@@ -135,6 +136,8 @@ class Command(BaseCommand):
                 reason = "" if done else "the session had already ended, or this role may not signal it"
             except activity.RefusedSession as exc:
                 done, reason = False, str(exc)
+            except psycopg.Error as exc:  # e.g. the role may not signal another role's session
+                done, reason = False, f"PostgreSQL refused: {str(exc).strip().splitlines()[0]}"
             results.append({"pid": session["pid"], "done": done, "reason": reason})
             if done:
                 logger.warning(

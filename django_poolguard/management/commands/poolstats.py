@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import fleet
@@ -73,7 +74,10 @@ class Command(BaseCommand):
     def show(self, alias: str | None, options: dict[str, Any]) -> None:
         data = fleet.collect(alias, history=False)
         if options["leaks"]:
-            data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
+            try:
+                data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
+            except psycopg.Error as exc:
+                data["errors"].append(fleet.error_entry("leaks", postgres_alias(alias), exc))
         if options["json"]:
             # One document per line under --watch, so a pipe can read them one by one.
             indent = None if options["watch"] else 2
@@ -85,7 +89,8 @@ class Command(BaseCommand):
 def check_line(state: str, data: dict[str, Any]) -> str:
     """``POOLGUARD WARNING - default: 8/8 in use, 2 waiting (3 processes)``: the Nagios style."""
     parts = [
-        f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting ({t['processes']} processes, {t['status']})"
+        f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting "
+        f"({t['processes']} process{'' if t['processes'] == 1 else 'es'}, {t['status']})"
         for alias, t in data["aliases"].items()
     ]
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
