@@ -43,12 +43,23 @@ def fleet_data() -> dict[str, Any]:
 
 
 def _points(history: list[Any], now: float) -> list[dict[str, float]]:
-    """History points ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` of the last 15 minutes."""
+    """The fleet's history points (lists in ``publish.HISTORY_FIELDS`` order) of the last
+    15 minutes, as dicts with t, in_use, waiting, max and p95."""
+    from .publish import HISTORY_FIELDS
+
     out = []
-    for point in history or []:
-        t, in_use, _idle, waiting, maximum, p95 = (float(v or 0.0) for v in point[:6])
-        if t >= now - HISTORY_SECONDS:
-            out.append({"t": t, "in_use": in_use, "waiting": waiting, "max": maximum, "p95": p95})
+    for values in history or []:
+        point = {field: float(value or 0.0) for field, value in zip(HISTORY_FIELDS, values, strict=False)}
+        if point.get("t", 0.0) >= now - HISTORY_SECONDS:
+            out.append(
+                {
+                    "t": point["t"],
+                    "in_use": point.get("in_use", 0.0),
+                    "waiting": point.get("waiting", 0.0),
+                    "max": point.get("max", 0.0),
+                    "p95": point.get("acquire_p95_ms", 0.0),
+                }
+            )
     return out
 
 
