@@ -21,6 +21,7 @@ from django.test import Client
 from django.utils import timezone
 
 from django_poolguard.models import LeakEvent
+from django_poolguard.pool import get_pool
 from django_poolguard.side_connection import close_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -429,6 +430,41 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "SELECT pg_sleep(60), &#x27;***&#x27; AS hash" in page
         assert "PASSWORD &#x27;***&#x27;" in page
         assert "c2VjcmV0LWhhc2g" not in page and "hunter2" not in page
+
+
+def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
+    hog = holders(alias, name="hog")
+
+    def wait_for_a_connection() -> None:
+        try:
+            connections[alias].ensure_connection()
+        finally:
+            connections[alias].close()
+
+    waiters = [threading.Thread(target=wait_for_a_connection, daemon=True) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    client = client_for(make_user("root", superuser=True))
+    deadline = time.monotonic() + 5
+    while get_pool(alias).state()["waiting"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    started = time.monotonic()
+    page = client.get(DASHBOARD).content.decode()
+    elapsed = time.monotonic() - started
+    card = re.search(rf'<article class="pg-card ([^"]*)" data-alias="{alias}">(.*?)</article>', page, re.S)
+    assert card.group(1) == "pg-card-warning"
+    assert '<dd class="pg-in-use">1</dd>' in card.group(2) and '<dd class="pg-waiting">2</dd>' in card.group(
+        2
+    )
+    assert "hog" in page
+    # Read beside the pool, not through it: far below the 10 s the waiters are stuck for.
+    assert elapsed < 3, f"the dashboard took {elapsed:.1f} s with the pool exhausted"
+
+    hog.release()
+    for waiter in waiters:
+        waiter.join(10)
 
 
 def test_an_unreachable_database_is_reported_not_fatal(make_alias):
