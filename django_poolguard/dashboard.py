@@ -223,10 +223,9 @@ def redact_sql(query: str | None) -> str:
 def session_age(session: dict[str, Any]) -> float:
     """How long a session has been doing what it does: the transaction, else the running
     query, else the idle time; the figure "longest first" sorts by."""
+    keys: tuple[str, ...] = ("transaction_s", "query_s", "state_s", "connected_s")
     if session["state"] == "idle":
         keys = ("state_s", "connected_s")
-    else:
-        keys = ("transaction_s", "query_s", "state_s", "connected_s")
     for key in keys:
         if session.get(key) is not None:
             return float(session[key])
