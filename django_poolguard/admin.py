@@ -260,6 +260,7 @@ class LeakEventAdmin(admin.ModelAdmin):
         "kind",
         "alias",
         "context",
+        "origin",
         "count",
         "held_seconds",
         "first_seen",
@@ -291,6 +292,12 @@ class LeakEventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Rows are never edited by hand; the change permission only enables "mark resolved".
         return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="where")
+    def origin(self, obj: LeakEvent) -> str:
+        """The stack's first line: the place in the application that took the connection."""
+        first = next((line for line in (obj.stack or "").splitlines() if line.strip()), "")
+        return format_html("<code>{}</code>", first) if first else "-"
 
     @admin.display(description="acquire stack")
     def stack_lines(self, obj: LeakEvent) -> str:

@@ -539,8 +539,9 @@ def test_leak_changelist_shows_filters_and_searches():
 
     page = client.get(LEAKS).content.decode()
     assert "GET /api/report" in page and "task shop.tasks.export[1]" in page and "POST /checkout" in page
-    for header in ("Kind", "Alias", "Context", "Count", "First seen", "Last seen", "Resolved"):
+    for header in ("Kind", "Alias", "Context", "Where", "Count", "First seen", "Last seen", "Resolved"):
         assert header in page
+    assert "<code>shop/views.py:41 in checkout</code>" in page  # the stack's first line
 
     def listed(query: str) -> set[int]:
         response = client.get(LEAKS + query)
