@@ -467,6 +467,37 @@ def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_ali
         waiter.join(10)
 
 
+class AdminRouter:
+    """The docs' tip: the admin's own tables on a small pool of their own."""
+
+    alias = "default"
+    apps = {"admin", "auth", "contenttypes", "sessions"}
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return self.alias if model._meta.app_label in self.apps else None
+
+    db_for_write = db_for_read
+
+
+def test_with_its_own_pool_the_admin_stays_reachable_when_default_is_exhausted(make_alias, holders, settings):
+    AdminRouter.alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 5})
+    settings.DATABASE_ROUTERS = [f"{__name__}.AdminRouter"]
+    client = client_for(make_user("root", superuser=True))
+    connections["default"].close()
+    size = get_pool("default").max_size
+    for n in range(size):
+        holders("default", name=f"default-hog-{n}")
+    assert get_pool("default").state()["in_use"] == size
+
+    started = time.monotonic()
+    response = client.get(DASHBOARD)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    card = re.search(r'data-alias="default">(.*?)</article>', response.content.decode(), re.S).group(1)
+    assert f'<dd class="pg-in-use">{size}</dd>' in card
+    assert elapsed < 3, f"the dashboard waited {elapsed:.1f} s on the exhausted default pool"
+
+
 def test_an_unreachable_database_is_reported_not_fatal(make_alias):
     make_alias(HOST="127.0.0.1", PORT="1")  # nothing listens there
     client = client_for(make_user("root", superuser=True))
