@@ -94,8 +94,11 @@ class PoolAdmin(admin.ModelAdmin):
         return {
             **dashboard.build(),
             "can_signal": self.has_signal_permission(request),
-            "can_view_leaks": request.user.has_perm("django_poolguard.view_leakevent")
-            or request.user.has_perm("django_poolguard.change_leakevent"),
+            "can_view_leaks": self.admin_site.is_registered(LeakEvent)
+            and (
+                request.user.has_perm("django_poolguard.view_leakevent")
+                or request.user.has_perm("django_poolguard.change_leakevent")
+            ),
             "refresh_seconds": refresh,
             "data_url": f"{data_url}?refresh={refresh}",
         }
