@@ -689,3 +689,19 @@ def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
     )
     assert spark["waiting"], "the waiting line is drawn when anyone waited"
     assert card["status"] == "warning" and card["utilization_pct"] == 75
+
+
+def test_on_a_custom_admin_site_every_link_stays_on_it(settings, sleeping_session):
+    settings.ROOT_URLCONF = "tests.custom_admin_urls"
+    session = sleeping_session()
+    client = client_for(make_user("root", superuser=True))
+    response = client.get("/ops/django_poolguard/pool/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-url="/ops/django_poolguard/pool/data/?refresh=5"' in page
+    assert 'href="/ops/django_poolguard/leakevent/?alias__exact=default"' in page
+    assert f'action="/ops/django_poolguard/pool/sessions/default/{session.pid}/terminate/"' in page
+    assert 'href="/admin/' not in page
+    assert client.get("/ops/django_poolguard/pool/data/").status_code == 200
+    confirm = client.get(f"/ops/django_poolguard/pool/sessions/default/{session.pid}/terminate/")
+    assert confirm.status_code == 200 and 'href="/ops/django_poolguard/pool/"' in confirm.content.decode()
