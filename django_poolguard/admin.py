@@ -59,8 +59,9 @@ class PoolAdmin(admin.ModelAdmin):
         return False
 
     def has_signal_permission(self, request: HttpRequest) -> bool:
-        """May cancel or terminate database sessions: superuser or ``terminate_session``."""
-        return request.user.is_active and (
+        """May cancel or terminate database sessions: someone who may look at the dashboard
+        and is a superuser or has ``terminate_session``."""
+        return self.has_view_permission(request) and (
             request.user.is_superuser or request.user.has_perm("django_poolguard.terminate_session")
         )
 
@@ -93,8 +94,11 @@ class PoolAdmin(admin.ModelAdmin):
         return {
             **dashboard.build(),
             "can_signal": self.has_signal_permission(request),
-            "can_view_leaks": request.user.has_perm("django_poolguard.view_leakevent")
-            or request.user.has_perm("django_poolguard.change_leakevent"),
+            "can_view_leaks": self.admin_site.is_registered(LeakEvent)
+            and (
+                request.user.has_perm("django_poolguard.view_leakevent")
+                or request.user.has_perm("django_poolguard.change_leakevent")
+            ),
             "refresh_seconds": refresh,
             "data_url": f"{data_url}?refresh={refresh}",
         }
@@ -259,6 +263,7 @@ class LeakEventAdmin(admin.ModelAdmin):
         "kind",
         "alias",
         "context",
+        "origin",
         "count",
         "held_seconds",
         "first_seen",
@@ -290,6 +295,12 @@ class LeakEventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Rows are never edited by hand; the change permission only enables "mark resolved".
         return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="where")
+    def origin(self, obj: LeakEvent) -> str:
+        """The stack's first line: the place in the application that took the connection."""
+        first = next((line for line in (obj.stack or "").splitlines() if line.strip()), "")
+        return format_html("<code>{}</code>", first) if first else "-"
 
     @admin.display(description="acquire stack")
     def stack_lines(self, obj: LeakEvent) -> str:

@@ -1,8 +1,8 @@
 """What the admin's "Connection pools" page shows, as template-ready data.
 
 The numbers come from the fleet view (:func:`django_poolguard.fleet.collect`, the
-``poolstats --json`` shape), with this process's own entry replaced by its live state (a
-published snapshot may be a few seconds old), and the sessions from
+``poolstats --json`` shape, where this process's own entry is live rather than its last
+published snapshot), and the sessions from
 :mod:`django_poolguard.activity`. This module only arranges them: one card per alias, the
 per-process table, the current checkouts longest first, the sessions longest first, and
 the history sparkline as inline SVG (no chart library).
@@ -11,49 +11,55 @@ the history sparkline as inline SVG (no chart library).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
 
+from .conf import hostname
 from .snapshots import HEALTHY, worst
 
 logger = logging.getLogger("django_poolguard")
 
 MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
-MAX_CHECKOUTS = (
-    50  # rows in the checkouts table (each with its stack), longest held first; the rest are counted
-)
+# Rows in the checkouts table, longest held first; each carries its stack, so the rest are only counted.
+MAX_CHECKOUTS = 50
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
 MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 
 def fleet_data() -> dict[str, Any]:
-    """The fleet (``poolstats --json`` shape) with this process's entry live, not as last published."""
-    from .fleet import collect, fleet_history
-    from .publish import current_snapshot
+    """The fleet (``poolstats --json`` shape); this process's own entry is live, not as last published."""
+    from .fleet import collect
 
     fleet = collect()
-    own = current_snapshot()
-    if own is not None:
-        others = [p for p in fleet["processes"] if (p.get("host"), p.get("pid")) != (own["host"], own["pid"])]
-        own["age_s"] = 0.0
-        own["live"] = True
-        fleet["processes"] = sorted([*others, own], key=lambda p: (str(p.get("host")), int(p.get("pid", 0))))
-        for alias, total in (fleet.get("aliases") or {}).items():
-            total["history"] = fleet_history(fleet["processes"], alias)
+    me = (hostname(), os.getpid())
+    for process in fleet["processes"]:
+        process["live"] = (process.get("host"), process.get("pid")) == me
     return fleet
 
 
 def _points(history: list[Any], now: float) -> list[dict[str, float]]:
-    """History points ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` of the last 15 minutes."""
+    """The fleet's history points (lists in ``publish.HISTORY_FIELDS`` order) of the last
+    15 minutes, as dicts with t, in_use, waiting, max and p95."""
+    from .publish import HISTORY_FIELDS
+
     out = []
-    for point in history or []:
-        t, in_use, _idle, waiting, maximum, p95 = (float(v or 0.0) for v in point[:6])
-        if t >= now - HISTORY_SECONDS:
-            out.append({"t": t, "in_use": in_use, "waiting": waiting, "max": maximum, "p95": p95})
+    for values in history or []:
+        point = {field: float(value or 0.0) for field, value in zip(HISTORY_FIELDS, values, strict=False)}
+        if point.get("t", 0.0) >= now - HISTORY_SECONDS:
+            out.append(
+                {
+                    "t": point["t"],
+                    "in_use": point.get("in_use", 0.0),
+                    "waiting": point.get("waiting", 0.0),
+                    "max": point.get("max", 0.0),
+                    "p95": point.get("acquire_p95_ms", 0.0),
+                }
+            )
     return out
 
 
@@ -96,21 +102,16 @@ def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | N
 
 
 def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: float) -> list[dict[str, Any]]:
-    by_alias: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for process in processes:
-        for alias, data in (process.get("aliases") or {}).items():
-            by_alias.setdefault(alias, []).append((process, data))
+    """One card per alias from the fleet's per-alias totals, plus the worst process's acquire
+    p50/p99 (the totals carry only p95) and the sparkline."""
     cards = []
-    for alias, entries in sorted(by_alias.items()):
-        datas = [data for _, data in entries]
-        total = {
-            key: sum(int(d.get(key, 0) or 0) for d in datas) for key in ("in_use", "idle", "waiting", "max")
-        }
+    for alias, total in sorted(totals.items()):
+        datas = [p["aliases"][alias] for p in processes if alias in (p.get("aliases") or {})]
         acquire = {
-            p: max(float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas)
+            p: max((float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas), default=0.0)
             for p in ("p50", "p95", "p99")
         }
-        history = _points((totals.get(alias) or {}).get("history") or [], now)
+        history = _points(total.get("history") or [], now)
         # History points are per 5 s step; the line ends at the numbers shown above it.
         history.append(
             {
@@ -123,19 +124,11 @@ def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: f
         )
         cards.append(
             {
-                "alias": alias,
-                "workload": ", ".join(sorted({str(d.get("workload", "")) for d in datas})),
                 **total,
+                "alias": alias,
+                "workload": total.get("workload") or "",
                 "utilization_pct": round(100 * total["in_use"] / total["max"]) if total["max"] else 0,
-                "status": worst([str(d.get("status", HEALTHY)) for d in datas]),
                 "acquire_ms": acquire,
-                "processes": len(entries),
-                "acquired_total": sum(int(d.get("acquired_total", 0) or 0) for d in datas),
-                "timeouts_total": sum(int(d.get("timeouts_total", 0) or 0) for d in datas),
-                "shed_total": sum(int(d.get("shed_total", 0) or 0) for d in datas),
-                "leaks_active": sum(int(d.get("leaks_active", 0) or 0) for d in datas),
-                "leaks_total": sum(int(d.get("leaks_total", 0) or 0) for d in datas),
-                "reclaimed_total": sum(int(d.get("reclaimed_total", 0) or 0) for d in datas),
                 "sparkline": sparkline(history, now),
             }
         )
@@ -230,10 +223,9 @@ def redact_sql(query: str | None) -> str:
 def session_age(session: dict[str, Any]) -> float:
     """How long a session has been doing what it does: the transaction, else the running
     query, else the idle time; the figure "longest first" sorts by."""
+    keys: tuple[str, ...] = ("transaction_s", "query_s", "state_s", "connected_s")
     if session["state"] == "idle":
         keys = ("state_s", "connected_s")
-    else:
-        keys = ("transaction_s", "query_s", "state_s", "connected_s")
     for key in keys:
         if session.get(key) is not None:
             return float(session[key])
@@ -276,7 +268,11 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     fleet = fleet_data() if fleet is None else fleet
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
-    cards = _alias_cards(processes, fleet.get("aliases") or {}, now)
+    if "aliases" not in fleet:  # a fleet given without its totals (tests, callers of build())
+        from .fleet import totals
+
+        fleet = {**fleet, "aliases": totals(processes)}
+    cards = _alias_cards(processes, fleet["aliases"], now)
     checkouts = _checkouts(processes)
     return {
         "generated_at": fleet.get("generated_at") or datetime.now(UTC).isoformat(),

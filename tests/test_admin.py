@@ -21,6 +21,7 @@ from django.test import Client
 from django.utils import timezone
 
 from django_poolguard.models import LeakEvent
+from django_poolguard.pool import get_pool
 from django_poolguard.side_connection import close_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -152,6 +153,7 @@ def test_admin_index_has_a_poolguard_section(client):
     assert "Poolguard" in page
     assert f'<a href="{DASHBOARD}">Connection pools</a>' in page
     assert f'<a href="{LEAKS}">Leak events</a>' in page
+    assert client.get("/admin/django_poolguard/").status_code == 200
 
 
 @pytest.mark.parametrize("url", [DASHBOARD, DATA, session_url(1234)])
@@ -165,6 +167,12 @@ def test_anonymous_users_are_sent_to_the_login_page(client, url):
 def test_staff_without_the_view_permission_get_403(url):
     client = client_for(make_user("staff"))
     assert client.get(url).status_code == 403
+
+
+def test_terminate_permission_alone_does_not_open_the_dashboard_or_its_actions():
+    client = client_for(make_user("half", "django_poolguard.terminate_session"))
+    assert client.get(DASHBOARD).status_code == 403
+    assert client.post(session_url(1234), {"confirm": "yes"}).status_code == 403
 
 
 def test_non_staff_users_with_the_permission_still_cannot_look():
@@ -191,6 +199,75 @@ def test_staff_with_view_pool_see_pools_and_holders_but_no_session_buttons(make_
     assert "Terminate" not in page and "Cancel</button>" not in page
     # Staff who may not terminate are refused even with a hand-made POST.
     assert client.post(session_url(1234), {"confirm": "yes"}).status_code == 403
+
+
+OTHER_PROCESS = """
+import sys, threading
+import django
+django.setup()
+from django.db import connections
+from django_poolguard.context import checkout_context, set_process_role
+from django_poolguard.publish import publish_now
+
+set_process_role("worker")
+
+def export_orders_for_finance():
+    with checkout_context("task shop.tasks.export_orders[7f3a]"):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert publish_now(), "could not publish"
+            print("holding", flush=True)
+            sys.stdin.readline()
+        connections["default"].close()
+
+export_orders_for_finance()
+"""
+
+
+def test_the_dashboard_shows_other_processes_of_the_fleet(tmp_path):
+    """A second OS process publishes its snapshot; the page lists it and its holder."""
+    import os
+    import subprocess
+    import sys
+
+    settings_dict = connections["default"].settings_dict
+    from urllib.parse import quote
+
+    credentials = quote(settings_dict["USER"] or "", safe="")
+    if settings_dict["PASSWORD"]:
+        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
+    host = quote(settings_dict["HOST"] or "", safe="")
+    url = f"postgresql://{credentials}@/{settings_dict['NAME']}?host={host}&port={settings_dict['PORT'] or 5432}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": os.getcwd(),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", OTHER_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = worker.stdout.readline()
+        assert line.strip() == "holding", worker.stderr.read()
+        page = client_for(make_user("viewer", "django_poolguard.view_pool")).get(DASHBOARD).content.decode()
+        processes = re.search(r'<table class="pg-table pg-processes">.*?</table>', page, re.S).group(0)
+        assert re.search(rf"<td>{worker.pid}</td><td>worker</td><td>default</td>", processes)
+        checkouts = re.search(r'<table class="pg-table pg-checkouts">.*?</table>', page, re.S).group(0)
+        row = re.search(rf"<tr[^>]*>(?:(?!</tr>).)*?:{worker.pid}</td>.*?</tr>", checkouts, re.S).group(0)
+        assert "task shop.tasks.export_orders[7f3a]" in row
+        assert "in export_orders_for_finance" in row
+    finally:
+        try:
+            worker.communicate("\n", timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.communicate()
 
 
 def test_the_json_view_returns_the_refreshed_body(make_alias, holders):
@@ -355,6 +432,91 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "c2VjcmV0LWhhc2g" not in page and "hunter2" not in page
 
 
+def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
+    hog = holders(alias, name="hog")
+
+    def wait_for_a_connection() -> None:
+        try:
+            connections[alias].ensure_connection()
+        finally:
+            connections[alias].close()
+
+    waiters = [threading.Thread(target=wait_for_a_connection, daemon=True) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    client = client_for(make_user("root", superuser=True))
+    deadline = time.monotonic() + 5
+    while get_pool(alias).state()["waiting"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    started = time.monotonic()
+    page = client.get(DASHBOARD).content.decode()
+    elapsed = time.monotonic() - started
+    card = re.search(rf'<article class="pg-card ([^"]*)" data-alias="{alias}">(.*?)</article>', page, re.S)
+    assert card.group(1) == "pg-card-warning"
+    assert '<dd class="pg-in-use">1</dd>' in card.group(2) and '<dd class="pg-waiting">2</dd>' in card.group(
+        2
+    )
+    assert "hog" in page
+    # Read beside the pool, not through it: far below the 10 s the waiters are stuck for.
+    assert elapsed < 3, f"the dashboard took {elapsed:.1f} s with the pool exhausted"
+
+    hog.release()
+    for waiter in waiters:
+        waiter.join(10)
+
+
+class AdminRouter:
+    """The docs' tip: the admin's own tables on a small pool of their own."""
+
+    alias = "default"
+    apps = {"admin", "auth", "contenttypes", "sessions"}
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return self.alias if model._meta.app_label in self.apps else None
+
+    db_for_write = db_for_read
+
+
+def test_with_its_own_pool_the_admin_stays_reachable_when_default_is_exhausted(make_alias, holders, settings):
+    AdminRouter.alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 5})
+    settings.DATABASE_ROUTERS = [f"{__name__}.AdminRouter"]
+    client = client_for(make_user("root", superuser=True))
+    connections["default"].close()
+    size = get_pool("default").max_size
+    for n in range(size):
+        holders("default", name=f"default-hog-{n}")
+    assert get_pool("default").state()["in_use"] == size
+
+    started = time.monotonic()
+    response = client.get(DASHBOARD)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    card = re.search(r'data-alias="default">(.*?)</article>', response.content.decode(), re.S).group(1)
+    assert f'<dd class="pg-in-use">{size}</dd>' in card
+    assert elapsed < 3, f"the dashboard waited {elapsed:.1f} s on the exhausted default pool"
+
+
+def test_an_unreachable_database_is_reported_not_fatal(make_alias):
+    make_alias(HOST="127.0.0.1", PORT="1")  # nothing listens there
+    client = client_for(make_user("root", superuser=True))
+    response = client.get(DASHBOARD)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "The sessions could not be listed (OperationalError)" in page
+    assert 'data-alias="default"' in page  # the rest of the page is there
+
+
+def test_without_publishing_the_page_shows_this_process(make_alias, holders, settings):
+    settings.POOLGUARD = {"WORKLOADS": {"web": "default"}, "PUBLISH": None}
+    alias = make_alias()
+    holders(alias, name="unpublished-holder")
+    page = client_for(make_user("root", superuser=True)).get(DASHBOARD).content.decode()
+    assert f'data-alias="{alias}"' in page and "unpublished-holder" in page
+    assert "live (this process)" in page
+
+
 def test_passwords_never_reach_the_page(make_alias):
     alias = make_alias(PASSWORD="s3cret-do-not-show")
     connections.settings[alias]["PASSWORD"] = "s3cret-do-not-show"
@@ -408,8 +570,9 @@ def test_leak_changelist_shows_filters_and_searches():
 
     page = client.get(LEAKS).content.decode()
     assert "GET /api/report" in page and "task shop.tasks.export[1]" in page and "POST /checkout" in page
-    for header in ("Kind", "Alias", "Context", "Count", "First seen", "Last seen", "Resolved"):
+    for header in ("Kind", "Alias", "Context", "Where", "Count", "First seen", "Last seen", "Resolved"):
         assert header in page
+    assert "<code>shop/views.py:41 in checkout</code>" in page  # the stack's first line
 
     def listed(query: str) -> set[int]:
         response = client.get(LEAKS + query)
@@ -506,11 +669,13 @@ def test_checkouts_are_listed_longest_first_and_capped():
 
 def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
     from django_poolguard import dashboard
+    from django_poolguard.fleet import totals
 
     now = time.time()
     history = [[now - 600 + 5 * i, i % 5, 1, 0, 4, 0.5] for i in range(100)]
     fleet = _fleet(default={"max": 4, "in_use": 3, "waiting": 2, "status": "warning"})
-    fleet["aliases"] = {"default": {"history": history}}
+    fleet["aliases"] = totals(fleet["processes"])  # what fleet.collect() puts beside the processes
+    fleet["aliases"]["default"]["history"] = history
     [card] = dashboard.build(fleet, with_sessions=False)["cards"]
     spark = card["sparkline"]
     assert spark["minutes"] == 10  # the axis spans the history there is
@@ -524,3 +689,19 @@ def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
     )
     assert spark["waiting"], "the waiting line is drawn when anyone waited"
     assert card["status"] == "warning" and card["utilization_pct"] == 75
+
+
+def test_on_a_custom_admin_site_every_link_stays_on_it(settings, sleeping_session):
+    settings.ROOT_URLCONF = "tests.custom_admin_urls"
+    session = sleeping_session()
+    client = client_for(make_user("root", superuser=True))
+    response = client.get("/ops/django_poolguard/pool/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-url="/ops/django_poolguard/pool/data/?refresh=5"' in page
+    assert 'href="/ops/django_poolguard/leakevent/?alias__exact=default"' in page
+    assert f'action="/ops/django_poolguard/pool/sessions/default/{session.pid}/terminate/"' in page
+    assert 'href="/admin/' not in page
+    assert client.get("/ops/django_poolguard/pool/data/").status_code == 200
+    confirm = client.get(f"/ops/django_poolguard/pool/sessions/default/{session.pid}/terminate/")
+    assert confirm.status_code == 200 and 'href="/ops/django_poolguard/pool/"' in confirm.content.decode()

@@ -8,20 +8,25 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
+from django.utils import timezone
 
+from django_poolguard import stacks
 from django_poolguard.context import checkout_context
+from django_poolguard.models import LeakEvent
+from django_poolguard.pool import get_pool
 from django_poolguard.side_connection import close_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("POOLGUARD_CHROMIUM", "/usr/bin/chromium")
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+CHROMIUM = os.environ.get("POOLGUARD_CHROMIUM") or os.environ.get("CHROMIUM") or "/usr/bin/chromium"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -75,6 +80,15 @@ class ReportThread(threading.Thread):
 
 
 @pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Where screenshots go: docs/images with POOLGUARD_SCREENSHOTS=1 (to refresh the docs),
+    else a temporary directory, so a test run leaves the working tree clean."""
+    directory = DOCS_IMAGES if os.environ.get("POOLGUARD_SCREENSHOTS") == "1" else tmp_path / "images"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
 def superuser(transactional_db: Any) -> User:
     # Created before the browser starts: Playwright's sync API runs an event loop in this
     # thread, and Django refuses ORM calls from a thread with a running loop.
@@ -106,7 +120,7 @@ def _close_side_connections() -> Iterator[None]:
     close_all()
 
 
-def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
+def test_dashboard_live_in_chromium(live_server, make_alias, browser_page, images):
     alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 2}, poolguard={"workload": "reports"})
     page = browser_page
     dashboard = f"{live_server.url}/admin/django_poolguard/pool/?refresh={REFRESH}"
@@ -156,22 +170,21 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
             reopened = page.locator("table.pg-checkouts tr", has_text="nightly-report-1").locator("details")
             assert reopened.get_attribute("open") is not None
 
-            IMAGES.mkdir(parents=True, exist_ok=True)
             page.emulate_media(color_scheme="light")
-            page.screenshot(path=str(IMAGES / "dashboard-light.png"), full_page=True)
+            page.screenshot(path=str(images / "dashboard-light.png"), full_page=True)
             page.emulate_media(color_scheme="dark")
             dark_bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
             assert dark_bg != "rgb(255, 255, 255)", (
                 "the admin's dark mode follows the browser's colour scheme"
             )
-            page.screenshot(path=str(IMAGES / "dashboard-dark.png"), full_page=True)
+            page.screenshot(path=str(images / "dashboard-dark.png"), full_page=True)
             page.emulate_media(color_scheme="light")
 
             # A narrow screen: the cards stack and nothing overflows the viewport.
             page.set_viewport_size({"width": 390, "height": 844})
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
-            page.screenshot(path=str(IMAGES / "dashboard-narrow.png"))
+            page.screenshot(path=str(images / "dashboard-narrow.png"))
 
     # Both reports released: the numbers go back down on their own.
     page.set_viewport_size({"width": 1280, "height": 900})
@@ -180,6 +193,68 @@ def test_dashboard_live_in_chromium(live_server, make_alias, browser_page):
                 ?.textContent.trim() === '0'""",
         timeout=REFRESH * 1000 * 10,
     )
+
+    # Signed out meanwhile: the page says so instead of showing the login form inside itself.
+    page.context.clear_cookies()
+    page.wait_for_function(
+        "document.getElementById('poolguard-refresh-state').textContent.includes('signed out')",
+        timeout=REFRESH * 1000 * 10,
+    )
+    assert page.locator("#poolguard-dashboard article.pg-card").count() >= 1
+
+
+@pytest.fixture
+def recorded_leak(superuser: User, make_alias: Any) -> LeakEvent:
+    """A LeakEvent row made from a real checkout's acquire stack, as the watchdog records one."""
+    alias = make_alias(poolguard={"workload": "reports"})
+    with ReportThread(alias, "nightly-report") as thread:
+        [checkout] = get_pool(alias).ledger.checkouts()
+        stack = stacks.format_stack(checkout.stack)
+        fingerprint = stacks.fingerprint(checkout.stack)
+        assert checkout.thread is thread
+    now = timezone.now()
+    event = LeakEvent.objects.create(
+        alias=alias,
+        workload="reports",
+        kind=LeakEvent.Kind.LEAK,
+        context="GET /reports/nightly",
+        host="web-1",
+        pid=4242,
+        thread="nightly-report",
+        stack="\n".join(stack),
+        fingerprint=fingerprint,
+        held_seconds=95.2,
+        first_seen=now - timedelta(hours=3),
+        last_seen=now,
+        count=17,
+    )
+    connections["default"].close()
+    return event
+
+
+def test_leak_event_pages_in_chromium(live_server, recorded_leak, browser_page, images):
+    page = browser_page
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/django_poolguard/leakevent/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "pw")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/django_poolguard/leakevent/")
+    assert "GET /reports/nightly" in page.locator("#result_list").inner_text()
+
+    page.fill("#searchbar", "build_nightly_report")  # the stack is searchable
+    page.press("#searchbar", "Enter")
+    page.wait_for_url("**q=build_nightly_report**")
+    page.locator("#result_list a", has_text="leak").first.click()
+    page.wait_for_url(f"**/leakevent/{recorded_leak.pk}/change/**")
+
+    lines = page.locator("ol.poolguard-stack li")
+    assert lines.count() == len(recorded_leak.stack.splitlines())
+    assert "build_nightly_report" in lines.first.inner_text()
+    font = lines.first.locator("code").evaluate("el => getComputedStyle(el).fontFamily")
+    assert "mono" in font.lower(), f"the stack is not in a monospace font: {font}"
+    assert page.locator("input[name=_save]").count() == 0  # read-only
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(images / "leak-event.png"), full_page=True)
 
 
 def test_dashboard_without_javascript_is_a_static_page(live_server, make_alias, superuser, tmp_path):

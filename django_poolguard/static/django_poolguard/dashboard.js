@@ -25,7 +25,11 @@
         fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
             .then(function (response) {
                 if (!response.ok) {
-                    throw new Error("HTTP " + response.status);
+                    throw new Error("the server answered " + response.status);
+                }
+                // An expired session is redirected to the login page, which is HTML.
+                if ((response.headers.get("Content-Type") || "").indexOf("application/json") !== 0) {
+                    throw new Error("signed out? reload the page");
                 }
                 return response.json();
             })
