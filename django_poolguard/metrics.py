@@ -116,12 +116,7 @@ _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...
 
 
 def _reclaimed_by_reason(ledger: Ledger) -> dict[str, int]:
-    # The leak watchdog keeps a count per reason ("thread_exited", "wrapper_collected") when it
-    # is installed; a plain total is exported under "unknown".
-    by_reason = getattr(ledger, "reclaimed_by_reason", None)
-    if by_reason is not None:
-        return dict(by_reason)
-    return {"unknown": ledger.reclaimed_total} if ledger.reclaimed_total else {}
+    return dict(ledger.reclaimed_by_reason)  # "thread_exited" / "wrapper_collected" -> count
 
 
 class _PoolProgress:

@@ -119,7 +119,7 @@ def test_leak_and_reclaim_counters_follow_the_ledger(make_alias):
     ledger = get_pool(alias).ledger
     ledger.count("leaks_total", 2)
     ledger.count("hoards_total")
-    ledger.count("reclaimed_total")
+    ledger.count_reclaimed("thread_exited")
     watchdog.run_once(force=True)
     connections[alias].close()
 
@@ -132,7 +132,7 @@ def test_leak_and_reclaim_counters_follow_the_ledger(make_alias):
         for sample in family.samples
         if sample.labels["alias"] == alias and sample.name.endswith("_total")
     ]
-    assert sum(sample.value for sample in reclaimed) == 1
+    assert [(s.labels["reason"], s.value) for s in reclaimed] == [("thread_exited", 1)]
 
 
 def test_the_app_works_without_prometheus_client():

@@ -57,7 +57,7 @@ def test_exhausted_view_answers_503_with_retry_after_in_text(exhausted, caplog):
     assert "report" not in body and "conftest" not in body, "holders and code locations stay in the logs"
     assert get_pool(exhausted).ledger.shed_total == 1
     assert not [r for r in caplog.records if r.name == "django.request"], "a shed request is not an error"
-    warning = [r for r in caplog.records if r.name == "django_poolguard"]
+    warning = [r for r in caplog.records if r.name == "django_poolguard" and r.module == "middleware"]
     assert len(warning) == 1 and warning[0].levelno == logging.WARNING
     assert f"Answered 503 to 1 request(s) on alias '{exhausted}'" in warning[0].getMessage()
     assert "held by thread report" in warning[0].getMessage()
@@ -87,7 +87,7 @@ def test_many_sheds_log_one_warning(exhausted, caplog):
     statuses = [client.get("/query/", {"alias": exhausted}).status_code for _ in range(3)]
     assert statuses == [503, 503, 503]
     assert get_pool(exhausted).ledger.shed_total == 3
-    assert len([r for r in caplog.records if r.name == "django_poolguard"]) == 1
+    assert len([r for r in caplog.records if r.name == "django_poolguard" and r.module == "middleware"]) == 1
 
 
 @override_settings(MIDDLEWARE=[*GUARDED, "tests.testapp.shed.DatabaseTouchingMiddleware"])

@@ -44,6 +44,7 @@ from django.template.loader import render_to_string  # noqa: E402
 from django.test import Client, RequestFactory  # noqa: E402
 
 from django_poolguard import dashboard  # noqa: E402
+from django_poolguard.fleet import totals  # noqa: E402
 from django_poolguard.side_connection import close_all  # noqa: E402
 
 STACK = [f"shop/module_{i}.py:{10 + i} in function_{i}" for i in range(20)]
@@ -52,7 +53,7 @@ STACK = [f"shop/module_{i}.py:{10 + i} in function_{i}" for i in range(20)]
 def synthetic_fleet(processes: int, aliases: int, checkouts: int) -> dict[str, Any]:
     now = time.time()
     history = [[now - 900 + 5 * i, i % 7, 2, 0, 10, 0.4] for i in range(180)]
-    return {
+    fleet: dict[str, Any] = {
         "generated_at": "2026-01-01T00:00:00+00:00",
         "processes": [
             {
@@ -96,10 +97,11 @@ def synthetic_fleet(processes: int, aliases: int, checkouts: int) -> dict[str, A
             }
             for p in range(processes)
         ],
-        "aliases": {f"alias_{a}": {"history": history} for a in range(aliases)},
         "database": {},
         "budget": {},
     }
+    fleet["aliases"] = totals(fleet["processes"])  # as fleet.collect() adds them, with the history
+    return fleet
 
 
 def synthetic_sessions(count: int) -> list[dict[str, Any]]:
