@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -14,6 +15,7 @@ from shop import bootstrap
 from shop.incidents import SCENARIOS, execute, mode
 
 NAMES = [*SCENARIOS, "autoscale"]
+MANAGE = Path(__file__).resolve().parents[3] / "manage.py"
 
 
 class Command(BaseCommand):
@@ -65,7 +67,7 @@ class Command(BaseCommand):
         """One side in a fresh process: its pools, engine and middleware come from its settings."""
         env = {**os.environ, "SHOP_POOL_MODE": side}
         self.stderr.write(f"Replaying {name!r} {'with Django' if side == 'native' else 'with poolguard'}...")
-        command = [sys.executable, sys.argv[0], "incident", name, "--only", side, "--json"]
+        command = [sys.executable, str(MANAGE), "incident", name, "--only", side, "--json"]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise CommandError(f"The {side} run of {name!r} failed:\n{done.stderr[-3000:]}")
