@@ -24,7 +24,7 @@ NEEDED = [
     "psycopg_pool",
     "celery",
     "gunicorn",
-    "django_prometheus",
+    "prometheus_client",  # django-prometheus is optional: it pins Django < 6.1
     "redis",
     "packaging",
 ]

@@ -11,6 +11,7 @@ same ``max_size``): ``manage.py incident`` uses it to show each incident without
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -32,6 +33,8 @@ POOL_MODE = os.environ.get("SHOP_POOL_MODE", "guarded")
 if POOL_MODE not in ("guarded", "native"):
     raise ValueError(f"SHOP_POOL_MODE is {POOL_MODE!r}; use 'guarded' (default) or 'native'.")
 GUARDED = POOL_MODE == "guarded"
+# django-prometheus 2.5 pins Django < 6.1: without it /metrics is served by prometheus_client alone.
+DJANGO_PROMETHEUS = importlib.util.find_spec("django_prometheus") is not None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -40,21 +43,21 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_prometheus",
+    *(["django_prometheus"] if DJANGO_PROMETHEUS else []),
     "django_poolguard",
     "shop",
 ]
 
 MIDDLEWARE = [
     *(["django_poolguard.middleware.PoolGuardMiddleware"] if GUARDED else []),
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    *(["django_prometheus.middleware.PrometheusBeforeMiddleware"] if DJANGO_PROMETHEUS else []),
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    *(["django_prometheus.middleware.PrometheusAfterMiddleware"] if DJANGO_PROMETHEUS else []),
 ]
 
 TEMPLATES = [

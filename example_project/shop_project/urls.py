@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.contrib.staticfiles.views import serve
 from django.urls import include, path, re_path
 from shop import views
+from shop.metrics import metrics_view
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -13,7 +14,7 @@ urlpatterns = [
     path("payments/pay/", views.pay, name="pay"),
     path("orders/notify/", views.notify, name="notify"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),  # /metrics
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 # The demo runs gunicorn without a web server in front: let Django serve the admin's CSS and JS.
