@@ -279,12 +279,7 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
-            wrapper.connection = None
-            wrapper.in_atomic_block = False
-            wrapper.savepoint_ids = []
-            wrapper.atomic_blocks = []
-            wrapper.needs_rollback = False
-            wrapper.closed_in_transaction = False
+            wrapper.forget_connection()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

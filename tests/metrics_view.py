@@ -23,7 +23,9 @@ except ImportError:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = prometheus_client.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-        return HttpResponse(prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST)
+        return HttpResponse(
+            prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
 
 
 __all__ = ["metrics_view"]

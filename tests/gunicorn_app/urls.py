@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+
 from tests.metrics_view import metrics_view
 
 
