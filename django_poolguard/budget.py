@@ -287,15 +287,11 @@ def budget_messages(aliases: list[str]) -> list[Any]:
 
 @register(Tags.database, "poolguard")
 def check_budget(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Any]:
-    """E001/W001 for the databases ``check --database`` / ``migrate`` name."""
+    """E001/W001 for the databases ``check --database`` (also with ``--deploy``) and ``migrate`` name.
+
+    Tagged ``database``: like Django's own database checks it never runs without an alias
+    named, so a plain ``check`` or ``runserver`` does not query the server.
+    """
     if not databases:
         return []
     return budget_messages([alias for alias in databases if alias in settings.DATABASES])
-
-
-@register(Tags.database, "poolguard", deploy=True)
-def check_budget_deploy(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Any]:
-    """E001/W001 under ``check --deploy`` without ``--database``: every pooled alias."""
-    if databases:
-        return []  # check_budget already covers them
-    return budget_messages(list(settings.DATABASES))

@@ -235,16 +235,8 @@ def reclaim(pool: GuardedPool, checkout: Checkout, reason: str) -> None:
 
 def _detach(wrapper: Any, connection: Any) -> None:
     """A wrapper that outlived its dead thread must never touch the returned connection again."""
-    if getattr(wrapper, "connection", None) is not connection:
-        return
-    wrapper.connection = None
-    wrapper._guard_checkout = None
-    wrapper.in_atomic_block = False
-    wrapper.savepoint_ids = []
-    wrapper.atomic_blocks = []
-    wrapper.needs_rollback = False
-    wrapper.closed_in_transaction = False
-    wrapper.run_on_commit = []
+    if getattr(wrapper, "connection", None) is connection:
+        wrapper.forget_connection()
 
 
 def wrapper_collected(ref: weakref.ref[Any]) -> None:

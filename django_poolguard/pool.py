@@ -4,6 +4,7 @@ process's registry of pools (one per alias), which never crosses ``fork()``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -278,15 +279,13 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
-            wrapper.connection = None
-            wrapper.in_atomic_block = False
-            wrapper.savepoint_ids = []
-            wrapper.atomic_blocks = []
-            wrapper.needs_rollback = False
-            wrapper.closed_in_transaction = False
+            wrapper.forget_connection()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# At exit, close the pools while the interpreter still works: left to psycopg_pool's __del__,
+# each pool joins its threads with a 5 s timeout during shutdown (20 s exits on Python 3.13).
+atexit.register(close_all_pools, 1.0)
 
 __all__ = [
     "GuardedPool",

@@ -168,10 +168,10 @@ def test_budget_system_checks_e001_w001(make_fleet: Callable[..., Fleet]) -> Non
     assert "django_poolguard.W001" in tight.stderr and "E001" not in tight.stderr, tight.stderr
     fine = check(1, "--database", "default")
     assert fine.returncode == 0 and "django_poolguard.E001" not in fine.stderr + fine.stdout
-    # Without --database the check does not touch the database; --deploy runs it anyway.
+    # Without --database the check does not touch the database, as Django's own database checks.
     offline = check(ceiling // per_process + 1)
     assert offline.returncode == 0 and "E001" not in offline.stderr
-    deploy = check(ceiling // per_process + 1, "--deploy")
+    deploy = check(ceiling // per_process + 1, "--deploy", "--database", "default")
     assert "django_poolguard.E001" in deploy.stderr
 
 

@@ -11,6 +11,7 @@ from django.test import Client
 
 from django_poolguard import PoolExhausted
 from django_poolguard.pool import get_pool
+from tests.waiting import wait_for_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,7 +59,7 @@ def test_full_pool_is_a_warning_and_still_200(make_alias, holders):
 def test_exhausted_pool_with_a_queue_is_critical_and_answered_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
     holder = holders(alias, name="report")
-    waiters = [threading.Thread(target=_wait_for_connection, args=(alias,), daemon=True) for _ in range(11)]
+    waiters = [threading.Thread(target=wait_for_connection, args=(alias,), daemon=True) for _ in range(11)]
     for waiter in waiters:
         waiter.start()
     pool = get_pool(alias)
@@ -99,12 +100,3 @@ def test_pool_that_cannot_connect_is_critical(make_alias):
 def test_only_get_and_head():
     assert Client().post("/poolguard/health/").status_code == 405
     assert Client().head("/poolguard/health/").status_code == 200
-
-
-def _wait_for_connection(alias: str) -> None:
-    try:
-        connections[alias].ensure_connection()
-    except PoolExhausted:
-        pass
-    finally:
-        connections[alias].close()

@@ -14,6 +14,7 @@ from django.test import AsyncClient, Client, override_settings
 
 from django_poolguard import PoolExhausted, middleware
 from django_poolguard.pool import get_pool
+from tests.waiting import wait_for_connection
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -124,7 +125,7 @@ def test_other_errors_stay_500():
 def test_full_wait_queue_is_shed_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5, "max_waiting": 1})
     holders(alias, name="slow-report")
-    waiter = threading.Thread(target=_wait_for_connection, args=(alias,), daemon=True)
+    waiter = threading.Thread(target=wait_for_connection, args=(alias,), daemon=True)
     waiter.start()
     deadline = time.monotonic() + 5
     while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
@@ -189,12 +190,3 @@ def test_long_paths_are_cut_in_the_label():
     label = middleware.request_label(RequestFactory().post("/" + "a" * 500 + "?x=1"))
     assert label.startswith("POST /aaa") and len(label) == len("POST ") + middleware.CONTEXT_PATH_CHARS
     assert "?" not in label
-
-
-def _wait_for_connection(alias: str) -> None:
-    try:
-        connections[alias].ensure_connection()
-    except PoolExhausted:
-        pass
-    finally:
-        connections[alias].close()

@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
-from django_prometheus.exports import ExportToDjangoView
+
+from tests.metrics_view import metrics_view
 
 
 def hold(request: HttpRequest) -> HttpResponse:
@@ -17,5 +18,5 @@ def hold(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("hold/", hold),
     path("poolguard/", include("django_poolguard.urls")),
-    path("metrics", ExportToDjangoView),
+    path("metrics", metrics_view),
 ]

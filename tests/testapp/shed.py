@@ -10,10 +10,10 @@ from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
-from django_prometheus.exports import ExportToDjangoView
 
 from django_poolguard.context import current_context
 from django_poolguard.pool import get_pool
+from tests.metrics_view import metrics_view
 
 
 def _query(alias: str) -> dict[str, object]:
@@ -72,5 +72,5 @@ urlpatterns = [
     path("async-query/", async_query),
     path("broken/", broken),
     path("poolguard/", include("django_poolguard.urls")),
-    path("metrics", ExportToDjangoView),
+    path("metrics", metrics_view),
 ]

@@ -135,6 +135,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self._guard_checkout = checkout
         return connection
 
+    def forget_connection(self) -> None:
+        """Drop ``self.connection`` without returning it, and reset the transaction state.
+
+        For when the pool already has the slot back (reclaimed from a dead holder, returned
+        at a task's end) or the connection belongs to a parent process (after fork): the
+        wrapper is left as ``connect()`` expects to find it.
+        """
+        self.connection = None
+        self._guard_checkout = None
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.closed_in_transaction = False
+        self.run_on_commit = []
+        self.autocommit = False
+
     def _close(self) -> None:
         self._guard_checkout = None
         super()._close()  # type: ignore[misc]
