@@ -172,6 +172,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
+            if self.connection.autocommit == autocommit:
+                # Django sets autocommit on every checkout; a pooled connection usually has it
+                # already, and psycopg would still take its lock and run a generator to say so.
+                return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
