@@ -14,10 +14,12 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as postgresql
-from django.db.utils import DEFAULT_DB_ALIAS
+from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
+from django.utils.functional import cached_property
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
+from ...exceptions import PoolExhausted
 from ...pool import GuardedPool, discard_pool, get_or_create_pool, get_pool
 from .creation import DatabaseCreation
 
@@ -43,6 +45,23 @@ def session_options(config: AliasConfig, user_options: str | None) -> str | None
     return " ".join(parts) or None
 
 
+class GuardedErrorWrapper(DatabaseErrorWrapper):
+    """Django's error translation, letting :class:`PoolExhausted` through unchanged.
+
+    ``PoolExhausted`` is both Django's ``OperationalError`` and psycopg_pool's ``PoolTimeout``
+    (a psycopg error, as Django's own backend raises). Django would translate the psycopg side
+    into a bare ``OperationalError``, losing the holders and the type the middleware turns into 503.
+    """
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None:
+            return
+        if issubclass(exc_type, PoolExhausted):
+            self.wrapper.errors_occurred = True  # as Django does for any OperationalError
+            return  # re-raised as is: it already is a Django error
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
 
@@ -62,6 +81,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             )
         return cached[1]
 
+    @cached_property
+    def wrap_database_errors(self) -> GuardedErrorWrapper:
+        return GuardedErrorWrapper(self)
+
     @property
     def pool(self) -> GuardedPool | None:
         pool_options = self.settings_dict["OPTIONS"].get("pool")
@@ -74,9 +97,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def _build_pool(self, pool_options: Any) -> GuardedPool:
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            # Django's own sentence first: code and tests written for Django's backend match on it.
             raise ImproperlyConfigured(
-                f"DATABASES[{self.alias!r}]: CONN_MAX_AGE must be 0 when OPTIONS['pool'] is set; "
-                "the pool already keeps connections open."
+                f"Pooling doesn't support persistent connections. DATABASES[{self.alias!r}]: set "
+                "CONN_MAX_AGE to 0 when OPTIONS['pool'] is set; the pool already keeps connections open."
             )
         options = {} if pool_options is True else dict(pool_options)
         options.setdefault("name", self.alias)

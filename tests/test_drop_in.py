@@ -1,0 +1,87 @@
+"""The engine behaves like Django's own pooled backend where code written for that backend looks:
+the errors it raises and the messages it matches on. Each case here was found by running
+Django's own ``tests/backends`` with this engine (``tests/django_suite/run.py``)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import OperationalError, connections
+from psycopg_pool import PoolTimeout, TooManyRequests
+
+from django_poolguard import PoolExhausted
+from django_poolguard.pool import get_pool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_exhausted_pool_raises_psycopg_pool_timeout_from_connect(make_alias, holders):
+    # Django's backends.postgresql.tests.Tests.test_connect_pool: connect() on a full pool
+    # raises psycopg_pool.PoolTimeout with Django's backend.
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 0.3})
+    holders(alias, name="report")
+    wrapper = connections[alias].copy()
+    try:
+        with pytest.raises(PoolTimeout) as caught:
+            wrapper.connect()
+    finally:
+        wrapper.close()
+    assert isinstance(caught.value, PoolExhausted)
+    assert "held by thread report" in str(caught.value)
+
+
+def test_exhausted_pool_stays_pool_exhausted_through_django_error_translation(make_alias, holders):
+    # PoolExhausted is a psycopg error too; Django's DatabaseErrorWrapper must not turn it into
+    # a bare OperationalError that loses the holders (and the middleware's 503).
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 0.3})
+    holders(alias, name="report")
+    with pytest.raises(PoolExhausted) as caught:
+        connections[alias].cursor()
+    assert type(caught.value) is PoolExhausted
+    assert isinstance(caught.value, OperationalError) and isinstance(caught.value, PoolTimeout)
+    assert "held by thread report" in str(caught.value)
+    assert connections[alias].errors_occurred is True, "as Django flags any OperationalError"
+
+
+def test_full_wait_queue_raises_too_many_requests(make_alias, holders):
+    # Django's backend lets psycopg_pool.TooManyRequests out when max_waiting is reached.
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 3, "max_waiting": 1})
+    holders(alias, name="slow-report")
+    errors: list[BaseException] = []
+
+    def wait_for_a_connection() -> None:
+        try:
+            connections[alias].ensure_connection()
+        except PoolExhausted as exc:
+            errors.append(exc)
+        finally:
+            connections[alias].close()
+
+    waiter = threading.Thread(target=wait_for_a_connection, name="waiter", daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with pytest.raises(TooManyRequests) as caught:
+        connections[alias].ensure_connection()
+    assert isinstance(caught.value, PoolExhausted) and caught.value.queue_full is True
+    waiter.join(5)
+    assert len(errors) == 1 and not isinstance(errors[0], TooManyRequests), "the waiter timed out"
+
+
+def test_persistent_connections_error_keeps_djangos_message(django_db_blocker):
+    # Django's test_pooling_not_support_persistent_connections matches on Django's sentence.
+    settings_dict = copy.deepcopy(connections["default"].settings_dict)
+    settings_dict["OPTIONS"]["pool"] = True
+    settings_dict["CONN_MAX_AGE"] = 10
+    wrapper = connections["default"].__class__(settings_dict, alias="pg_persistent")
+    with pytest.raises(ImproperlyConfigured) as caught:
+        wrapper.pool  # noqa: B018 (the property builds the pool)
+    assert "Pooling doesn't support persistent connections." in str(caught.value)
+    assert "DATABASES['pg_persistent']" in str(caught.value) and "CONN_MAX_AGE to 0" in str(caught.value)
+    assert get_pool("pg_persistent") is None
