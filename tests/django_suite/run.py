@@ -15,6 +15,7 @@ unexpected success that Django's own backend does not have, or when a run crashe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ def _alias(alias):
         "ENGINE": {engine!r},
         **_server,
         "OPTIONS": {{"pool": {pool!r}}},
-        "TEST": {{"NAME": "test_pgsuite_{tag}_" + alias}},
+        "TEST": {{"NAME": "test_pgsuite_{tag}_" + alias}},  # unique per engine and Django version
     }}
 
 
@@ -110,13 +111,15 @@ def run_engine(
 ) -> Run:
     module = f"poolguard_suite_{engine}"
     (workdir / f"{module}.py").write_text(
-        SETTINGS_TEMPLATE.format(engine=ENGINES[engine], pool=POOL, tag=engine)
+        SETTINGS_TEMPLATE.format(engine=ENGINES[engine], pool=POOL, tag=f"{engine}_{tests.parent.name}")
     )
     results = workdir / f"{engine}.json"
     log = workdir / f"{engine}.log"
     env = dict(os.environ)
-    # The checkout under test first, then the settings and the recording runner.
-    path = [str(REPO), str(workdir), str(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
+    # The settings and the recording runner; this checkout too unless django_poolguard is installed.
+    path = [str(workdir), str(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
+    if importlib.util.find_spec("django_poolguard") is None:
+        path.insert(0, str(REPO))
     env["PYTHONPATH"] = os.pathsep.join(path)
     env["POOLGUARD_SUITE_RESULTS"] = str(results)
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -124,7 +127,8 @@ def run_engine(
     command += ["--noinput", *extra, *labels]
     print(f"[{engine}] {ENGINES[engine]}: runtests.py {' '.join(command[4:])}", flush=True)
     started = time.monotonic()
-    with log.open("w") as out:
+    env["PYTHONUNBUFFERED"] = "1"  # the log follows the run, for `tail -f`
+    with log.open("w", buffering=1) as out:
         process = subprocess.Popen(
             command, cwd=tests, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -145,11 +149,13 @@ def run_engine(
 def report(runs: list[Run], version: str, labels: list[str]) -> int:
     print(f"\nDjango {version}, Python {sys.version.split()[0]}, labels: {' '.join(labels)}")
     columns = ["ran", "failures", "errors", "skipped", "expected_failures", "unexpected_successes"]
-    header = f"{'':<22}" + "".join(f"{c.replace('_', ' '):>22}" for c in columns) + f"{'seconds':>10}"
-    print(header)
+    # A Markdown table, so the figures paste straight into docs/benchmarks/django-suite.md.
+    print("| ENGINE | " + " | ".join(c.replace("_", " ") for c in columns) + " | seconds |")
+    print("|---" * (len(columns) + 2) + "|")
     for run in runs:
-        cells = "".join(f"{run.summary.get(c, '-')!s:>22}" for c in columns)
-        print(f"{run.engine + ' (' + ENGINES[run.engine].split('.')[0] + ')':<22}{cells}{run.seconds:>10.0f}")
+        cells = " | ".join(str(run.summary.get(c, "crashed")) for c in columns)
+        print(f"| `{ENGINES[run.engine]}` | {cells} | {run.seconds:.0f} |")
+    print()
 
     status = 0
     for run in runs:
@@ -199,8 +205,13 @@ def main(argv: list[str]) -> int:
 
     import django
 
-    sys.path.insert(0, str(REPO))
+    if importlib.util.find_spec("django_poolguard") is None:
+        sys.path.insert(0, str(REPO))
+        print(f"django_poolguard is not installed: testing the checkout {REPO}")
+    import django_poolguard
     from django_poolguard.testing import database_url
+
+    print(f"Testing django_poolguard from {Path(django_poolguard.__file__).parent}", flush=True)
 
     database_url()  # exports DATABASE_URL (starting the embedded server if need be) for the runs
     version = django.__version__
