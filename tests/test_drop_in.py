@@ -9,8 +9,10 @@ import threading
 import time
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError, connections
+from django.test import override_settings
 from psycopg_pool import PoolTimeout, TooManyRequests
 
 from django_poolguard import PoolExhausted
@@ -85,3 +87,35 @@ def test_persistent_connections_error_keeps_djangos_message(django_db_blocker):
     assert "Pooling doesn't support persistent connections." in str(caught.value)
     assert "DATABASES['pg_persistent']" in str(caught.value) and "CONN_MAX_AGE to 0" in str(caught.value)
     assert get_pool("pg_persistent") is None
+
+
+@pytest.mark.parametrize("health_checks", [True, False])
+def test_pool_check_option_overrides_conn_health_checks(make_alias, health_checks):
+    # Django 6.1's test_pool_check_can_be_overridden: OPTIONS["pool"]["check"] wins.
+    checked: list[object] = []
+
+    def custom_check(conn: object) -> None:
+        checked.append(conn)
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 1, "check": custom_check}, CONN_HEALTH_CHECKS=health_checks
+    )
+    for _ in range(2):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections[alias].close()
+    assert get_pool(alias)._check is custom_check
+    assert len(checked) == 2, "psycopg_pool runs the check on every checkout"
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:UserWarning")
+def test_system_checks_accept_the_pool_check_option():
+    from django_poolguard.checks import check_aliases
+
+    databases = copy.deepcopy(settings.DATABASES)
+    databases["default"]["OPTIONS"]["pool"] = {"max_size": 4, "check": lambda conn: None}
+    with override_settings(DATABASES=databases):
+        assert [e.id for e in check_aliases()] == []
+    databases["default"]["OPTIONS"]["pool"] = {"max_size": 4, "configure": lambda conn: None}
+    with override_settings(DATABASES=databases):
+        assert [e.id for e in check_aliases()] == ["django_poolguard.E003"], "Django passes configure"

@@ -102,16 +102,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 f"Pooling doesn't support persistent connections. DATABASES[{self.alias!r}]: set "
                 "CONN_MAX_AGE to 0 when OPTIONS['pool'] is set; the pool already keeps connections open."
             )
-        options = {} if pool_options is True else dict(pool_options)
+        options = {} if pool_options is True else dict(pool_options)  # a copy: never mutate settings
         options.setdefault("name", self.alias)
+        # OPTIONS["pool"]["check"] wins over CONN_HEALTH_CHECKS, as in Django >= 6.1.
+        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+        options.setdefault("check", GuardedPool.check_connection if enable_checks else None)
         connect_kwargs = self.get_connection_params()
         connect_kwargs["autocommit"] = True  # as Django: it sets autocommit itself later
-        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
         return GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
             configure=self._configure_connection,
-            check=GuardedPool.check_connection if enable_checks else None,
             config=self.guard_config,
             **options,
         )
