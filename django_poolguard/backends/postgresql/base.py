@@ -57,7 +57,7 @@ class GuardedErrorWrapper(DatabaseErrorWrapper):
         if exc_type is None:
             return
         if issubclass(exc_type, PoolExhausted):
-            self.wrapper.errors_occurred = True  # as Django does for any OperationalError
+            self.wrapper.errors_occurred = True  # type: ignore[attr-defined]  # as Django does for OperationalError
             return  # re-raised as is: it already is a Django error
         super().__exit__(exc_type, exc_value, traceback)
 
