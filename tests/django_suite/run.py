@@ -118,7 +118,7 @@ def run_engine(
     env = dict(os.environ)
     # The settings and the recording runner; this checkout too unless django_poolguard is installed.
     path = [str(workdir), str(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
-    if importlib.util.find_spec("django_poolguard") is None:
+    if str(REPO) in sys.path:  # main() found no installed django_poolguard
         path.insert(0, str(REPO))
     env["PYTHONPATH"] = os.pathsep.join(path)
     env["POOLGUARD_SUITE_RESULTS"] = str(results)
