@@ -128,10 +128,12 @@ def run_engine(
     print(f"[{engine}] {ENGINES[engine]}: runtests.py {' '.join(command[4:])}", flush=True)
     started = time.monotonic()
     env["PYTHONUNBUFFERED"] = "1"  # the log follows the run, for `tail -f`
-    with log.open("w", buffering=1) as out:
-        process = subprocess.Popen(
+    with (
+        log.open("w", buffering=1) as out,
+        subprocess.Popen(
             command, cwd=tests, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             out.write(line)
