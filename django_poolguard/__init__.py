@@ -15,14 +15,20 @@ __version__ = "0.1.0"
 __all__ = [
     "PoolExhausted",
     "checkout_context",
+    "current_alias",
+    "current_workload",
     "process_snapshot",
     "snapshot",
+    "workload",
 ]
 
 _LAZY = {
     "checkout_context": ("django_poolguard.context", "checkout_context"),
     "snapshot": ("django_poolguard.snapshots", "snapshot"),
     "process_snapshot": ("django_poolguard.snapshots", "process_snapshot"),
+    "workload": ("django_poolguard.workloads", "workload"),
+    "current_alias": ("django_poolguard.workloads", "current_alias"),
+    "current_workload": ("django_poolguard.workloads", "current_workload"),
 }
 
 

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "MONITOR_INTERVAL": 1.0,
     "RECLAIM_DEAD_THREADS": True,
     "CAPTURE_STACKS": True,
-    "STACK_DEPTH": 48,
+    "STACK_DEPTH": 20,
     "PUBLISH": "database",
     "PUBLISH_CACHE": "default",
     "PUBLISH_INTERVAL": 5.0,
@@ -54,14 +54,20 @@ class GuardSettings:
         return getattr(settings, "POOLGUARD", None) or {}
 
     def __getattr__(self, name: str) -> Any:
+        # Only called on a miss: the value is then stored on the instance, so the checkout
+        # path reads a setting as a plain attribute.
         if name not in DEFAULTS:
             raise AttributeError(f"POOLGUARD has no setting {name!r}")
         if self._cache is None:
             user = self.user_settings
             self._cache = {**DEFAULTS, **(user if isinstance(user, dict) else {})}
-        return self._cache[name]
+        value = self._cache[name]
+        setattr(self, name, value)
+        return value
 
     def reload(self) -> None:
+        for name in DEFAULTS:
+            self.__dict__.pop(name, None)
         self._cache = None
 
 

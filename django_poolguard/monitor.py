@@ -45,7 +45,9 @@ class Watchdog:
         self._wake = threading.Event()
         self._pid = os.getpid()
 
-    def register(self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval) -> None:
+    def register(
+        self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval
+    ) -> None:
         """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
         with self._lock:
             self._tasks[name] = Task(name, run, interval)
@@ -89,7 +91,9 @@ class Watchdog:
             try:
                 task.run()
             except Exception:
-                logger.exception("poolguard watchdog task %r failed; it will run again next interval", task.name)
+                logger.exception(
+                    "poolguard watchdog task %r failed; it will run again next interval", task.name
+                )
             try:
                 task.next_run = monotonic() + max(0.01, float(task.interval()))
             except Exception:

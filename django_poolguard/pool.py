@@ -43,7 +43,11 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         waited = monotonic() - started
-        stack = stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+        stack = (
+            stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
+            if guard_settings.CAPTURE_STACKS
+            else ()
+        )
         self.ledger.add(connection, waited, stack, current_context())
         return connection
 
@@ -94,6 +98,33 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
 
 
+_PLUMBING: frozenset[Any] = frozenset()
+
+
+def _plumbing_codes() -> frozenset[Any]:
+    """Django's connection-opening frames, the same under every checkout: not worth recording."""
+    global _PLUMBING
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+    from django.utils.asyncio import async_unsafe
+
+    functions: list[Any] = [async_unsafe(lambda: None)]
+    for cls in (BaseDatabaseWrapper, PostgresWrapper):
+        for name in ("connect", "ensure_connection", "_cursor", "cursor", "get_new_connection"):
+            function = cls.__dict__.get(name)
+            if function is not None:
+                functions.append(function)
+                functions.append(getattr(function, "__wrapped__", function))
+    try:
+        from .backends.postgresql.base import DatabaseWrapper as GuardedWrapper
+
+        functions.append(GuardedWrapper.get_new_connection)
+    except ImportError:  # pragma: no cover
+        pass
+    _PLUMBING = frozenset(f.__code__ for f in functions if hasattr(f, "__code__"))
+    return _PLUMBING
+
+
 def describe_holders(pool: GuardedPool, limit: int = 3) -> str:
     """``"7 held by GET /api/report (oldest 42 s, reports/views.py:88 in report), 3 by ..."``."""
     groups: dict[str, list[Any]] = defaultdict(list)
@@ -120,6 +151,8 @@ _pools_lock = threading.Lock()
 # (see _after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
 _inherited: list[Any] = []
 _pool_created_hooks: list[Callable[[GuardedPool], None]] = []
+# Set in processes that own their pools until exit (Celery workers): see keep_pools_open().
+_keep_open = False
 
 
 def get_pool(alias: str) -> GuardedPool | None:
@@ -160,6 +193,33 @@ def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | N
 
 def all_pools() -> dict[str, GuardedPool]:
     return dict(_pools)
+
+
+def keep_pools_open(keep: bool = True) -> None:
+    """Make this process own its pools until it exits: ``close_pool()`` on a guarded alias then
+    returns only the calling thread's connection and keeps the pool.
+
+    Celery's Django fixup calls ``close_pool()`` after every task in a prefork child, which turns a
+    pool into one new connection per task (celery#10554); :mod:`django_poolguard.celery` calls this
+    in each worker process and closes the pools itself with :func:`close_all_pools` at shutdown.
+    """
+    global _keep_open
+    _keep_open = keep
+
+
+def pools_kept_open() -> bool:
+    return _keep_open
+
+
+def close_all_pools(timeout: float = 5.0) -> None:
+    """Close every pool of this process (process shutdown): sessions end cleanly on the server."""
+    for alias in list(_pools):
+        pool = discard_pool(alias)
+        if pool is not None:
+            try:
+                pool.close(timeout=timeout)
+            except Exception:
+                logger.exception("Closing the pool of alias %r at shutdown failed.", alias)
 
 
 def silence_inherited(connection: Any) -> None:
@@ -220,9 +280,12 @@ __all__ = [
     "GuardedPool",
     "PoolClosed",
     "all_pools",
+    "close_all_pools",
     "describe_holders",
     "discard_pool",
     "get_or_create_pool",
     "get_pool",
+    "keep_pools_open",
     "on_pool_created",
+    "pools_kept_open",
 ]

@@ -37,7 +37,7 @@ def cannot_connect(pool: GuardedPool, state: dict[str, Any]) -> bool:
 def pool_snapshot(
     pool: GuardedPool, *, with_checkouts: bool = True, stack_limit: int | None = 20
 ) -> dict[str, Any]:
-    state = pool.state()
+    state: dict[str, Any] = dict(pool.state())
     ledger = pool.ledger
     state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
     checkouts = ledger.checkouts()

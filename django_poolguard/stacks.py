@@ -1,9 +1,11 @@
 """Acquire stacks: captured cheaply on every checkout, formatted only when someone looks.
 
-Capture keeps ``(code, lineno)`` pairs, a frame walk with no string work, so a checkout
-pays well under a microsecond per frame. Formatting puts the application's frames first
-(anything outside the standard library, site-packages and poolguard itself), innermost
-first, so the first line is the place in *your* code that took the connection.
+Capture keeps a flat ``[code, offset, code, offset, ...]`` list: a frame walk with no
+string work and no per-frame allocation; even line numbers are resolved only when the
+stack is formatted (``f_lineno`` costs a line-table scan per frame, ``f_lasti`` does not).
+Formatting puts the application's frames first (anything outside the standard library,
+site-packages and poolguard itself), innermost first, so the first line is the place in
+*your* code that took the connection.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import hashlib
 import os
 import sys
 import sysconfig
-from types import CodeType
+from collections.abc import Iterator
+from types import CodeType, FrameType
 
-Frame = tuple[CodeType, int]
-RawStack = tuple[Frame, ...]
+# Flat pairs: code object, then the byte offset of its last instruction.
+RawStack = tuple[CodeType | int, ...]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,19 +40,60 @@ _LIBRARY_PREFIXES: tuple[str, ...] | None = None
 _code_info: dict[CodeType, tuple[str, str, bool]] = {}
 
 
-def capture(skip: int = 1, depth: int = 48) -> RawStack:
-    """The caller's stack (minus ``skip`` frames), innermost first, as ``(code, lineno)``."""
+# Last depth (relative to capture()) of the first frame outside skip_codes: the connection
+# plumbing above a checkout is the same call after call, so one probe usually finds it.
+_first_outside_hint: dict[frozenset[CodeType], int] = {}
+
+
+def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[CodeType] = frozenset()) -> RawStack:
+    """The caller's stack (minus ``skip`` frames and the frames running ``skip_codes`` right
+    above it), innermost first, at most ``depth`` frames.
+
+    ``sys._getframe(n)`` walks in C without creating frame objects for the frames it passes,
+    so probing for the end of the skipped frames is much cheaper than stepping over them.
+    """
+    getframe = sys._getframe
+    start = skip + 1
+    frame: FrameType | None
     try:
-        frame = sys._getframe(skip + 1)
+        frame = getframe(start)
     except ValueError:
         return ()
-    out = []
+    if skip_codes and frame.f_code in skip_codes:
+        hint = _first_outside_hint.get(skip_codes, 0)
+        try:
+            probe = getframe(hint) if hint > start else None
+        except ValueError:
+            probe = None
+        if probe is not None and probe.f_code not in skip_codes and getframe(hint - 1).f_code in skip_codes:
+            frame = probe
+        else:
+            level = start
+            while frame is not None and frame.f_code in skip_codes:
+                frame = frame.f_back
+                level += 1
+            _first_outside_hint[skip_codes] = level
+    out: list[CodeType | int] = []
     append = out.append
-    while frame is not None and depth:
-        append((frame.f_code, frame.f_lineno))
+    for _ in range(depth):
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
         frame = frame.f_back
-        depth -= 1
     return tuple(out)
+
+
+def _pairs(raw: RawStack) -> Iterator[tuple[CodeType, int]]:
+    for index in range(0, len(raw) - 1, 2):
+        yield raw[index], raw[index + 1]  # type: ignore[misc]
+
+
+def _lineno(code: CodeType, offset: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
 
 
 def _display_path(filename: str) -> str:
@@ -80,9 +124,9 @@ def _info(code: CodeType) -> tuple[str, str, bool]:
 def frames(raw: RawStack) -> list[tuple[str, int, str, bool]]:
     """``(path, lineno, function, is_app)`` for each frame, innermost first."""
     out = []
-    for code, lineno in raw:
+    for code, offset in _pairs(raw):
         path, function, is_app = _info(code)
-        out.append((path, lineno, function, is_app))
+        out.append((path, _lineno(code, offset), function, is_app))
     return out
 
 
@@ -96,10 +140,10 @@ def format_stack(raw: RawStack, limit: int | None = None) -> list[str]:
 
 def origin(raw: RawStack) -> str | None:
     """The innermost application frame, ``"path:lineno in function"``, or None."""
-    for code, lineno in raw:
+    for code, offset in _pairs(raw):
         path, function, is_app = _info(code)
         if is_app:
-            return f"{path}:{lineno} in {function}"
+            return f"{path}:{_lineno(code, offset)} in {function}"
     return None
 
 

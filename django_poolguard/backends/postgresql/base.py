@@ -8,11 +8,13 @@ and each checkout learns which wrapper holds it and when its transaction began.
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
@@ -20,10 +22,11 @@ from django.utils.functional import cached_property
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
 from ...exceptions import PoolExhausted
-from ...pool import GuardedPool, discard_pool, get_or_create_pool, get_pool
+from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
 
-NO_DB_ALIAS = postgresql.NO_DB_ALIAS
+NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
+_CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 
@@ -68,6 +71,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
+        self._guard_ref = weakref.ref(self)  # handed to each checkout: made once, not per checkout
         self._guard_config: tuple[Any, AliasConfig] | None = None
 
     @property
@@ -87,13 +91,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     @property
     def pool(self) -> GuardedPool | None:
+        # Read several times per checkout by Django: the common case is one dict lookup.
+        pool = _pools.get(self.alias)
+        if pool is not None:
+            return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
-        pool = get_pool(self.alias)
-        if pool is None:
-            pool = get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
-        return pool
+        return get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
 
     def _build_pool(self, pool_options: Any) -> GuardedPool:
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
@@ -112,17 +117,25 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
-            configure=self._configure_connection,
+            configure=self._configure_connection,  # type: ignore[attr-defined]
             config=self.guard_config,
             **options,
         )
 
     def close_pool(self) -> None:
+        if pools_kept_open():
+            # A Celery worker owns its pools until it exits (see pool.keep_pools_open): give back
+            # this thread's connection, as the caller (Celery's fixup, after each task) intends.
+            self.close()
+            return
         pool = discard_pool(self.alias)
         if pool is not None:
             pool.close()
 
     def get_connection_params(self) -> dict[str, Any]:
+        if self.alias in _pools and sys._getframe(1).f_code is _CONNECT_CODE:
+            # Django's connect() builds these on every checkout and ignores them when pooled.
+            return {}
         params: dict[str, Any] = super().get_connection_params()
         params.pop("poolguard", None)
         if self.alias == NO_DB_ALIAS:
@@ -140,13 +153,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
             if checkout is not None:
-                checkout.wrapper_ref = weakref.ref(self)
+                checkout.wrapper_ref = self._guard_ref
             self._guard_checkout = checkout
         return connection
 
     def _close(self) -> None:
         self._guard_checkout = None
-        super()._close()
+        super()._close()  # type: ignore[misc]
 
     def create_cursor(self, name: Any = None) -> Any:
         checkout = self._guard_checkout
@@ -164,7 +177,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
-        super()._set_autocommit(autocommit)
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
 __all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]

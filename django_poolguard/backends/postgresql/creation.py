@@ -20,4 +20,24 @@ class DatabaseCreation(PostgresCreation):
         }
         options.update({k: own[k] for k in OWN_OPTIONS if k in own})
         self.connection.close_pool()
-        self.connection.settings_dict = {**primary_settings_dict, "OPTIONS": options}
+        # In place, as Django's own mirror does: the dict is shared with connections.settings, so
+        # wrappers created later in other threads (and routers comparing aliases) see the test database.
+        settings_dict = self.connection.settings_dict
+        test = settings_dict.get("TEST", {})  # keeps "MIRROR", so the mirror stays recognisable
+        settings_dict.clear()
+        settings_dict.update({**primary_settings_dict, "OPTIONS": options, "TEST": test})
+
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> Any:
+        # Mirrors (a worker alias) keep pools of their own on this database: DROP DATABASE needs
+        # every session gone, and Django only closes the primary's pool.
+        from django.db import connections
+
+        from ...pool import all_pools, discard_pool
+
+        for alias, pool in all_pools().items():
+            if alias == self.connection.alias:
+                continue
+            if connections.settings.get(alias, {}).get("NAME") == test_database_name:
+                if discard_pool(alias, pool) is not None:
+                    pool.close(timeout=5)
+        return super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]

@@ -1,0 +1,121 @@
+"""Per-checkout cost: poolguard vs Django's native pool vs no pool, side by side in one run.
+
+One operation = what a Django request does with the database at minimum: check a connection
+out (``cursor()``), run ``SELECT 1``, give it back (``close()``). Engines are measured in
+interleaved rounds so drift on the machine hits them alike; the median round counts.
+
+    python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 5] [--threads 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import django
+from django.conf import settings
+
+from django_poolguard.testing import database_settings
+
+POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
+
+
+def configure(capture_stacks: bool) -> None:
+    connection = database_settings("postgres")
+    settings.configure(
+        INSTALLED_APPS=["django_poolguard"],
+        USE_TZ=True,
+        POOLGUARD={"CAPTURE_STACKS": capture_stacks, "PUBLISH": None, "WORKLOADS": {}},
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.postgresql", **connection},
+            "native": {"ENGINE": "django.db.backends.postgresql", **connection, "OPTIONS": {"pool": POOL}},
+            "poolguard": {
+                "ENGINE": "django_poolguard.backends.postgresql",
+                **connection,
+                "OPTIONS": {"pool": POOL},
+            },
+            "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
+        },
+    )
+    django.setup()
+
+
+def one_checkout(alias: str) -> None:
+    from django.db import connections
+
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    connection.close()
+
+
+def measure(alias: str, threads: int, seconds: float) -> float:
+    """Checkouts per second over ``seconds`` with ``threads`` threads."""
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        one_checkout(alias)  # warm this thread's wrapper
+        barrier.wait()
+        n = 0
+        while time.monotonic() < stop:
+            one_checkout(alias)
+            n += 1
+        counts[index] = n
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    started = time.monotonic()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one round per engine")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--no-stacks", action="store_true", help="run poolguard with CAPTURE_STACKS off")
+    parser.add_argument("--skip-nopool", action="store_true")
+    args = parser.parse_args()
+    configure(capture_stacks=not args.no_stacks)
+
+    engines = ["native", "poolguard"] + ([] if args.skip_nopool else ["nopool"])
+    for alias in engines:
+        one_checkout(alias)  # open pools before timing
+
+    print(f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} rounds of {args.seconds:g} s")
+    print(
+        f"poolguard stack capture: {'off' if args.no_stacks else 'on'}; Python {sys.version.split()[0]}, Django {django.__version__}"
+    )
+    print()
+    print(f"| threads | {' | '.join(engines)} | poolguard / native |")
+    print("|---|" + "---|" * len(engines) + "---|")
+    for threads in args.threads:
+        results: dict[str, list[float]] = {alias: [] for alias in engines}
+        for _ in range(args.rounds):
+            for alias in engines:
+                results[alias].append(
+                    measure(alias, threads, args.seconds if alias != "nopool" else min(args.seconds, 1.0))
+                )
+        medians = {alias: statistics.median(values) for alias, values in results.items()}
+        ratio = medians["poolguard"] / medians["native"]
+        cells = " | ".join(f"{medians[a]:,.0f}" for a in engines)
+        print(f"| {threads} | {cells} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
