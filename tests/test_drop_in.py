@@ -119,3 +119,25 @@ def test_system_checks_accept_the_pool_check_option():
     databases["default"]["OPTIONS"]["pool"] = {"max_size": 4, "configure": lambda conn: None}
     with override_settings(DATABASES=databases):
         assert [e.id for e in check_aliases()] == ["django_poolguard.E003"], "Django passes configure"
+
+
+def test_wrapper_with_pool_off_bypasses_its_alias_pool(make_alias):
+    # Django's no_pool_connection() (test_connect_role, test_connect_and_rollback, ...): a copy
+    # of a pooled alias with OPTIONS["pool"] = False opens its own connection with its own params.
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 1})
+    connections[alias].ensure_connection()  # the alias's pool exists and is in use
+    pool = get_pool(alias)
+    wrapper = connections[alias].copy()
+    wrapper.settings_dict = copy.deepcopy(connections[alias].settings_dict)
+    wrapper.settings_dict["OPTIONS"]["pool"] = False
+    wrapper.settings_dict["OPTIONS"]["options"] = "-c search_path=poolguard_bypass"
+    try:
+        assert wrapper.pool is None
+        with wrapper.cursor() as cursor:  # would time out on the pool (max_size 1, in use)
+            cursor.execute("SHOW search_path")
+            assert cursor.fetchone()[0] == "poolguard_bypass"
+        assert wrapper.connection.info.dbname == connections[alias].settings_dict["NAME"]
+        assert len(pool.ledger) == 1, "only the alias's own checkout is in its pool's ledger"
+    finally:
+        wrapper.close()
+    assert get_pool(alias) is pool

@@ -91,9 +91,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     @property
     def pool(self) -> GuardedPool | None:
-        # Read several times per checkout by Django: the common case is one dict lookup.
+        # Read several times per checkout by Django: the common case is three dict lookups. A
+        # wrapper whose own OPTIONS say "no pool" bypasses its alias's pool, as in Django.
         pool = _pools.get(self.alias)
-        if pool is not None:
+        if pool is not None and self.settings_dict["OPTIONS"].get("pool"):
             return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
@@ -133,7 +134,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             pool.close()
 
     def get_connection_params(self) -> dict[str, Any]:
-        if self.alias in _pools and sys._getframe(1).f_code is _CONNECT_CODE:
+        if sys._getframe(1).f_code is _CONNECT_CODE and self.pool is not None:
             # Django's connect() builds these on every checkout and ignores them when pooled.
             return {}
         params: dict[str, Any] = super().get_connection_params()
