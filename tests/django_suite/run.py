@@ -149,7 +149,9 @@ def run_engine(
 
 
 def report(runs: list[Run], version: str, labels: list[str]) -> int:
-    print(f"\nDjango {version}, Python {sys.version.split()[0]}, labels: {' '.join(labels)}")
+    print(
+        f"\nDjango {version}, Python {sys.version.split()[0]}, labels: {' '.join(labels) or '(the whole suite)'}"
+    )
     columns = ["ran", "failures", "errors", "skipped", "expected_failures", "unexpected_successes"]
     # A Markdown table, so the figures paste straight into docs/benchmarks/django-suite.md.
     print("| ENGINE | " + " | ".join(c.replace("_", " ") for c in columns) + " | seconds |")
@@ -198,11 +200,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "labels", nargs="*", default=["backends"], help="runtests.py labels (default: backends)"
     )
+    parser.add_argument("--all", action="store_true", help="Django's whole suite (no labels)")
     parser.add_argument("--engine", choices=["both", *ENGINES], default="both")
     parser.add_argument("--echo", action="store_true", help="stream runtests.py output")
     parser.add_argument("--keep", action="store_true", help="keep the settings, logs and results directory")
     split = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:split]), argv[split + 1 :]
+    if args.all:
+        args.labels = []
 
     import django
 
