@@ -55,7 +55,7 @@ def _alias(alias):
         "ENGINE": {engine!r},
         **_server,
         "OPTIONS": {{"pool": {pool!r}}},
-        "TEST": {{"NAME": "test_pgsuite_{tag}_" + alias}},  # unique per engine and Django version
+        "TEST": {{"NAME": "test_pgsuite_{tag}_" + alias}},  # unique per engine, version and run
     }}
 
 
@@ -108,10 +108,11 @@ def run_engine(
     engine: str, tests: Path, workdir: Path, labels: list[str], extra: list[str], echo: bool
 ) -> Run:
     module = f"poolguard_suite_{engine}"
+    tag = f"{engine}_{tests.parent.name.replace('.', '')}"
+    if "--keepdb" not in extra:
+        tag += f"_{os.getpid()}"  # concurrent runs (tox envs, engineers) must not drop each other's
     (workdir / f"{module}.py").write_text(
-        SETTINGS_TEMPLATE.format(
-            engine=ENGINES[engine], pool=POOL, tag=f"{engine}_{tests.parent.name.replace('.', '')}"
-        )
+        SETTINGS_TEMPLATE.format(engine=ENGINES[engine], pool=POOL, tag=tag)
     )
     results = workdir / f"{engine}.json"
     log = workdir / f"{engine}.log"
