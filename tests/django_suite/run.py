@@ -4,6 +4,7 @@
 
     python tests/django_suite/run.py                      # label "backends"
     python tests/django_suite/run.py backends transactions
+    python tests/django_suite/run.py --all                # Django's whole suite
     python tests/django_suite/run.py --engine guarded -- --keepdb
 
 The tests come from the Django sdist of the *installed* Django version (``pip download``,
@@ -187,7 +188,10 @@ def report(runs: list[Run], version: str, labels: list[str]) -> int:
         if only_guarded:
             print(f"\n{len(only_guarded)} test(s) fail only with {ENGINES['guarded']}; see {guarded.log}")
             status = 1
-        elif native and not native.crashed:
+        if native and not native.crashed and native.summary["ran"] != guarded.summary["ran"]:
+            print(f"\nThe engines ran different numbers of tests; see {native.log} and {guarded.log}")
+            status = 1
+        if not status and native and not native.crashed:
             print(
                 f"\nSame results: no test fails with {ENGINES['guarded']} that passes with Django's backend."
             )
