@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unittest
 from typing import Any
 
 from django.test.runner import DiscoverRunner
 
 RESULTS_ENV = "POOLGUARD_SUITE_RESULTS"
+# Subtest ids may show object addresses ("<... object at 0x7f...>"), which differ between runs.
+ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
 class RecordingMixin:
@@ -25,7 +28,7 @@ class RecordingMixin:
     def _record(self, test: Any, outcome: str) -> None:
         if not hasattr(self, "outcomes"):
             self.outcomes = {}
-        self.outcomes[test.id()] = outcome
+        self.outcomes[ADDRESS.sub("", test.id())] = outcome
 
     def addSuccess(self, test: Any) -> None:
         super().addSuccess(test)  # type: ignore[misc]
