@@ -151,13 +151,7 @@ def release_connections(label: str = "this thread") -> int:
             )
         if wrapper.connection is not None or wrapper.in_atomic_block:
             # close() inside an atomic block only marks it; forget the block, the pool rolled it back.
-            wrapper.connection = None
-            wrapper.in_atomic_block = False
-            wrapper.savepoint_ids = []
-            wrapper.atomic_blocks = []
-            wrapper.needs_rollback = False
-            wrapper.closed_in_transaction = False
-            wrapper.autocommit = False
+            wrapper.forget_connection()
     return returned
 
 

@@ -297,3 +297,81 @@ def _router_installed() -> bool:
         if any(f"{k.__module__}.{k.__qualname__}" == ROUTER for k in cls.__mro__):
             return True
     return False
+
+
+DEPLOYMENT_KEYS = ("instances", "processes")
+
+
+@register("poolguard")
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``POOLGUARD["DEPLOYMENT"]``: the fleet shape the budget (E001/W001) multiplies by."""
+    from .conf import AliasConfig
+
+    user = getattr(settings, "POOLGUARD", None)
+    deployment = user.get("DEPLOYMENT", {}) if isinstance(user, dict) else {}
+    example = '{"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}'
+    if not isinstance(deployment, dict):
+        return [
+            Error(
+                f"POOLGUARD['DEPLOYMENT'] must be a dict of workload to its shape, not {type(deployment).__name__}.",
+                hint=f"Use e.g. {example}, at maximum autoscale.",
+                id="django_poolguard.E010",
+            )
+        ]
+    workloads = user.get("WORKLOADS", DEFAULTS["WORKLOADS"]) if isinstance(user, dict) else {}
+    pooled = {
+        AliasConfig.from_settings_dict(alias, settings_dict).workload
+        for alias, settings_dict in _guarded_aliases()
+        if (settings_dict.get("OPTIONS") or {}).get("pool")
+    }
+    known = sorted(pooled | set(workloads if isinstance(workloads, dict) else ()))
+    errors: list[Any] = []
+    for workload, suggestion in _unknown_keys(deployment, known):
+        errors.append(
+            Error(
+                f"POOLGUARD['DEPLOYMENT'] names workload {workload!r}, which no pooled alias or WORKLOADS entry uses.",
+                hint=f"Rename it: {suggestion}",
+                id="django_poolguard.E010",
+            )
+        )
+    for workload, shape in deployment.items():
+        where = f"POOLGUARD['DEPLOYMENT'][{workload!r}]"
+        if not isinstance(shape, dict):
+            errors.append(
+                Error(
+                    f"{where} must be a dict, not {type(shape).__name__}.",
+                    hint='Use e.g. {"instances": 24, "processes": 4}: pods (or hosts) at maximum autoscale, '
+                    "and processes with a pool per pod (gunicorn workers, Celery children).",
+                    id="django_poolguard.E010",
+                )
+            )
+            continue
+        for key, suggestion in _unknown_keys(shape, DEPLOYMENT_KEYS):
+            errors.append(
+                Error(
+                    f"{where} has an unknown key {key!r}.",
+                    hint=f"Remove or rename it: {suggestion}",
+                    id="django_poolguard.E010",
+                )
+            )
+        for key in DEPLOYMENT_KEYS:
+            value = shape.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                errors.append(
+                    Error(
+                        f"{where}[{key!r}] is {value!r}; it must be a whole number >= 1.",
+                        hint=f"Set {key} to the count at maximum autoscale (omit it to mean 1).",
+                        id="django_poolguard.E010",
+                    )
+                )
+    if deployment:
+        for workload in sorted(pooled - set(deployment)):
+            errors.append(
+                Warning(
+                    f"POOLGUARD['DEPLOYMENT'] does not declare workload {workload!r}, which has a pool; "
+                    "the connection budget counts it as 1 instance x 1 process.",
+                    hint=f'Add DEPLOYMENT[{workload!r}] = {{"instances": N, "processes": P}} at maximum autoscale.',
+                    id="django_poolguard.W010",
+                )
+            )
+    return errors

@@ -29,6 +29,7 @@ class Checkout:
         "hoard_reported",
         "last_used",
         "reported",
+        "returned",
         "stack",
         "started",
         "thread",
@@ -50,6 +51,7 @@ class Checkout:
         self.tx_stack: stacks.RawStack | None = None
         self.reported: float | None = None  # when the watchdog reported it as a leak
         self.hoard_reported: float | None = None
+        self.returned: float | None = None  # when it came back, for "returned after N s" reports
 
     @property
     def held(self) -> float:
@@ -117,11 +119,13 @@ class Ledger:
         self._returned = AtomicCounter()
         # Guards the rare-event counters below (read-modify-write is not atomic).
         self._lock = threading.Lock()
-        self.timeouts_total = 0
-        self.shed_total = 0
+        self.timeouts_total = 0  # checkouts that waited the whole pool timeout
+        self.rejected_total = 0  # checkouts refused at once: max_waiting clients already queued
+        self.shed_total = 0  # requests the middleware answered 503 because of this pool
         self.leaks_total = 0
         self.hoards_total = 0
         self.reclaimed_total = 0
+        self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
 
@@ -142,7 +146,8 @@ class Ledger:
     def remove(self, connection: Any) -> Checkout | None:
         checkout = self._checkouts.pop(id(connection), None)
         if checkout is not None:
-            self._held_ring[self._returned.increment() & _MASK] = monotonic() - checkout.started
+            checkout.returned = now = monotonic()  # for "returned after N s" reports
+            self._held_ring[self._returned.increment() & _MASK] = now - checkout.started
         return checkout
 
     def get(self, connection: Any) -> Checkout | None:
@@ -160,6 +165,11 @@ class Ledger:
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+
+    def count_reclaimed(self, reason: str) -> None:
+        with self._lock:
+            self.reclaimed_total += 1
+            self.reclaimed_by_reason[reason] = self.reclaimed_by_reason.get(reason, 0) + 1
 
     def acquire_samples(self) -> list[float]:
         """Up to the last ``RING_SIZE`` acquire waits, in seconds."""

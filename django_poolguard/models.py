@@ -70,4 +70,5 @@ class Pool(models.Model):
         verbose_name_plural = "connection pools"
 
     def __str__(self) -> str:
-        return "connection pools"
+        # Admin log entries about a database session use an unsaved Pool whose pk is the backend pid.
+        return f"database session {self.pk}" if self.pk else "connection pools"

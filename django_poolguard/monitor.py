@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
 
+from django.core.signals import setting_changed
+
 from .conf import guard_settings
 
 logger = logging.getLogger("django_poolguard")
@@ -30,7 +32,7 @@ def monitor_interval() -> float:
 @dataclass
 class Task:
     name: str
-    run: Callable[[], None]
+    run: Callable[[], object]
     interval: Callable[[], float]
     next_run: float = field(default=0.0)
 
@@ -46,11 +48,28 @@ class Watchdog:
         self._pid = os.getpid()
 
     def register(
-        self, name: str, run: Callable[[], None], interval: Callable[[], float] = monitor_interval
+        self, name: str, run: Callable[[], object], interval: Callable[[], float] = monitor_interval
     ) -> None:
         """Run ``run()`` every ``interval()`` seconds; registering a name again replaces it."""
         with self._lock:
             self._tasks[name] = Task(name, run, interval)
+        self._wake.set()
+
+    def nudge(self, name: str) -> None:
+        """Make task ``name`` due now; the thread runs it within ``MAX_SLEEP``.
+
+        Takes no lock and does no I/O, so it is safe from weakref callbacks and ``__del__``
+        (which may run inside the garbage collector, on any thread, holding any lock).
+        """
+        task = self._tasks.get(name)
+        if task is not None:
+            task.next_run = 0.0
+
+    def wake(self) -> None:
+        """Run every task now, e.g. after the settings changed (takes a lock: not for GC callbacks)."""
+        with self._lock:
+            for task in self._tasks.values():
+                task.next_run = 0.0
         self._wake.set()
 
     def unregister(self, name: str) -> None:
@@ -118,5 +137,14 @@ class Watchdog:
 
 
 watchdog = Watchdog()
+
+
+def _settings_changed(*, setting: str, **kwargs: object) -> None:
+    # override_settings(POOLGUARD=...) takes effect at once, not after the old interval.
+    if setting == "POOLGUARD":
+        watchdog.wake()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="django_poolguard.monitor.settings_changed")
 os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
 atexit.register(watchdog.stop, 2.0)

@@ -4,6 +4,7 @@ process's registry of pools (one per alias), which never crosses ``fork()``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -31,9 +32,16 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.ledger = Ledger()
         self.pid = os.getpid()
         self.created = monotonic()
+        self.connect_failing = False  # the last connection attempt failed: the database is unreachable
         super().__init__(*args, **kwargs)
 
-    # The hot path: one monotonic pair, a frame walk and a locked dict write per checkout.
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
+        if self._opened and not self._closed and not wait:
+            return
+        super().open(wait=wait, timeout=timeout)
+
+    # The hot path: one monotonic pair, a frame walk and a dict write per checkout.
     def getconn(self, timeout: float | None = None) -> Any:
         started = monotonic()
         try:
@@ -73,14 +81,26 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return sum(1 for client in list(self._waiting) if client.conn is None and client.error is None)
 
     def connection_errors(self) -> int:
+        """Failed connection attempts since the pool was created."""
         return int(self._stats.get(self._CONNECTIONS_ERRORS, 0))
 
     def connections_opened(self) -> int:
-        return int(self._stats.get(self._CONNECTIONS_NUM, 0))
+        """Physical connections opened (psycopg_pool counts attempts, failed ones included)."""
+        return int(self._stats.get(self._CONNECTIONS_NUM, 0)) - self.connection_errors()
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        # Runs on the pool's worker threads (or a caller growing the pool), never per checkout.
+        try:
+            connection = super()._connect(timeout)
+        except Exception:
+            self.connect_failing = True
+            raise
+        self.connect_failing = False
+        return connection
 
     def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
         waited = monotonic() - started
-        self.ledger.count("shed_total" if queue_full else "timeouts_total")
+        self.ledger.count("rejected_total" if queue_full else "timeouts_total")
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
         if queue_full:
@@ -98,10 +118,10 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
 
 
-_PLUMBING: frozenset[Any] = frozenset()
+_PLUMBING: frozenset[int] = frozenset()
 
 
-def _plumbing_codes() -> frozenset[Any]:
+def _plumbing_codes() -> frozenset[int]:
     """Django's connection-opening frames, the same under every checkout: not worth recording."""
     global _PLUMBING
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -121,7 +141,8 @@ def _plumbing_codes() -> frozenset[Any]:
         functions.append(GuardedWrapper.get_new_connection)
     except ImportError:  # pragma: no cover
         pass
-    _PLUMBING = frozenset(f.__code__ for f in functions if hasattr(f, "__code__"))
+    # By id: these functions live as long as their modules, so their code objects do too.
+    _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
 
 
@@ -266,15 +287,13 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
-            wrapper.connection = None
-            wrapper.in_atomic_block = False
-            wrapper.savepoint_ids = []
-            wrapper.atomic_blocks = []
-            wrapper.needs_rollback = False
-            wrapper.closed_in_transaction = False
+            wrapper.forget_connection()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# At exit, close the pools while the interpreter still works: left to psycopg_pool's __del__,
+# each pool joins its threads with a 5 s timeout during shutdown (20 s exits on Python 3.13).
+atexit.register(close_all_pools, 1.0)
 
 __all__ = [
     "GuardedPool",

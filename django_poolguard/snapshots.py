@@ -30,8 +30,11 @@ def worst(statuses: list[str]) -> str:
 
 
 def cannot_connect(pool: GuardedPool, state: dict[str, Any]) -> bool:
-    """The pool has room but holds no connection and its last attempts failed."""
-    return state["size"] == 0 and state["in_use"] == 0 and pool.connection_errors() > 0
+    """The pool holds no connection at all and its last attempt to open one failed.
+
+    ``size`` is not used: psycopg_pool counts a connection it keeps retrying as part of it.
+    """
+    return state["in_use"] == 0 and state["idle"] == 0 and pool.connect_failing
 
 
 def pool_snapshot(
@@ -49,11 +52,13 @@ def pool_snapshot(
         "held_ms": percentiles(ledger.held_samples()),
         "acquired_total": ledger.acquired_total,
         "timeouts_total": ledger.timeouts_total,
+        "rejected_total": ledger.rejected_total,
         "shed_total": ledger.shed_total,
         "leaks_active": sum(1 for c in checkouts if c.reported is not None),
         "leaks_total": ledger.leaks_total,
         "hoards_total": ledger.hoards_total,
         "reclaimed_total": ledger.reclaimed_total,
+        "reclaimed_by_reason": dict(ledger.reclaimed_by_reason),
         "connections_opened_total": pool.connections_opened(),
         "connection_errors_total": pool.connection_errors(),
         "leak_threshold": pool.config.leak_threshold,

@@ -22,6 +22,7 @@ from django.utils.functional import cached_property
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
 from ...exceptions import PoolExhausted
+from ...leaks import wrapper_collected
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
 
@@ -71,7 +72,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
-        self._guard_ref = weakref.ref(self)  # handed to each checkout: made once, not per checkout
+        # Handed to each checkout: made once, not per checkout. Its callback asks the watchdog to
+        # reclaim soon when this wrapper is garbage-collected while a checkout still refers to it.
+        self._guard_ref = weakref.ref(self, wrapper_collected)
         self._guard_config: tuple[Any, AliasConfig] | None = None
 
     @property
@@ -158,6 +161,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self._guard_checkout = checkout
         return connection
 
+    def forget_connection(self) -> None:
+        """Drop ``self.connection`` without returning it, and reset the transaction state.
+
+        For when the pool already has the slot back (reclaimed from a dead holder, returned
+        at a task's end) or the connection belongs to a parent process (after fork): the
+        wrapper is left as ``connect()`` expects to find it.
+        """
+        self.connection = None
+        self._guard_checkout = None
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.closed_in_transaction = False
+        self.run_on_commit = []
+        self.autocommit = False
+
     def _close(self) -> None:
         self._guard_checkout = None
         super()._close()  # type: ignore[misc]
@@ -178,6 +198,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
+            if self.connection.autocommit == autocommit:
+                # Django sets autocommit on every checkout; a pooled connection usually has it
+                # already, and psycopg would still take its lock and run a generator to say so.
+                return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 

@@ -28,12 +28,17 @@ class DatabaseCreation(PostgresCreation):
         settings_dict.update({**primary_settings_dict, "OPTIONS": options, "TEST": test})
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> Any:
-        # Mirrors (a worker alias) keep pools of their own on this database: DROP DATABASE needs
-        # every session gone, and Django only closes the primary's pool.
+        # DROP DATABASE needs every session gone, and Django only closes the primary's pool:
+        # close the mirrors' pools (a worker alias) and poolguard's side connections (published
+        # snapshots, leak events), stopping the watchdog first so it cannot reopen one in between.
         from django.db import connections
 
+        from ...monitor import watchdog
         from ...pool import all_pools, discard_pool
+        from ...side_connection import close_all
 
+        watchdog.stop()
+        close_all()
         for alias, pool in all_pools().items():
             if alias == self.connection.alias:
                 continue

@@ -1,0 +1,252 @@
+"""The fleet view as data: every live process's pools, totals per alias, the database's
+sessions and the connection budget — the ``poolstats --json`` shape of the SPEC.
+
+Readers (``poolstats``, the admin dashboard) call :func:`collect`. Everything is read
+over poolguard's side connection or the cache, never a slot of a pool, because the fleet
+view is most needed when the pools are exhausted. A part that cannot be read (database
+down, cache unreachable) is reported under ``errors`` instead of failing the whole view.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+
+from . import activity, budget, publish
+from .conf import guard_settings
+from .snapshots import CRITICAL, HEALTHY, WARNING, worst
+
+logger = logging.getLogger("django_poolguard")
+
+TOP_SESSIONS = 10  # sessions listed in database.longest_sessions
+
+
+def default_alias() -> str:
+    """``default`` when it is a PostgreSQL alias, else the first one that is."""
+    candidates = [a for a, s in settings.DATABASES.items() if "postgresql" in str(s.get("ENGINE", ""))]
+    if "default" in candidates or not candidates:
+        return "default"
+    return candidates[0]
+
+
+def collect(alias: str | None = None, *, history: bool = True, local_fallback: bool = True) -> dict[str, Any]:
+    """The fleet view (``poolstats --json``).
+
+    ``alias`` restricts processes and totals to one alias (and reads the database side
+    from it); ``history=False`` drops the per-alias 15-minute history points. With
+    ``PUBLISH=None`` or ``local_fallback``, this process's own pools are included live (in
+    place of what it published), so a lone ``runserver`` sees itself, and up to date.
+    """
+    errors: list[dict[str, str]] = []
+    db_alias = alias if alias is not None else default_alias()
+    processes = _processes(errors, local_fallback=local_fallback)
+    if alias is not None:
+        processes = [
+            {**p, "aliases": {alias: p["aliases"][alias]}} for p in processes if alias in p.get("aliases", {})
+        ]
+    if not history:
+        for process in processes:
+            for pool_data in process.get("aliases", {}).values():
+                pool_data.pop("history", None)
+    data: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "publish": guard_settings.PUBLISH,
+        "history_fields": list(publish.HISTORY_FIELDS),
+        "processes": processes,
+        "aliases": totals(processes, history=history),
+        "database": {},
+        "budget": {},
+        "errors": errors,
+    }
+    server: dict[str, int] | None = None
+    try:
+        server = activity.server_settings(db_alias)
+        data["database"] = database_side(db_alias, activity.sessions(db_alias), server)
+    except Exception as exc:
+        errors.append(error_entry("database", db_alias, exc))
+    if server is not None:
+        try:
+            data["budget"] = budget.for_alias(db_alias, server=server)
+        except Exception as exc:
+            errors.append(error_entry("budget", db_alias, exc))
+    return data
+
+
+def _processes(errors: list[dict[str, str]], *, local_fallback: bool) -> list[dict[str, Any]]:
+    mode = guard_settings.PUBLISH
+    processes: list[dict[str, Any]] = []
+    if mode is not None:
+        try:
+            processes = publish.read_published()
+        except Exception as exc:
+            errors.append(error_entry("publish", str(mode), exc))
+    if mode is None or local_fallback:
+        # This process's live pools are fresher than what it published up to an interval ago.
+        own = publish.current_snapshot()
+        if own is not None:
+            own["age_s"] = 0.0
+            processes = [p for p in processes if (p["host"], p["pid"]) != (own["host"], own["pid"])]
+            processes.append(own)
+    processes.sort(key=lambda p: (p["host"], p["pid"]))
+    return processes
+
+
+def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str, Any]:
+    """Per alias: sums over processes, the worst status, and (optionally) a fleet history."""
+    out: dict[str, Any] = {}
+    for process in processes:
+        for alias, data in process.get("aliases", {}).items():
+            total = out.setdefault(
+                alias,
+                {
+                    "workload": data.get("workload"),
+                    "processes": 0,
+                    "size": 0,
+                    "in_use": 0,
+                    "idle": 0,
+                    "waiting": 0,
+                    "max": 0,
+                    "acquire_p95_ms": 0.0,
+                    "acquired_total": 0,
+                    "timeouts_total": 0,
+                    "rejected_total": 0,
+                    "shed_total": 0,
+                    "leaks_active": 0,
+                    "leaks_total": 0,
+                    "reclaimed_total": 0,
+                    "statuses": [],
+                },
+            )
+            total["processes"] += 1
+            for key in (
+                "size",
+                "in_use",
+                "idle",
+                "waiting",
+                "max",
+                "acquired_total",
+                "timeouts_total",
+                "rejected_total",
+                "shed_total",
+                "leaks_active",
+                "leaks_total",
+                "reclaimed_total",
+            ):
+                total[key] += int(data.get(key) or 0)
+            total["acquire_p95_ms"] = max(
+                total["acquire_p95_ms"], float(data.get("acquire_ms", {}).get("p95", 0))
+            )
+            total["statuses"].append(data.get("status", HEALTHY))
+    for alias, total in out.items():
+        total["utilization"] = round(total["in_use"] / total["max"], 4) if total["max"] else 0.0
+        # The worst process decides: one exhausted gunicorn worker is an outage for its requests.
+        total["status"] = worst(total.pop("statuses"))
+        if history:
+            total["history"] = fleet_history(processes, alias)
+    return out
+
+
+def fleet_history(processes: list[dict[str, Any]], alias: str) -> list[list[float]]:
+    """The processes' history points of ``alias`` summed per 5 s step (p95: the worst)."""
+    step = publish.HISTORY_SECONDS / publish.HISTORY_POINTS
+    sums: dict[int, list[float]] = {}
+    for process in processes:
+        # The newest point of each process within a step stands for that step.
+        latest = {
+            int(p[0] // step): p for p in process.get("aliases", {}).get(alias, {}).get("history") or ()
+        }
+        for bucket, p in latest.items():
+            total = sums.get(bucket)
+            if total is None:
+                sums[bucket] = [round(bucket * step, 1), p[1], p[2], p[3], p[4], p[5]]
+            else:
+                total[1] += p[1]
+                total[2] += p[2]
+                total[3] += p[3]
+                total[4] += p[4]
+                total[5] = max(total[5], p[5])
+    return [sums[bucket] for bucket in sorted(sums)]
+
+
+def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, int]) -> dict[str, Any]:
+    """The ``database`` key: counts by state and application, oldest transaction, longest query."""
+    by_state: dict[str, int] = defaultdict(int)
+    by_application: dict[tuple[str, str], int] = defaultdict(int)
+    for session in sessions:
+        state = session["state"] or "unknown"
+        by_state[state] += 1
+        by_application[(session["application_name"] or "", state)] += 1
+    # poolguard's own side connection is counted, but never the "oldest" or "longest" culprit.
+    in_transaction = [s for s in sessions if s["transaction_s"] is not None and not s["own"]]
+    running = [s for s in sessions if s["state"] == "active" and s["query_s"] is not None and not s["own"]]
+    oldest = max(in_transaction, key=lambda s: s["transaction_s"], default=None)
+    longest = max(running, key=lambda s: s["query_s"], default=None)
+    longest_sessions = sorted(
+        (s for s in sessions if not s["own"]),
+        key=lambda s: -(s["transaction_s"] or s["query_s"] or 0.0),
+    )[:TOP_SESSIONS]
+    return {
+        "alias": alias,
+        "max_connections": server["max_connections"],
+        "superuser_reserved_connections": server["superuser_reserved_connections"],
+        "server_connections": server["server_connections"],
+        "connections": len(sessions),
+        "by_state": dict(sorted(by_state.items())),
+        "by_application": [
+            {"application_name": name, "state": state, "count": count}
+            for (name, state), count in sorted(by_application.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        "oldest_transaction": _session_summary(oldest),
+        "longest_query": _session_summary(longest),
+        "longest_sessions": [_session_summary(s) for s in longest_sessions],
+    }
+
+
+def _session_summary(session: dict[str, Any] | None) -> dict[str, Any] | None:
+    if session is None:
+        return None
+    keys = (
+        "pid",
+        "user",
+        "application_name",
+        "workload",
+        "state",
+        "transaction_s",
+        "query_s",
+        "wait_event_type",
+        "wait_event",
+        "query",
+        "superuser",
+    )
+    return {key: session[key] for key in keys}
+
+
+def error_entry(part: str, where: str, exc: Exception) -> dict[str, str]:
+    # psycopg error messages name host/database/user but never the password.
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return {"part": part, "where": where, "error": f"{type(exc).__name__}: {message}"}
+
+
+def status(data: dict[str, Any]) -> str:
+    """healthy / warning / critical for ``poolstats --check``.
+
+    The worst alias status across processes; critical when the database side cannot be
+    read (it is unreachable); warning when the budget is over, or the published snapshots
+    cannot be read.
+    """
+    statuses = [total["status"] for total in data.get("aliases", {}).values()]
+    parts = {error["part"] for error in data.get("errors", [])}
+    if "database" in parts:
+        statuses.append(CRITICAL)
+    if "publish" in parts:
+        statuses.append(WARNING)
+    if data.get("budget", {}).get("status") == budget.OVER:
+        statuses.append(WARNING)
+    return worst(statuses)
+
+
+__all__ = ["collect", "status", "totals"]

@@ -1,0 +1,303 @@
+"""``manage.py poolstats``: the fleet view of every process's pools, the database and the budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import psycopg
+from django.core.management.base import BaseCommand, CommandError
+
+from ... import fleet
+from ...budget import describe
+from ._arguments import postgres_alias, seconds
+
+LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
+MAX_CHECKOUTS = 20
+LEAK_EVENTS = 10
+STACK_FRAMES = 12  # frames per leak event shown by --leaks
+EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
+
+
+class Command(BaseCommand):
+    help = (
+        "Show every live process's connection pools (totals per alias, per process, long checkouts), "
+        "the database's sessions from pg_stat_activity and the connection budget."
+    )
+    requires_system_checks: list[str] = []  # a probe must answer even when a check fails
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--json", action="store_true", help="Print the fleet view as JSON.")
+        parser.add_argument(
+            "--watch", type=float, metavar="SECONDS", help="Redraw every SECONDS until Ctrl-C."
+        )
+        parser.add_argument(
+            "--alias", help="Only this database alias (default: all; database side: default)."
+        )
+        parser.add_argument("--leaks", action="store_true", help="Also list recent leak events with stacks.")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Print one status line and exit 0 (healthy), 1 (warning) or 2 (critical).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        watch = seconds(options["watch"], "--watch", allow_zero=False)
+        alias = options["alias"]
+        if alias is not None:
+            postgres_alias(alias)
+        if watch is not None and options["check"]:
+            raise CommandError("--watch and --check cannot be combined: --check answers once, for probes.")
+        if options["check"]:
+            data = fleet.collect(alias, history=False)
+            state = fleet.status(data)
+            if options["json"]:
+                self.stdout.write(json.dumps({**data, "status": state}, indent=2, default=str))
+            else:
+                self.stdout.write(check_line(state, data))
+            sys.exit(EXIT_CODES[state])
+        if watch is None:
+            self.show(alias, options)
+            return
+        try:
+            while True:
+                if not options["json"] and self.stdout.isatty():
+                    self.stdout.write("\033[H\033[2J", ending="")
+                self.show(alias, options)
+                self.stdout.flush()
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+
+    def show(self, alias: str | None, options: dict[str, Any]) -> None:
+        data = fleet.collect(alias, history=False)
+        if options["leaks"]:
+            try:
+                data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
+            except psycopg.Error as exc:
+                data["errors"].append(fleet.error_entry("leaks", postgres_alias(alias), exc))
+        if options["json"]:
+            # One document per line under --watch, so a pipe can read them one by one.
+            indent = None if options["watch"] else 2
+            self.stdout.write(json.dumps(data, indent=indent, default=str))
+        else:
+            self.stdout.write(render(data))
+
+
+def check_line(state: str, data: dict[str, Any]) -> str:
+    """``POOLGUARD WARNING - default: 8/8 in use, 2 waiting (3 processes)``: the Nagios style."""
+    parts = [
+        f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting "
+        f"({t['processes']} process{'' if t['processes'] == 1 else 'es'}, {t['status']})"
+        for alias, t in data["aliases"].items()
+    ]
+    parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
+    if data.get("budget", {}).get("status") == "over":
+        parts.append("budget: " + describe(data["budget"]))
+    return f"POOLGUARD {state.upper()} - " + ("; ".join(parts) or "no published pools")
+
+
+def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
+    """The most recent LeakEvent rows, read over the side connection (no pool slot taken)."""
+    from ...models import LeakEvent
+    from ...side_connection import side_cursor
+
+    columns = (
+        "alias",
+        "workload",
+        "kind",
+        "context",
+        "host",
+        "pid",
+        "thread",
+        "held_seconds",
+        "first_seen",
+        "last_seen",
+        "count",
+        "resolved",
+        "stack",
+    )
+    with side_cursor(alias) as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(columns)} FROM {LeakEvent._meta.db_table} ORDER BY last_seen DESC LIMIT %s",
+            [limit],
+        )
+        rows = cursor.fetchall()
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+# --- The table -------------------------------------------------------------------------------
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def _ms(value: Any) -> str:
+    return f"{float(value or 0):.1f} ms"
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f} s"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The fleet view as text, in the order an on-call engineer reads it."""
+    lines = [
+        f"Poolguard fleet at {data['generated_at'][:19].replace('T', ' ')} UTC: "
+        f"{len(data['processes'])} live process(es), published to {data['publish'] or 'nowhere (PUBLISH=None)'}",
+        "",
+    ]
+    for error in data.get("errors", []):
+        lines.append(f"! {error['part']} ({error['where']}) unavailable: {error['error']}")
+    if data["aliases"]:
+        rows = [
+            [
+                alias,
+                t["workload"],
+                t["processes"],
+                t["in_use"],
+                t["idle"],
+                t["waiting"],
+                t["max"],
+                f"{t['utilization']:.0%}",
+                _ms(t["acquire_p95_ms"]),
+                t["timeouts_total"],
+                t["shed_total"],
+                f"{t['leaks_active']}/{t['leaks_total']}",
+                t["status"],
+            ]
+            for alias, t in data["aliases"].items()
+        ]
+        lines += _table(
+            [
+                "ALIAS",
+                "WORKLOAD",
+                "PROCS",
+                "IN USE",
+                "IDLE",
+                "WAITING",
+                "MAX",
+                "UTIL",
+                "ACQ P95",
+                "TIMEOUTS",
+                "SHED",
+                "LEAKS",
+                "STATUS",
+            ],
+            rows,
+        )
+    else:
+        lines.append("No process has published a pool (none running, or PUBLISH=None in them).")
+    lines.append("")
+    if data["processes"]:
+        rows = []
+        for process in data["processes"]:
+            for alias, a in process["aliases"].items():
+                rows.append(
+                    [
+                        process["host"],
+                        process["pid"],
+                        process["role"],
+                        alias,
+                        f"{a['in_use']}/{a['idle']}/{a['waiting']}/{a['max']}",
+                        _ms(a["acquire_ms"]["p95"]),
+                        f"{a['leaks_active']}/{a['leaks_total']}",
+                        _s(process.get("age_s")),
+                        a["status"],
+                    ]
+                )
+        lines += _table(
+            ["HOST", "PID", "ROLE", "ALIAS", "USE/IDLE/WAIT/MAX", "ACQ P95", "LEAKS", "SEEN", "STATUS"], rows
+        )
+        lines.append("")
+    lines += _long_checkouts(data)
+    lines += _database(data.get("database") or {})
+    lines += _budget(data.get("budget") or {})
+    if "leak_events" in data:
+        lines += _leak_events(data["leak_events"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _long_checkouts(data: dict[str, Any]) -> list[str]:
+    found = []
+    for process in data["processes"]:
+        for alias, a in process["aliases"].items():
+            for checkout in a.get("checkouts", []):
+                if checkout["held_s"] >= LONG_CHECKOUT_S:
+                    found.append((process, alias, checkout))
+    if not found:
+        return []
+    found.sort(key=lambda item: -item[2]["held_s"])
+    lines = [f"Checkouts held {LONG_CHECKOUT_S:g} s or more (longest first):"]
+    for process, alias, c in found[:MAX_CHECKOUTS]:
+        where = c["stack"][0] if c.get("stack") else "no application frame"
+        flags = ("" if c["alive"] else " [holder thread dead]") + (
+            " [in transaction]" if c.get("in_transaction") else ""
+        )
+        lines.append(
+            f"  {c['held_s']:>7.1f} s  {alias} on {process['host']}:{process['pid']}  thread {c['thread']}  "
+            f"{c['context']}  at {where}{flags}"
+        )
+    if len(found) > MAX_CHECKOUTS:
+        lines.append(f"  ... and {len(found) - MAX_CHECKOUTS} more (see --json)")
+    return [*lines, ""]
+
+
+def _database(db: dict[str, Any]) -> list[str]:
+    if not db:
+        return []
+    states = ", ".join(f"{state} {count}" for state, count in db["by_state"].items()) or "none"
+    lines = [
+        f"Database (alias {db['alias']}): {db['connections']} sessions on this database, "
+        f"{db['server_connections']} on the server, max_connections {db['max_connections']}",
+        f"  by state: {states}",
+    ]
+    rows = [[r["application_name"] or "(none)", r["state"], r["count"]] for r in db["by_application"]]
+    lines += ["  " + line for line in _table(["APPLICATION", "STATE", "SESSIONS"], rows)]
+    for label, key, age in (
+        ("oldest transaction", "oldest_transaction", "transaction_s"),
+        ("longest query", "longest_query", "query_s"),
+    ):
+        session = db.get(key)
+        if session:
+            query = " ".join((session["query"] or "").split())[:120]
+            lines.append(
+                f"  {label}: {_s(session[age])}, pid {session['pid']} ({session['application_name'] or 'no application_name'}, "
+                f"{session['state']}): {query}"
+            )
+    return [*lines, ""]
+
+
+def _budget(budget: dict[str, Any]) -> list[str]:
+    if not budget:
+        return []
+    verdict = {"over": "OVER BUDGET (E001)", "tight": "within 10 % (W001)", "ok": "ok"}[budget["status"]]
+    lines = [f"Budget: {describe(budget)}: {verdict}"]
+    for name, w in budget["workloads"].items():
+        declared = "" if w["declared"] else " (not in DEPLOYMENT)"
+        lines.append(
+            f"  {name}: {w['instances']} x {w['processes']} x ({w['max_size']} + {w['side_connections']}) = "
+            f"{w['connections']}{declared}; largest safe max_size {w['safe_max_size']}"
+        )
+    return [*lines, ""]
+
+
+def _leak_events(events: list[dict[str, Any]]) -> list[str]:
+    lines = [f"Recent leak events ({len(events)}):"]
+    if not events:
+        lines.append("  none recorded")
+    for event in events:
+        state = "resolved" if event["resolved"] else "open"
+        lines.append(
+            f"  {event['kind']} on {event['alias']} ({event['workload']}), {state}, seen {event['count']} times, "
+            f"last {str(event['last_seen'])[:19]}, held {event['held_seconds']:.1f} s: "
+            f"{event['context'] or 'thread ' + event['thread']}"
+        )
+        for frame in (event["stack"] or "").splitlines()[:STACK_FRAMES]:
+            lines.append(f"      {frame}")
+    return [*lines, ""]

@@ -1,0 +1,226 @@
+"""Prometheus metrics for every pool of this process, on prometheus_client's default registry.
+
+django-prometheus's ``/metrics`` (or any exporter of the default registry) serves them. This
+module needs the ``prometheus`` extra; the app imports it only when ``prometheus_client`` is
+installed.
+
+Nothing here runs on the checkout path: the watchdog calls :func:`export` every
+``MONITOR_INTERVAL``, which sets the gauges from the pools' state, observes the acquire and
+hold times recorded since the last run (``Ledger.samples_since``) and adds the growth of the
+ledger's counters. Under gunicorn or Celery prefork with ``PROMETHEUS_MULTIPROC_DIR`` each
+process writes its own files: counters and histograms are summed, and the gauges use
+``livesum`` so a host's figure is the sum over its live processes (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .ledger import Ledger
+from .pool import GuardedPool, all_pools
+
+# Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
+ACQUIRE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Hold times run from one query to a report, a leak or a hoarded transaction.
+CHECKOUT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# Gauges are per-process amounts: summing them over live processes gives the host's (and, in
+# PromQL, the fleet's) figure, so utilization = sum(in_use) / sum(max) stays a true fraction.
+pool_connections = Gauge(
+    "poolguard_pool_connections",
+    "Connections of the pool, by state (in_use: checked out; idle: ready in the pool).",
+    ["alias", "state"],
+    multiprocess_mode="livesum",
+)
+pool_max_connections = Gauge(
+    "poolguard_pool_max_connections",
+    "The pool's max_size: how many connections it may open.",
+    ["alias"],
+    multiprocess_mode="livesum",
+)
+pool_waiting = Gauge(
+    "poolguard_pool_waiting",
+    "Checkouts waiting for a connection right now.",
+    ["alias"],
+    multiprocess_mode="livesum",
+)
+leaks_active = Gauge(
+    "poolguard_leaks_active",
+    "Checkouts held past the alias's leak_threshold and not yet returned.",
+    ["alias"],
+    multiprocess_mode="livesum",
+)
+acquire_seconds = Histogram(
+    "poolguard_acquire_seconds",
+    "Time a checkout waited for a connection.",
+    ["alias"],
+    buckets=ACQUIRE_BUCKETS,
+)
+checkout_seconds = Histogram(
+    "poolguard_checkout_seconds",
+    "Time a connection was held, from checkout to return.",
+    ["alias"],
+    buckets=CHECKOUT_BUCKETS,
+)
+acquire_timeouts = Counter(
+    "poolguard_acquire_timeouts_total",
+    "Checkouts that waited the pool's whole timeout and got no connection.",
+    ["alias"],
+)
+acquire_rejected = Counter(
+    "poolguard_acquire_rejected_total",
+    "Checkouts refused at once because max_waiting clients were already queued.",
+    ["alias"],
+)
+requests_shed = Counter(
+    "poolguard_requests_shed_total",
+    "Requests PoolGuardMiddleware answered 503 because the alias's pool was exhausted.",
+    ["alias"],
+)
+leaks_detected = Counter(
+    "poolguard_leaks_detected_total",
+    "Checkouts reported as leaks (held past leak_threshold) or hoards (idle in a transaction).",
+    ["alias", "kind"],
+)
+connections_reclaimed = Counter(
+    "poolguard_connections_reclaimed_total",
+    "Connections given back to the pool because their holder thread exited or was collected.",
+    ["alias", "reason"],
+)
+connections_opened = Counter(
+    "poolguard_connections_opened_total",
+    "Physical connections the pool opened to PostgreSQL.",
+    ["alias"],
+)
+connection_errors = Counter(
+    "poolguard_connection_errors_total",
+    "Failed attempts to open a connection.",
+    ["alias"],
+)
+
+# (counter, extra labels, reading) for the counters that mirror a single pool or ledger total.
+_TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
+    (acquire_timeouts, {}, lambda pool: pool.ledger.timeouts_total),
+    (acquire_rejected, {}, lambda pool: pool.ledger.rejected_total),
+    (requests_shed, {}, lambda pool: pool.ledger.shed_total),
+    (leaks_detected, {"kind": "leak"}, lambda pool: pool.ledger.leaks_total),
+    (leaks_detected, {"kind": "hoard"}, lambda pool: pool.ledger.hoards_total),
+    (connections_opened, {}, lambda pool: pool.connections_opened()),
+    (connection_errors, {}, lambda pool: pool.connection_errors()),
+)
+
+
+def _reclaimed_by_reason(ledger: Ledger) -> dict[str, int]:
+    return dict(ledger.reclaimed_by_reason)  # "thread_exited" / "wrapper_collected" -> count
+
+
+class _PoolProgress:
+    """How much of one pool's counters and sample rings has been exported already."""
+
+    def __init__(self, pool: GuardedPool) -> None:
+        self.pool_ref = weakref.ref(pool)
+        self.acquire_seq = 0
+        self.held_seq = 0
+        self.totals: dict[tuple[int, tuple[tuple[str, str], ...]], int] = {}
+
+    def delta(self, key: tuple[int, tuple[tuple[str, str], ...]], value: int) -> int:
+        """Growth since the last export; a counter that went back (stats reset) counts from zero."""
+        last = self.totals.get(key, 0)
+        self.totals[key] = value
+        return value - last if value >= last else value
+
+
+def _initialize(alias: str) -> None:
+    # Create the alias's counter series at 0, so its first increment is a visible increase()
+    # and alert expressions that combine series find all of them.
+    for counter, extra, _ in _TOTALS:
+        counter.labels(alias=alias, **extra)
+    acquire_seconds.labels(alias=alias)
+    checkout_seconds.labels(alias=alias)
+
+
+class Exporter:
+    """Copies the pools' state into the metrics; one instance per process, driven by the watchdog."""
+
+    def __init__(self) -> None:
+        # Serializes exports: the watchdog thread and a test's run_once() may export at once,
+        # and each delta must be added exactly once.
+        self._lock = threading.Lock()
+        self._progress: dict[str, _PoolProgress] = {}
+
+    def export(self) -> None:
+        with self._lock:
+            pools = all_pools()
+            for alias, pool in pools.items():
+                progress = self._progress.get(alias)
+                if progress is None or progress.pool_ref() is not pool:
+                    # A new pool (first use, or reopened): its counters start again from zero,
+                    # the exported ones keep counting up.
+                    progress = self._progress[alias] = _PoolProgress(pool)
+                    _initialize(alias)
+                self._export_pool(alias, pool, progress)
+            for alias in set(self._progress) - set(pools):
+                # The pool was closed: it holds nothing and nobody waits on it any more.
+                del self._progress[alias]
+                for state in ("in_use", "idle"):
+                    pool_connections.labels(alias=alias, state=state).set(0)
+                pool_max_connections.labels(alias=alias).set(0)
+                pool_waiting.labels(alias=alias).set(0)
+                leaks_active.labels(alias=alias).set(0)
+
+    def _export_pool(self, alias: str, pool: GuardedPool, progress: _PoolProgress) -> None:
+        state = pool.state()
+        ledger = pool.ledger
+        pool_connections.labels(alias=alias, state="in_use").set(state["in_use"])
+        pool_connections.labels(alias=alias, state="idle").set(state["idle"])
+        pool_max_connections.labels(alias=alias).set(state["max"])
+        pool_waiting.labels(alias=alias).set(state["waiting"])
+        leaks_active.labels(alias=alias).set(sum(1 for c in ledger.checkouts() if c.reported is not None))
+
+        samples, progress.acquire_seq = ledger.samples_since("acquire", progress.acquire_seq)
+        histogram = acquire_seconds.labels(alias=alias)
+        for sample in samples:
+            histogram.observe(sample)
+        samples, progress.held_seq = ledger.samples_since("held", progress.held_seq)
+        histogram = checkout_seconds.labels(alias=alias)
+        for sample in samples:
+            histogram.observe(sample)
+
+        for index, (counter, extra, read) in enumerate(_TOTALS):
+            key = (index, tuple(sorted(extra.items())))
+            grown = progress.delta(key, read(pool))
+            if grown:
+                counter.labels(alias=alias, **extra).inc(grown)
+        for reason, value in _reclaimed_by_reason(ledger).items():
+            grown = progress.delta((-1, (("reason", reason),)), value)
+            if grown:
+                connections_reclaimed.labels(alias=alias, reason=reason).inc(grown)
+
+
+exporter = Exporter()
+
+
+def _after_fork_in_child() -> None:
+    # The child starts with no pools, and the lock may have been held by the parent's watchdog.
+    global exporter
+    exporter = Exporter()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def export() -> None:
+    """Bring the metrics up to date with this process's pools (the watchdog's ``metrics`` task)."""
+    exporter.export()
+
+
+def install() -> None:
+    """Register the export as a watchdog task; the app calls this when prometheus_client is installed."""
+    from .monitor import watchdog
+
+    watchdog.register("metrics", export)

@@ -1,0 +1,366 @@
+"""Publishing: every process with a pool puts its snapshot where fleet views can read it.
+
+A pool lives inside one process, but ``poolstats`` and the admin run in others. So the
+watchdog publishes :func:`~django_poolguard.snapshots.process_snapshot` every
+``PUBLISH_INTERVAL`` seconds:
+
+- ``PUBLISH="database"``: one row per process in ``django_poolguard_processsnapshot``,
+  written through poolguard's side connection (never a slot of the pool, so it works
+  while the pool is exhausted). Rows silent for 3 of their intervals are deleted.
+- ``PUBLISH="cache"``: one key per process in the ``PUBLISH_CACHE`` Django cache, expiring
+  after 3 intervals, plus an index key listing the live processes.
+- ``PUBLISH=None``: nothing leaves the process (fleet views then show only their own).
+
+Each snapshot carries a short history per alias (the last 15 minutes) for sparklines.
+A process that has no pool yet publishes nothing: it has nothing to show, and the
+watchdog only starts with the first pool. A process that exits cleanly withdraws itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+from collections import deque
+from time import monotonic, time
+from typing import Any
+
+from .conf import guard_settings, hostname
+
+logger = logging.getLogger("django_poolguard")
+
+SILENT_INTERVALS = 3  # a process silent for this many of its intervals has left the fleet
+HISTORY_SECONDS = 15 * 60
+HISTORY_POINTS = 180  # one point per HISTORY_SECONDS / HISTORY_POINTS = 5 s at most
+#: The order of the values in each ``history`` point.
+HISTORY_FIELDS = ("t", "in_use", "idle", "waiting", "max", "acquire_p95_ms")
+CACHE_PREFIX = "poolguard:process:"
+CACHE_INDEX = "poolguard:processes"
+INDEX_TIMEOUT = 24 * 3600  # s: refreshed by every joining process; only bounds garbage
+ERROR_REPEAT = 300.0  # s between two log lines about the same publishing failure
+
+
+def process_key(host: str | None = None, pid: int | None = None) -> str:
+    return f"{host or hostname()}:{pid or os.getpid()}"
+
+
+def publish_interval() -> float:
+    return float(guard_settings.PUBLISH_INTERVAL)
+
+
+# --- History ---------------------------------------------------------------------------------
+
+
+class History:
+    """Recent ``(t, in_use, idle, waiting, max, p95)`` points per alias, at most one per step.
+
+    Between two steps the newest point is overwritten, so the last point is always current.
+    """
+
+    def __init__(self) -> None:
+        # Guards _points: the watchdog records while a view or command may read.
+        self._lock = threading.Lock()
+        self._points: dict[str, deque[list[float]]] = {}
+
+    def record(self, alias: str, data: dict[str, Any], now: float | None = None) -> None:
+        now = time() if now is None else now
+        point = [
+            round(now, 1),
+            data["in_use"],
+            data["idle"],
+            data["waiting"],
+            data["max"],
+            data["acquire_ms"]["p95"],
+        ]
+        step = HISTORY_SECONDS / HISTORY_POINTS
+        with self._lock:
+            points = self._points.setdefault(alias, deque(maxlen=HISTORY_POINTS + 1))
+            if len(points) >= 2 and now - points[-2][0] < step:
+                points[-1] = point
+            else:
+                points.append(point)
+            while points and points[0][0] < now - HISTORY_SECONDS:
+                points.popleft()
+
+    def points(self, alias: str) -> list[list[float]]:
+        with self._lock:
+            return [list(p) for p in self._points.get(alias, ())]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._points.clear()
+
+
+history = History()
+
+
+def current_snapshot() -> dict[str, Any] | None:
+    """This process's ``processes[]`` entry with history, or ``None`` when it has no pool."""
+    from .pool import all_pools
+    from .snapshots import process_snapshot
+
+    if not all_pools():
+        return None
+    data = process_snapshot()
+    data["publish_interval"] = publish_interval()
+    for alias, alias_data in data["aliases"].items():
+        history.record(alias, alias_data)
+        alias_data["history"] = history.points(alias)
+    return data
+
+
+# --- Stores ----------------------------------------------------------------------------------
+
+
+def snapshot_alias() -> str:
+    """The database alias holding the ``ProcessSnapshot`` table (the router decides)."""
+    from django.db import router
+
+    from .models import ProcessSnapshot
+
+    return router.db_for_write(ProcessSnapshot) or "default"
+
+
+def _table() -> str:
+    from .models import ProcessSnapshot
+
+    return ProcessSnapshot._meta.db_table
+
+
+class DatabaseStore:
+    """Rows of ``django_poolguard_processsnapshot`` over the side connection, dated by the
+    database's clock so hosts with skewed clocks agree on who is silent."""
+
+    def publish(self, data: dict[str, Any]) -> None:
+        from .side_connection import side_cursor
+
+        table = _table()
+        with side_cursor(snapshot_alias()) as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (key, host, pid, role, updated_at, data) "
+                "VALUES (%s, %s, %s, %s, now(), %s::jsonb) "
+                "ON CONFLICT (key) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
+                "role = EXCLUDED.role, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data",
+                [
+                    process_key(data["host"], data["pid"]),
+                    data["host"],
+                    data["pid"],
+                    data["role"],
+                    _dumps(data),
+                ],
+            )
+            # Each row expires after 3 of its own intervals, so fast and slow publishers coexist.
+            cursor.execute(
+                f"DELETE FROM {table} WHERE updated_at < now() - make_interval(secs => %s * "
+                "COALESCE((data->>'publish_interval')::float, %s))",
+                [SILENT_INTERVALS, publish_interval()],
+            )
+
+    def withdraw(self, key: str) -> None:
+        from .side_connection import side_cursor
+
+        with side_cursor(snapshot_alias()) as cursor:
+            cursor.execute(f"DELETE FROM {_table()} WHERE key = %s", [key])
+
+    def read(self) -> list[dict[str, Any]]:
+        from .side_connection import side_cursor
+
+        with side_cursor(snapshot_alias()) as cursor:
+            cursor.execute(
+                f"SELECT data, extract(epoch FROM now() - updated_at)::float FROM {_table()} "
+                "WHERE updated_at >= now() - make_interval(secs => %s * "
+                "COALESCE((data->>'publish_interval')::float, %s)) ORDER BY host, pid",
+                [SILENT_INTERVALS, publish_interval()],
+            )
+            rows = cursor.fetchall()
+        out = []
+        for data, age in rows:
+            data = json.loads(data) if isinstance(data, str) else data
+            data["age_s"] = round(max(0.0, age), 3)
+            out.append(data)
+        return out
+
+
+class CacheStore:
+    """One key per process (expiring after 3 intervals) plus an index of keys.
+
+    The index is read-modify-write through the plain cache API (so any backend works,
+    Django's ``RedisCache`` included). A process writes it only when it is missing from it,
+    and checks every interval, so an update lost to a concurrent writer heals within one
+    interval; readers ignore index entries whose key has expired, and prune them.
+    """
+
+    @property
+    def cache(self) -> Any:
+        from django.core.cache import caches
+
+        return caches[guard_settings.PUBLISH_CACHE]
+
+    def publish(self, data: dict[str, Any]) -> None:
+        cache = self.cache
+        key = process_key(data["host"], data["pid"])
+        data = {**data, "published_at": time()}
+        cache.set(CACHE_PREFIX + key, data, timeout=SILENT_INTERVALS * publish_interval())
+        index = cache.get(CACHE_INDEX) or []
+        if key not in index:
+            cache.set(CACHE_INDEX, sorted({*index, key}), timeout=INDEX_TIMEOUT)
+
+    def withdraw(self, key: str) -> None:
+        cache = self.cache
+        cache.delete(CACHE_PREFIX + key)
+        index = cache.get(CACHE_INDEX) or []
+        if key in index:
+            cache.set(CACHE_INDEX, [k for k in index if k != key], timeout=INDEX_TIMEOUT)
+
+    def read(self) -> list[dict[str, Any]]:
+        cache = self.cache
+        index = cache.get(CACHE_INDEX) or []
+        found = cache.get_many([CACHE_PREFIX + key for key in index])
+        now = time()
+        out = []
+        for key in index:
+            data = found.get(CACHE_PREFIX + key)
+            if data is None:
+                continue
+            interval = float(data.get("publish_interval") or publish_interval())
+            age = now - float(data.get("published_at", now))
+            # Caches may keep a key a little past its timeout (e.g. second granularity).
+            if age > SILENT_INTERVALS * interval:
+                continue
+            data["age_s"] = round(max(0.0, age), 3)
+            out.append(data)
+        live = {process_key(d["host"], d["pid"]) for d in out}
+        if set(index) - live:
+            current = cache.get(CACHE_INDEX) or []
+            cache.set(CACHE_INDEX, [k for k in current if k in live or k not in index], timeout=INDEX_TIMEOUT)
+        out.sort(key=lambda d: (d["host"], d["pid"]))
+        return out
+
+
+def store(mode: str | None = None) -> DatabaseStore | CacheStore | None:
+    """The store for ``mode`` (default: the ``PUBLISH`` setting); ``None`` when not publishing."""
+    mode = guard_settings.PUBLISH if mode is None else mode
+    if mode == "database":
+        return DatabaseStore()
+    if mode == "cache":
+        return CacheStore()
+    return None
+
+
+def read_published(mode: str | None = None) -> list[dict[str, Any]]:
+    """The snapshots of every live process (raises ``psycopg.Error`` / cache errors)."""
+    target = store(mode)
+    return target.read() if target is not None else []
+
+
+# --- The watchdog task -----------------------------------------------------------------------
+
+_last_errors: dict[str, float] = {}
+# Serializes snapshot-and-write, so an older snapshot (the watchdog's) can never be written
+# after a newer one (an explicit publish_now()) and overwrite it.
+_publish_lock = threading.Lock()
+# The key this process last published under, so exit withdraws exactly that one.
+_published: dict[str, str] = {}
+
+
+def publish_now() -> bool:
+    """Publish this process's snapshot now; ``False`` when there is nothing or nowhere to publish.
+
+    Errors are logged (at most every 5 minutes per message) and swallowed: a fleet view
+    missing one process must never break the process itself.
+    """
+    target = store()
+    with _publish_lock:
+        data = current_snapshot()
+        if data is None or target is None:
+            return False
+        try:
+            target.publish(data)
+        except Exception as exc:
+            _log_error(exc)
+            return False
+    _published["key"] = process_key(data["host"], data["pid"])
+    _published["mode"] = str(guard_settings.PUBLISH)
+    return True
+
+
+def withdraw() -> None:
+    """Remove this process from fleet views (at clean exit)."""
+    key = _published.pop("key", None)
+    mode = _published.pop("mode", None)
+    if key is None or key != process_key():
+        return
+    target = store(mode)
+    if target is None:
+        return
+    try:
+        target.withdraw(key)
+    except Exception:
+        # At exit the database or cache may be gone; the entry then expires by itself.
+        pass
+
+
+def _publish_task() -> None:
+    publish_now()
+
+
+def _withdraw_at_exit() -> None:
+    from .monitor import watchdog
+
+    watchdog.stop(2.0)  # first, so it cannot publish again after we left
+    withdraw()
+
+
+def _log_error(exc: Exception) -> None:
+    import psycopg
+
+    message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        # Normal while `migrate` creates the tables (its own pool publishes too): say it once, quietly.
+        if "UndefinedTable" not in _last_errors:
+            _last_errors["UndefinedTable"] = monotonic()
+            logger.info(
+                "poolguard cannot publish this process's pool snapshot yet: the table %s does not exist. "
+                "Normal while `manage.py migrate` runs; otherwise run it, or set POOLGUARD['PUBLISH'] "
+                "to 'cache' or None.",
+                _table(),
+            )
+        return
+    now = monotonic()
+    if now - _last_errors.get(message, -ERROR_REPEAT) < ERROR_REPEAT:
+        return
+    _last_errors[message] = now
+    logger.warning(
+        "poolguard could not publish this process's pool snapshot (PUBLISH=%r) for fleet views: %s; "
+        "check the database or cache it names (PUBLISH_CACHE). The pools keep working; poolstats and "
+        "the admin just miss this process until it succeeds.",
+        guard_settings.PUBLISH,
+        message,
+    )
+
+
+def register() -> None:
+    """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
+    from .monitor import watchdog
+
+    watchdog.register("publish", _publish_task, interval=publish_interval)
+    # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
+    atexit.unregister(_withdraw_at_exit)
+    atexit.register(_withdraw_at_exit)
+
+
+def _reset_after_fork() -> None:
+    # The child is a new process: it publishes under its own pid, and must not withdraw the parent.
+    global _publish_lock
+    _publish_lock = threading.Lock()
+    _published.clear()
+    history.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, default=str)

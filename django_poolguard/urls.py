@@ -1,0 +1,13 @@
+"""``path("poolguard/", include("django_poolguard.urls"))``."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "poolguard"
+
+urlpatterns = [
+    path("health/", views.health_view, name="health"),
+]

@@ -1,0 +1,178 @@
+"""Prometheus metrics: the SPEC table on the default registry, fed by the watchdog, monotonic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from django.test import Client, override_settings
+from prometheus_client import REGISTRY
+
+from django_poolguard import metrics
+from django_poolguard.monitor import watchdog
+from django_poolguard.pool import discard_pool, get_pool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC_TABLE = {
+    # name: (type, labels)
+    "poolguard_pool_connections": ("gauge", {"alias", "state"}),
+    "poolguard_pool_max_connections": ("gauge", {"alias"}),
+    "poolguard_pool_waiting": ("gauge", {"alias"}),
+    "poolguard_acquire_seconds": ("histogram", {"alias"}),
+    "poolguard_checkout_seconds": ("histogram", {"alias"}),
+    "poolguard_acquire_timeouts": ("counter", {"alias"}),
+    "poolguard_requests_shed": ("counter", {"alias"}),
+    "poolguard_leaks_detected": ("counter", {"alias", "kind"}),
+    "poolguard_leaks_active": ("gauge", {"alias"}),
+    "poolguard_connections_reclaimed": ("counter", {"alias", "reason"}),
+    "poolguard_connections_opened": ("counter", {"alias"}),
+    "poolguard_connection_errors": ("counter", {"alias"}),
+}
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_spec_table_is_registered_with_its_types_and_labels():
+    metrics.export()
+    families = {family.name: family for family in REGISTRY.collect() if family.name.startswith("poolguard_")}
+    for name, (kind, labels) in SPEC_TABLE.items():
+        assert name in families, f"{name} is missing"
+        assert families[name].type == kind, name
+        collector = REGISTRY._names_to_collectors[name if kind != "counter" else name + "_total"]
+        assert set(collector._labelnames) == labels, name
+
+
+def test_the_watchdog_exports_gauges_histograms_and_counters(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 3, "timeout": 0.3})
+    for _ in range(5):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections[alias].close()
+    holders(alias, name="report")
+    holders(alias, name="report")
+    watchdog.run_once(force=True)
+
+    assert value("poolguard_pool_connections", alias=alias, state="in_use") == 2
+    assert value("poolguard_pool_connections", alias=alias, state="idle") == get_pool(alias).state()["idle"]
+    assert value("poolguard_pool_max_connections", alias=alias) == 3
+    assert value("poolguard_pool_waiting", alias=alias) == 0
+    assert value("poolguard_acquire_seconds_count", alias=alias) == 7
+    assert value("poolguard_checkout_seconds_count", alias=alias) == 5
+    assert (
+        value("poolguard_connections_opened_total", alias=alias) == get_pool(alias).connections_opened() >= 2
+    )
+
+    watchdog.run_once(force=True)
+    assert value("poolguard_acquire_seconds_count", alias=alias) == 7, "each sample is observed once"
+
+
+@pytest.mark.urls("tests.testapp.shed")
+def test_shed_requests_and_timeouts_are_counted_once_and_served_on_metrics(make_alias, holders):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 0.2})
+    holders(alias)
+    client = Client()
+    assert [client.get("/query/", {"alias": alias}).status_code for _ in range(3)] == [503] * 3
+    watchdog.run_once(force=True)
+    watchdog.run_once(force=True)
+
+    assert value("poolguard_requests_shed_total", alias=alias) == 3
+    assert value("poolguard_acquire_timeouts_total", alias=alias) == 3
+    assert value("poolguard_acquire_rejected_total", alias=alias) == 0
+
+    body = client.get("/metrics").content.decode()
+    assert f'poolguard_requests_shed_total{{alias="{alias}"}} 3.0' in body
+    assert f'poolguard_pool_connections{{alias="{alias}",state="in_use"}} 1.0' in body
+
+
+def test_counters_keep_counting_up_when_the_pool_is_reopened(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    connections[alias].ensure_connection()
+    connections[alias].close()
+    watchdog.run_once(force=True)
+    opened = value("poolguard_connections_opened_total", alias=alias)
+    assert opened >= 1
+
+    discard_pool(alias).close()
+    watchdog.run_once(force=True)
+    assert value("poolguard_pool_max_connections", alias=alias) == 0, "a closed pool's gauges drop to zero"
+
+    connections[alias].ensure_connection()
+    connections[alias].close()
+    watchdog.run_once(force=True)
+    assert value("poolguard_connections_opened_total", alias=alias) == opened + 1
+    assert value("poolguard_pool_max_connections", alias=alias) == 1
+
+
+def test_leak_and_reclaim_counters_follow_the_ledger(make_alias):
+    alias = make_alias()
+    connections[alias].ensure_connection()
+    ledger = get_pool(alias).ledger
+    ledger.count("leaks_total", 2)
+    ledger.count("hoards_total")
+    ledger.count_reclaimed("thread_exited")
+    watchdog.run_once(force=True)
+    connections[alias].close()
+
+    assert value("poolguard_leaks_detected_total", alias=alias, kind="leak") == 2
+    assert value("poolguard_leaks_detected_total", alias=alias, kind="hoard") == 1
+    reclaimed = [
+        sample
+        for family in REGISTRY.collect()
+        if family.name == "poolguard_connections_reclaimed"
+        for sample in family.samples
+        if sample.labels["alias"] == alias and sample.name.endswith("_total")
+    ]
+    assert [(s.labels["reason"], s.value) for s in reclaimed] == [("thread_exited", 1)]
+
+
+def test_the_app_works_without_prometheus_client():
+    """The ``prometheus`` extra is optional: without it the app starts, pools work, no metrics task."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["prometheus_client"] = None  # as if the extra were not installed
+        import django
+        django.setup()
+        from django.db import connections
+        from django_poolguard.monitor import watchdog
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections["default"].close()
+        watchdog.run_once(force=True)
+        assert "metrics" not in watchdog._tasks, watchdog._tasks
+        assert "django_poolguard.metrics" not in sys.modules
+        print("ok")
+        """
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@override_settings(POOLGUARD={"MONITOR_INTERVAL": 0.05})
+def test_the_watchdog_thread_exports_by_itself(make_alias):
+    import time
+
+    alias = make_alias()
+    connections[alias].ensure_connection()
+    watchdog.ensure_started()
+    deadline = time.monotonic() + 5
+    while (
+        value("poolguard_pool_connections", alias=alias, state="in_use") != 1 and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    connections[alias].close()
+    assert value("poolguard_pool_connections", alias=alias, state="in_use") == 1
