@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequest
 from . import stacks
 from .conf import AliasConfig, guard_settings
 from .context import current_context
-from .exceptions import PoolExhausted
+from .exceptions import PoolExhausted, PoolQueueFull
 from .ledger import Ledger
 
 logger = logging.getLogger("django_poolguard")
@@ -114,7 +114,8 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             head = f"pool {self.config.alias!r} exhausted after {waited:.1f} s ({in_use})"
         holders = describe_holders(self)
         message = f"{head}: {holders}" if holders else head
-        return PoolExhausted(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+        error_class = PoolQueueFull if queue_full else PoolExhausted
+        return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
 
 
 _PLUMBING: frozenset[int] = frozenset()
