@@ -61,8 +61,9 @@ def _pool_arguments() -> set[str]:
     from psycopg_pool import ConnectionPool
 
     names = set(inspect.signature(ConnectionPool.__init__).parameters) - {"self", "args", "kwargs"}
-    # Django passes these itself; setting them in OPTIONS["pool"] would clash.
-    return names - {"conninfo", "open", "configure", "check", "connection_class"}
+    # Django passes these itself; setting them in OPTIONS["pool"] would clash. ("check" is
+    # allowed: it overrides CONN_HEALTH_CHECKS, as in Django >= 6.1.)
+    return names - {"conninfo", "open", "configure", "connection_class"}
 
 
 @register("poolguard")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from django.db.utils import OperationalError
+from psycopg_pool import PoolTimeout, TooManyRequests
 
-__all__ = ["PoolExhausted"]
+__all__ = ["PoolExhausted", "PoolQueueFull"]
 
 
-class PoolExhausted(OperationalError):
+class PoolExhausted(OperationalError, PoolTimeout):
     """No connection could be had from an alias's pool: the wait timed out or the queue was full.
 
     The message names the pool state and the top holders. ``alias``, ``waited``
     and ``queue_full`` let the middleware and metrics act on it without parsing.
+    It is also the ``psycopg_pool.PoolTimeout`` Django's own pooled backend raises, so code
+    written for that backend keeps catching it (Django's test suite does).
     """
 
     __module__ = "django_poolguard"
@@ -21,3 +24,11 @@ class PoolExhausted(OperationalError):
         self.alias = alias
         self.waited = waited
         self.queue_full = queue_full
+
+
+class PoolQueueFull(PoolExhausted, TooManyRequests):
+    """:class:`PoolExhausted` raised at once because ``max_waiting`` requests already wait;
+    also the ``psycopg_pool.TooManyRequests`` Django's own pooled backend raises then.
+    """
+
+    __module__ = "django_poolguard.exceptions"

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequest
 from . import stacks
 from .conf import AliasConfig, guard_settings
 from .context import current_context
-from .exceptions import PoolExhausted
+from .exceptions import PoolExhausted, PoolQueueFull
 from .ledger import Ledger
 
 logger = logging.getLogger("django_poolguard")
@@ -35,7 +35,13 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.connect_failing = False  # the last connection attempt failed: the database is unreachable
         super().__init__(*args, **kwargs)
 
-    # The hot path: one monotonic pair, a frame walk and a locked dict write per checkout.
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
+        if self._opened and not self._closed and not wait:
+            return
+        super().open(wait=wait, timeout=timeout)
+
+    # The hot path: one monotonic pair, a frame walk and a dict write per checkout.
     def getconn(self, timeout: float | None = None) -> Any:
         started = monotonic()
         try:
@@ -108,13 +114,14 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             head = f"pool {self.config.alias!r} exhausted after {waited:.1f} s ({in_use})"
         holders = describe_holders(self)
         message = f"{head}: {holders}" if holders else head
-        return PoolExhausted(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+        error_class = PoolQueueFull if queue_full else PoolExhausted
+        return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
 
 
-_PLUMBING: frozenset[Any] = frozenset()
+_PLUMBING: frozenset[int] = frozenset()
 
 
-def _plumbing_codes() -> frozenset[Any]:
+def _plumbing_codes() -> frozenset[int]:
     """Django's connection-opening frames, the same under every checkout: not worth recording."""
     global _PLUMBING
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -134,7 +141,8 @@ def _plumbing_codes() -> frozenset[Any]:
         functions.append(GuardedWrapper.get_new_connection)
     except ImportError:  # pragma: no cover
         pass
-    _PLUMBING = frozenset(f.__code__ for f in functions if hasattr(f, "__code__"))
+    # By id: these functions live as long as their modules, so their code objects do too.
+    _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
 
 

@@ -42,37 +42,41 @@ _code_info: dict[CodeType, tuple[str, str, bool]] = {}
 
 # Last depth (relative to capture()) of the first frame outside skip_codes: the connection
 # plumbing above a checkout is the same call after call, so one probe usually finds it.
-_first_outside_hint: dict[frozenset[CodeType], int] = {}
+_first_outside_hint: dict[frozenset[int], int] = {}
 
 
-def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[CodeType] = frozenset()) -> RawStack:
-    """The caller's stack (minus ``skip`` frames and the frames running ``skip_codes`` right
-    above it), innermost first, at most ``depth`` frames.
+def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[int] = frozenset()) -> RawStack:
+    """The caller's stack (minus ``skip`` frames and the frames right above it whose code
+    object's ``id`` is in ``skip_codes``), innermost first, at most ``depth`` frames.
 
-    ``sys._getframe(n)`` walks in C without creating frame objects for the frames it passes,
-    so probing for the end of the skipped frames is much cheaper than stepping over them.
+    Code objects are matched by ``id``: hashing a code object hashes its constants, every
+    time. ``sys._getframe(n)`` walks in C without creating frame objects for the frames it
+    passes, so probing for the end of the skipped frames is cheaper than stepping over them.
     """
     getframe = sys._getframe
     start = skip + 1
-    frame: FrameType | None
-    try:
-        frame = getframe(start)
-    except ValueError:
-        return ()
-    if skip_codes and frame.f_code in skip_codes:
-        hint = _first_outside_hint.get(skip_codes, 0)
+    frame: FrameType | None = None
+    hint = _first_outside_hint.get(skip_codes, 0) if skip_codes else 0
+    if hint > start:
+        # Two frames looked at: the hinted one must be outside the plumbing, the one below inside.
         try:
-            probe = getframe(hint) if hint > start else None
+            probe = getframe(hint)
+            if id(probe.f_code) not in skip_codes and id(getframe(hint - 1).f_code) in skip_codes:
+                frame = probe
         except ValueError:
-            probe = None
-        if probe is not None and probe.f_code not in skip_codes and getframe(hint - 1).f_code in skip_codes:
-            frame = probe
-        else:
+            pass
+    if frame is None:
+        try:
+            frame = getframe(start)
+        except ValueError:
+            return ()
+        if skip_codes:
             level = start
-            while frame is not None and frame.f_code in skip_codes:
+            while frame is not None and id(frame.f_code) in skip_codes:
                 frame = frame.f_back
                 level += 1
-            _first_outside_hint[skip_codes] = level
+            if level > start:
+                _first_outside_hint[skip_codes] = level
     out: list[CodeType | int] = []
     append = out.append
     for _ in range(depth):

@@ -4,7 +4,12 @@ One operation = what a Django request does with the database at minimum: check a
 out (``cursor()``), run ``SELECT 1``, give it back (``close()``). Engines are measured in
 interleaved rounds so drift on the machine hits them alike; the median round counts.
 
-    python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 5] [--threads 1 8]
+    python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
+    python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
+
+Wall-clock figures move with whatever else the machine runs; the instruction counts do not
+(``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
+500 and 3,000 checkouts, with the watchdog parked so only per-checkout work is counted).
 """
 
 from __future__ import annotations
@@ -81,40 +86,103 @@ def measure(alias: str, threads: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
+def count_instructions(alias: str, capture: bool, checkouts: int) -> int:
+    import re
+    import subprocess
+
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run-checkouts",
+        str(checkouts),
+        alias,
+        "on" if capture else "off",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
+
+
+def instructions() -> None:
+    rows = {
+        "native": ("native", True),
+        "poolguard": ("poolguard", True),
+        "poolguard, no stacks": ("poolguard", False),
+    }
+    print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
+    print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
+    print()
+    print("| engine | instructions per checkout | / native |")
+    print("|---|---|---|")
+    counts = {}
+    for name, (alias, capture) in rows.items():
+        few, many = (count_instructions(alias, capture, n) for n in (500, 3000))
+        counts[name] = (many - few) / 2500
+        print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
+
+
+def run_checkouts(checkouts: int, alias: str, capture: str) -> None:
+    configure(capture_stacks=capture == "on")
+    from django_poolguard.conf import guard_settings
+
+    guard_settings.MONITOR_INTERVAL = 3600.0  # park the watchdog: count per-checkout work only
+    for _ in range(checkouts + 1):
+        one_checkout(alias)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--run-checkouts"]:
+        run_checkouts(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one round per engine")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--no-stacks", action="store_true", help="run poolguard with CAPTURE_STACKS off")
-    parser.add_argument("--skip-nopool", action="store_true")
+    parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
+    parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
     args = parser.parse_args()
-    configure(capture_stacks=not args.no_stacks)
+    if args.instructions:
+        configure(capture_stacks=True)
+        instructions()
+        return
+    configure(capture_stacks=True)
+    from django_poolguard.conf import guard_settings
 
-    engines = ["native", "poolguard"] + ([] if args.skip_nopool else ["nopool"])
-    for alias in engines:
+    # Column -> (alias, poolguard's CAPTURE_STACKS while measuring it).
+    engines = {
+        "native": ("native", True),
+        "poolguard": ("poolguard", True),
+        "poolguard, no stacks": ("poolguard", False),
+    }
+    if not args.skip_nopool:
+        engines["no pool"] = ("nopool", True)
+    for alias, _ in engines.values():
         one_checkout(alias)  # open pools before timing
 
-    print(f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} rounds of {args.seconds:g} s")
     print(
-        f"poolguard stack capture: {'off' if args.no_stacks else 'on'}; Python {sys.version.split()[0]}, Django {django.__version__}"
+        f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} interleaved rounds of {args.seconds:g} s"
     )
+    print(f"Python {sys.version.split()[0]}, Django {django.__version__}, {os.cpu_count()} CPUs")
     print()
-    print(f"| threads | {' | '.join(engines)} | poolguard / native |")
-    print("|---|" + "---|" * len(engines) + "---|")
+    print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |")
+    print("|---|" + "---|" * len(engines) + "---|---|")
     for threads in args.threads:
-        results: dict[str, list[float]] = {alias: [] for alias in engines}
+        results: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.rounds):
-            for alias in engines:
-                results[alias].append(
-                    measure(alias, threads, args.seconds if alias != "nopool" else min(args.seconds, 1.0))
-                )
-        medians = {alias: statistics.median(values) for alias, values in results.items()}
+            for name, (alias, capture) in engines.items():
+                guard_settings.CAPTURE_STACKS = capture
+                seconds = args.seconds if alias != "nopool" else min(args.seconds, 1.0)
+                results[name].append(measure(alias, threads, seconds))
+        guard_settings.reload()
+        medians = {name: statistics.median(values) for name, values in results.items()}
+        cells = " | ".join(f"{medians[name]:,.0f}" for name in engines)
         ratio = medians["poolguard"] / medians["native"]
-        cells = " | ".join(f"{medians[a]:,.0f}" for a in engines)
-        print(f"| {threads} | {cells} | {ratio:.3f} |")
+        bare = medians["poolguard, no stacks"] / medians["native"]
+        print(f"| {threads} | {cells} | {ratio:.3f} | {bare:.3f} |")
 
 
 if __name__ == "__main__":

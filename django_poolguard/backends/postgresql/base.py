@@ -16,10 +16,12 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
-from django.db.utils import DEFAULT_DB_ALIAS
+from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
+from django.utils.functional import cached_property
 
 from ... import stacks
 from ...conf import AliasConfig, guard_settings, hostname
+from ...exceptions import PoolExhausted
 from ...leaks import wrapper_collected
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
 from .creation import DatabaseCreation
@@ -47,6 +49,23 @@ def session_options(config: AliasConfig, user_options: str | None) -> str | None
     return " ".join(parts) or None
 
 
+class GuardedErrorWrapper(DatabaseErrorWrapper):
+    """Django's error translation, letting :class:`PoolExhausted` through unchanged.
+
+    ``PoolExhausted`` is both Django's ``OperationalError`` and psycopg_pool's ``PoolTimeout``
+    (a psycopg error, as Django's own backend raises). Django would translate the psycopg side
+    into a bare ``OperationalError``, losing the holders and the type the middleware turns into 503.
+    """
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None:
+            return
+        if issubclass(exc_type, PoolExhausted):
+            self.wrapper.errors_occurred = True  # type: ignore[attr-defined]  # as Django does for OperationalError
+            return  # re-raised as is: it already is a Django error
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
 
@@ -69,11 +88,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             )
         return cached[1]
 
+    @cached_property
+    def wrap_database_errors(self) -> GuardedErrorWrapper:
+        return GuardedErrorWrapper(self)
+
     @property
     def pool(self) -> GuardedPool | None:
-        # Read several times per checkout by Django: the common case is one dict lookup.
+        # Read several times per checkout by Django: the common case is three dict lookups. A
+        # wrapper whose own OPTIONS say "no pool" bypasses its alias's pool, as in Django.
         pool = _pools.get(self.alias)
-        if pool is not None:
+        if pool is not None and self.settings_dict["OPTIONS"].get("pool"):
             return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
@@ -82,20 +106,22 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def _build_pool(self, pool_options: Any) -> GuardedPool:
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            # Django's own sentence first: code and tests written for Django's backend match on it.
             raise ImproperlyConfigured(
-                f"DATABASES[{self.alias!r}]: CONN_MAX_AGE must be 0 when OPTIONS['pool'] is set; "
-                "the pool already keeps connections open."
+                f"Pooling doesn't support persistent connections. DATABASES[{self.alias!r}]: set "
+                "CONN_MAX_AGE to 0 when OPTIONS['pool'] is set; the pool already keeps connections open."
             )
-        options = {} if pool_options is True else dict(pool_options)
+        options = {} if pool_options is True else dict(pool_options)  # a copy: never mutate settings
         options.setdefault("name", self.alias)
+        # OPTIONS["pool"]["check"] wins over CONN_HEALTH_CHECKS, as in Django >= 6.1.
+        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+        options.setdefault("check", GuardedPool.check_connection if enable_checks else None)
         connect_kwargs = self.get_connection_params()
         connect_kwargs["autocommit"] = True  # as Django: it sets autocommit itself later
-        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
         return GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
             configure=self._configure_connection,  # type: ignore[attr-defined]
-            check=GuardedPool.check_connection if enable_checks else None,
             config=self.guard_config,
             **options,
         )
@@ -111,7 +137,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             pool.close()
 
     def get_connection_params(self) -> dict[str, Any]:
-        if self.alias in _pools and sys._getframe(1).f_code is _CONNECT_CODE:
+        if sys._getframe(1).f_code is _CONNECT_CODE and self.pool is not None:
             # Django's connect() builds these on every checkout and ignores them when pooled.
             return {}
         params: dict[str, Any] = super().get_connection_params()
@@ -172,6 +198,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 checkout.tx_stack = (
                     stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
                 )
+            if self.connection.autocommit == autocommit:
+                # Django sets autocommit on every checkout; a pooled connection usually has it
+                # already, and psycopg would still take its lock and run a generator to say so.
+                return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
