@@ -17,7 +17,7 @@ app.autodiscover_tasks()
 @app.on_after_configure.connect
 def _make_queue_folders(sender: Celery, **kwargs: object) -> None:
     # The filesystem transport needs its folders to exist before the first message.
-    for key in ("data_folder_in", "processed_folder"):
+    for key in ("data_folder_in", "processed_folder", "control_folder"):
         folder = (sender.conf.broker_transport_options or {}).get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)

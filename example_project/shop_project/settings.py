@@ -157,6 +157,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(VAR_DIR / "broker-processed"),
+        "control_folder": str(VAR_DIR / "broker-control"),  # else Kombu writes ./control
         "store_processed": False,
     }
 CELERY_TASK_DEFAULT_QUEUE = "shop"
