@@ -23,6 +23,7 @@ from typing import Any
 
 from django.db import connections
 
+from .backends.postgresql.base import DatabaseWrapper
 from .context import reset_context, set_context, set_process_role
 from .pool import all_pools, close_all_pools, keep_pools_open
 from .workloads import WORKER, alias_for, enter, leave, web_alias
@@ -149,7 +150,9 @@ def release_connections(label: str = "this thread") -> int:
                 label,
                 wrapper.alias,
             )
-        if wrapper.connection is not None or wrapper.in_atomic_block:
+        if isinstance(wrapper, DatabaseWrapper) and (
+            wrapper.connection is not None or wrapper.in_atomic_block
+        ):
             # close() inside an atomic block only marks it; forget the block, the pool rolled it back.
             wrapper.forget_connection()
     return returned

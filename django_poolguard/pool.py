@@ -279,15 +279,16 @@ def _after_fork_in_child() -> None:
 
 def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
     """The forking thread's Django wrappers may hold a parent connection: drop it."""
-    try:
-        from django.db import connections
-    except Exception:
-        return
+    from django.db import connections
+
+    from .backends.postgresql.base import DatabaseWrapper
+
     for wrapper in connections.all(initialized_only=True):
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
-            wrapper.forget_connection()
+            if isinstance(wrapper, DatabaseWrapper):  # only ours hand out GuardedPool connections
+                wrapper.forget_connection()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
