@@ -176,3 +176,15 @@ def test_the_watchdog_thread_exports_by_itself(make_alias):
         time.sleep(0.05)
     connections[alias].close()
     assert value("poolguard_pool_connections", alias=alias, state="in_use") == 1
+
+
+def test_poolguard_serves_the_registry_without_django_prometheus(rf):
+    """Django 6.1 projects cannot install django-prometheus 2.5: poolguard's own view exports."""
+    from django_poolguard.views import metrics_view
+
+    response = metrics_view(rf.get("/metrics"))
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    body = response.content.decode()
+    assert "# TYPE poolguard_pool_connections gauge" in body
+    assert "# TYPE poolguard_acquire_seconds histogram" in body
