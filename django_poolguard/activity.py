@@ -7,6 +7,7 @@ are the reads an operator needs precisely when the pool is exhausted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .side_connection import side_cursor
@@ -49,6 +50,29 @@ COLUMNS = (
 )
 
 
+# Secrets whatever the statement: the literal after PASSWORD (ALTER ROLE, CREATE USER), a
+# password=... inside a connection string (dblink, postgres_fdw), a Django password hash.
+# Other literals are data the staff looking at the dashboard could read in psql anyway.
+_SECRETS = re.compile(
+    r"(?i)(?P<keyword>password\s*=?\s*)(?:'(?:[^']|'')*'|(?<==)[^\s']+)"
+    r"|'(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt|md5|sha1)\$[^']*'"
+)
+
+
+def redact_sql(query: str | None) -> str:
+    """``query`` with passwords and password hashes replaced by ``***``."""
+    if not query:
+        return ""
+
+    def hide(match: re.Match[str]) -> str:
+        keyword = match.group("keyword")
+        if keyword is None:
+            return "'***'"
+        return keyword + ("'***'" if match.group(0)[len(keyword) :].startswith("'") else "***")
+
+    return _SECRETS.sub(hide, query)
+
+
 def workload_of(application_name: str | None) -> str | None:
     """``web`` from ``web:default:host:123``; ``None`` for sessions poolguard did not name."""
     parts = (application_name or "").split(":")
@@ -67,6 +91,7 @@ def sessions(alias: str = "default") -> list[dict[str, Any]]:
             if session[key] is not None:
                 session[key] = round(max(0.0, session[key]), 3)
         session["workload"] = workload_of(session["application_name"])
+        session["query"] = redact_sql(session["query"])  # here, so no view of sessions shows a secret
         out.append(session)
     return out
 

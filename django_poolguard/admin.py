@@ -241,7 +241,6 @@ def _find_session(alias: str, pid: int) -> dict[str, Any] | None:
         if session["pid"] == pid:
             session["started"] = time.time() - float(session["connected_s"] or 0.0)
             session["age_s"] = dashboard.session_age(session)
-            session["query"] = dashboard.redact_sql(session["query"])
             return session
     return None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,29 +196,6 @@ def session_databases() -> list[str]:
     return list(seen.values())
 
 
-# Secrets whatever the statement: the literal after PASSWORD (ALTER ROLE, CREATE USER), a
-# password=... inside a connection string (dblink, postgres_fdw), a Django password hash.
-# Other literals are data the staff looking at the dashboard could read in psql anyway.
-_SECRETS = re.compile(
-    r"(?i)(?P<keyword>password\s*=?\s*)(?:'(?:[^']|'')*'|(?<==)[^\s']+)"
-    r"|'(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt|md5|sha1)\$[^']*'"
-)
-
-
-def redact_sql(query: str | None) -> str:
-    """``query`` with passwords and password hashes replaced by ``***``."""
-    if not query:
-        return ""
-
-    def hide(match: re.Match[str]) -> str:
-        keyword = match.group("keyword")
-        if keyword is None:
-            return "'***'"
-        return keyword + ("'***'" if match.group(0)[len(keyword) :].startswith("'") else "***")
-
-    return _SECRETS.sub(hide, query)
-
-
 def session_age(session: dict[str, Any]) -> float:
     """How long a session has been doing what it does: the transaction, else the running
     query, else the idle time; the figure "longest first" sorts by."""
@@ -247,7 +223,6 @@ def _sessions() -> list[dict[str, Any]]:
             continue
         rows = [row for row in rows if not row["own"]]  # this page's own query: noise
         for row in rows:
-            row["query"] = redact_sql(row["query"])
             row["age_s"] = session_age(row)
             row["busy"] = row["state"] not in (None, "idle")
         # Busy sessions first (they hold something), each group longest first.

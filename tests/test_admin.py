@@ -430,6 +430,16 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "SELECT pg_sleep(60), &#x27;***&#x27; AS hash" in page
         assert "PASSWORD &#x27;***&#x27;" in page
         assert "c2VjcmV0LWhhc2g" not in page and "hunter2" not in page
+    # The same rows feed the commands: the secret never reaches a terminal or a JSON pipe either.
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    for options in (["--json"], []):
+        out = StringIO()
+        call_command("poolactivity", *options, stdout=out)
+        assert str(session.pid) in out.getvalue()
+        assert "hunter2" not in out.getvalue() and "c2VjcmV0LWhhc2g" not in out.getvalue()
 
 
 def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_alias, holders):
