@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,6 +50,13 @@ def make_alias(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Callabl
             if pool is not None:
                 pool.close(timeout=1)
             connections.settings.pop(alias, None)
+
+
+@pytest.fixture
+def fast_watchdog(settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A watchdog scanning every 0.1 s, and poolguard's INFO lines captured, for leak tests."""
+    settings.POOLGUARD = {**settings.POOLGUARD, "MONITOR_INTERVAL": 0.1}
+    caplog.set_level(logging.INFO, logger="django_poolguard")
 
 
 class Holder(threading.Thread):

@@ -17,13 +17,7 @@ from django_poolguard.monitor import watchdog
 from tests.testapp.models import Item
 from tests.watching import recording, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(settings, caplog):
-    settings.POOLGUARD = {**settings.POOLGUARD, "MONITOR_INTERVAL": 0.1}
-    caplog.set_level(logging.INFO, logger="django_poolguard")
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
 
 
 def book_and_call_payment_api(alias: str, seconds: float) -> None:

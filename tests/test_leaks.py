@@ -24,15 +24,9 @@ from django_poolguard.models import LeakEvent
 from django_poolguard.monitor import watchdog
 from tests.watching import recording, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(settings, caplog):
-    settings.POOLGUARD = {**settings.POOLGUARD, "MONITOR_INTERVAL": 0.1}
-    caplog.set_level(logging.INFO, logger="django_poolguard")
 
 
 def load_report_rows(alias: str) -> None:

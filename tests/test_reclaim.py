@@ -4,7 +4,6 @@ garbage-collected goes back to the pool, so a dead holder never shrinks it."""
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 
 import pytest
@@ -16,13 +15,7 @@ from django_poolguard.models import LeakEvent
 from django_poolguard.monitor import watchdog
 from tests.watching import recording, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(settings, caplog):
-    settings.POOLGUARD = {**settings.POOLGUARD, "MONITOR_INTERVAL": 0.1}
-    caplog.set_level(logging.INFO, logger="django_poolguard")
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
 
 
 def count_orders(alias: str) -> None:
