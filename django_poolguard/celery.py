@@ -24,6 +24,7 @@ from typing import Any
 from django.db import connections
 
 from .backends.postgresql.base import DatabaseWrapper
+from .conf import ENGINE
 from .context import reset_context, set_context, set_process_role
 from .pool import all_pools, close_all_pools, keep_pools_open
 from .workloads import WORKER, alias_for, enter, leave, web_alias
@@ -35,7 +36,6 @@ except ImportError:  # pragma: no cover - celery is an optional extra
 
 logger = logging.getLogger("django_poolguard")
 
-ENGINE = "django_poolguard.backends.postgresql"
 SINGLE_TASK_POOLS = ("prefork", "processes", "solo")  # one task at a time per process
 
 # task id -> (context token, workload token, start), set in task_prerun and reset in task_postrun.
@@ -135,7 +135,7 @@ def release_connections(label: str = "this thread") -> int:
     """
     returned = 0
     for wrapper in connections.all(initialized_only=True):
-        if wrapper.settings_dict.get("ENGINE") != ENGINE or wrapper.connection is None:
+        if not isinstance(wrapper, DatabaseWrapper) or wrapper.connection is None:
             continue
         in_transaction = wrapper.in_atomic_block or not wrapper.get_autocommit()
         try:
@@ -150,9 +150,7 @@ def release_connections(label: str = "this thread") -> int:
                 label,
                 wrapper.alias,
             )
-        if isinstance(wrapper, DatabaseWrapper) and (
-            wrapper.connection is not None or wrapper.in_atomic_block
-        ):
+        if wrapper.connection is not None or wrapper.in_atomic_block:
             # close() inside an atomic block only marks it; forget the block, the pool rolled it back.
             wrapper.forget_connection()
     return returned

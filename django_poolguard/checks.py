@@ -15,9 +15,8 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import ALIAS_DEFAULTS, DEFAULTS
+from .conf import ALIAS_DEFAULTS, DEFAULTS, ENGINE
 
-ENGINE = "django_poolguard.backends.postgresql"
 ROUTER = "django_poolguard.routers.WorkloadRouter"
 PUBLISH_CHOICES = ("database", "cache", None)
 POSITIVE_ALIAS_KEYS = (

@@ -15,6 +15,9 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
+#: The ``ENGINE`` of an alias poolguard guards.
+ENGINE = "django_poolguard.backends.postgresql"
+
 #: Every key of ``settings.POOLGUARD`` with its default.
 DEFAULTS: dict[str, Any] = {
     "MONITOR_INTERVAL": 1.0,

@@ -11,10 +11,9 @@ from typing import Any
 
 from django.db import connections
 
+from .conf import ENGINE
 from .pool import all_pools
-from .snapshots import CRITICAL, cannot_connect, status, worst
-
-ENGINE = "django_poolguard.backends.postgresql"
+from .snapshots import CRITICAL, pool_state, worst
 
 
 def guarded_aliases() -> list[str]:
@@ -40,10 +39,9 @@ def health() -> dict[str, Any]:
         if pool is None:
             aliases[alias] = {"status": "healthy", "open": False}
             continue
-        state: dict[str, Any] = pool.state()
-        state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
+        state = pool_state(pool)
         aliases[alias] = {
-            "status": status(state, cannot_connect=cannot_connect(pool, state)),
+            "status": state["status"],
             "open": True,
             "in_use": state["in_use"],
             "idle": state["idle"],

@@ -37,17 +37,23 @@ def cannot_connect(pool: GuardedPool, state: dict[str, Any]) -> bool:
     return state["in_use"] == 0 and state["idle"] == 0 and pool.connect_failing
 
 
+def pool_state(pool: GuardedPool) -> dict[str, Any]:
+    """The pool's sizes plus ``utilization`` and ``status``: what health and snapshots share."""
+    state: dict[str, Any] = dict(pool.state())
+    state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
+    state["status"] = status(state, cannot_connect=cannot_connect(pool, state))
+    return state
+
+
 def pool_snapshot(
     pool: GuardedPool, *, with_checkouts: bool = True, stack_limit: int | None = 20
 ) -> dict[str, Any]:
-    state: dict[str, Any] = dict(pool.state())
+    state = pool_state(pool)
     ledger = pool.ledger
-    state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
     checkouts = ledger.checkouts()
     data: dict[str, Any] = {
         "workload": pool.config.workload,
         **state,
-        "status": status(state, cannot_connect=cannot_connect(pool, state)),
         "acquire_ms": percentiles(ledger.acquire_samples()),
         "held_ms": percentiles(ledger.held_samples()),
         "acquired_total": ledger.acquired_total,
