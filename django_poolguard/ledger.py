@@ -124,7 +124,6 @@ class Ledger:
         self.shed_total = 0  # requests the middleware answered 503 because of this pool
         self.leaks_total = 0
         self.hoards_total = 0
-        self.reclaimed_total = 0
         self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
@@ -136,6 +135,10 @@ class Ledger:
     @property
     def returned_total(self) -> int:
         return self._returned.value
+
+    @property
+    def reclaimed_total(self) -> int:
+        return sum(self.reclaimed_by_reason.values())
 
     def add(self, connection: Any, wait: float, stack: stacks.RawStack, context: str | None) -> Checkout:
         checkout = Checkout(connection, wait, stack, context)
@@ -168,7 +171,6 @@ class Ledger:
 
     def count_reclaimed(self, reason: str) -> None:
         with self._lock:
-            self.reclaimed_total += 1
             self.reclaimed_by_reason[reason] = self.reclaimed_by_reason.get(reason, 0) + 1
 
     def acquire_samples(self) -> list[float]:
