@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from django_poolguard.pool import get_pool
 from django_poolguard.side_connection import connection_params
 from tests.fleet_helpers import Fleet, fleet_env, make_fleet
+from tests.waiting import queue_waiters
 
 __all__ = ["fleet_env", "make_fleet"]  # fixtures used by this module
 
@@ -57,14 +57,7 @@ def test_check_is_critical_when_many_wait_on_an_exhausted_pool(
 ) -> None:
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 20})
     holder = holders(alias, name="hog")
-    waiters = [threading.Thread(target=use_once, args=(alias,), daemon=True) for _ in range(11)]
-    for waiter in waiters:
-        waiter.start()
-    pool = get_pool(alias)
-    assert pool is not None
-    deadline = time.monotonic() + 15
-    while pool.waiting() < 11 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    waiters = queue_waiters(alias, 11)
     code, line = check("--alias", alias)
     assert code == 2 and "11 waiting" in line, line
     data = json.loads(_run("poolstats", "--json", "--alias", alias))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ from django.test import Client
 
 from django_poolguard import PoolExhausted
 from django_poolguard.pool import get_pool
-from tests.waiting import wait_for_connection
+from tests.waiting import queue_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,13 +58,8 @@ def test_full_pool_is_a_warning_and_still_200(make_alias, holders):
 def test_exhausted_pool_with_a_queue_is_critical_and_answered_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
     holder = holders(alias, name="report")
-    waiters = [threading.Thread(target=wait_for_connection, args=(alias,), daemon=True) for _ in range(11)]
-    for waiter in waiters:
-        waiter.start()
+    waiters = queue_waiters(alias, 11, within=5)
     pool = get_pool(alias)
-    deadline = time.monotonic() + 5
-    while pool.state()["waiting"] < 11 and time.monotonic() < deadline:
-        time.sleep(0.01)
     acquired = pool.ledger.acquired_total
 
     started = time.monotonic()
