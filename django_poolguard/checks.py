@@ -97,7 +97,11 @@ def _check_workload_agrees(alias: str, settings_dict: dict[str, Any]) -> list[An
     guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
     label = guard.get("workload") if isinstance(guard, dict) else None
     workloads = _workloads_setting()
-    if label is None or ALIAS_SETTINGS["workload"].rule.problem(label) is not None or not isinstance(workloads, dict):
+    if (
+        label is None
+        or ALIAS_SETTINGS["workload"].rule.problem(label) is not None
+        or not isinstance(workloads, dict)
+    ):
         return []  # E013 names a bad label
     opening = workloads_opening(alias, str(label), workloads)
     if label in opening:

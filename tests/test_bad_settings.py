@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("poolguard", "names"),
     [
-        ({"leak_threshold": "abc"}, r"\['leak_threshold'\] is 'abc'; it must be a positive number of seconds"),
+        (
+            {"leak_threshold": "abc"},
+            r"\['leak_threshold'\] is 'abc'; it must be a positive number of seconds",
+        ),
         ({"hoard_threshold": []}, r"\['hoard_threshold'\] is \[\]"),
         ({"statement_timeout": 1e12}, r"\['statement_timeout'\] is 1000000000000.0.*E012"),
         ({"workload": 123}, r"\['workload'\] is 123.*E013"),
@@ -49,7 +52,10 @@ def test_a_bad_guard_option_fails_the_first_connection_naming_it(make_alias, poo
 @pytest.mark.parametrize(
     ("pool", "names"),
     [
-        ({"min_size": 0, "max_size": 1, "num_workers": 0}, r"\['num_workers'\] is 0; it must be a whole number >= 1"),
+        (
+            {"min_size": 0, "max_size": 1, "num_workers": 0},
+            r"\['num_workers'\] is 0; it must be a whole number >= 1",
+        ),
         ({"min_size": 0, "max_size": 1, "timeout": "5"}, r"\['timeout'\] is '5'"),
         ({"min_size": 0, "max_size": 1, "max_lifetime": -1}, r"\['max_lifetime'\] is -1"),
         ({"min_size": 0, "max_size": 1, "max_sise": 2}, r"has 'max_sise'.*did you mean 'max_size'"),
@@ -171,7 +177,9 @@ def test_the_engine_without_the_app_warns_in_check_and_in_its_first_log_line(tmp
     )
     assert result.returncode == 0 and "queried" in result.stdout, result.stderr
     check_output, _, log = result.stderr.partition("System check identified 1 issue (0 silenced).")
-    assert "default: (django_poolguard.W011) DATABASES['default'] uses the poolguard engine but " in check_output
+    assert (
+        "default: (django_poolguard.W011) DATABASES['default'] uses the poolguard engine but " in check_output
+    )
     assert "'django_poolguard' is not in INSTALLED_APPS" in check_output
     assert "HINT: Add 'django_poolguard' to INSTALLED_APPS" in check_output
     first_log_line = log.strip().splitlines()[0]

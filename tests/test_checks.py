@@ -134,7 +134,11 @@ def _guard(**options):
         (_guard(workload="a:b"), "django_poolguard.E013", "['workload'] is 'a:b'"),
         (_guard(workload=""), "django_poolguard.E013", "['workload'] is ''"),
         (_guard(statement_timeout=0.0001), "django_poolguard.E012", "is 0.0001; it rounds to 0 ms"),
-        (_guard(statement_timeout=1e12), "django_poolguard.E012", "is 1000000000000.0; PostgreSQL takes at most"),
+        (
+            _guard(statement_timeout=1e12),
+            "django_poolguard.E012",
+            "is 1000000000000.0; PostgreSQL takes at most",
+        ),
         (_guard(idle_in_transaction_timeout=0.0004), "django_poolguard.E012", "rounds to 0 ms"),
         (_guard(statement_timeout="30s"), "django_poolguard.E004", "['statement_timeout'] is '30s'"),
         (_databases(pool={"min_size": 0, "max_size": 0}), "django_poolguard.E003", "['max_size'] is 0"),
@@ -142,8 +146,16 @@ def _guard(**options):
         (_databases(pool={"num_workers": 0}), "django_poolguard.E003", "['num_workers'] is 0"),
         (_databases(pool={"max_lifetime": -1}), "django_poolguard.E003", "['max_lifetime'] is -1"),
         (_databases(pool={"max_idle": 0}), "django_poolguard.E003", "['max_idle'] is 0"),
-        (_databases(pool={"reconnect_timeout": "x"}), "django_poolguard.E003", "['reconnect_timeout'] is 'x'"),
-        (_databases(pool={"timeout": 1e300}), "django_poolguard.E003", "['timeout'] is 1e+300; it must be at most"),
+        (
+            _databases(pool={"reconnect_timeout": "x"}),
+            "django_poolguard.E003",
+            "['reconnect_timeout'] is 'x'",
+        ),
+        (
+            _databases(pool={"timeout": 1e300}),
+            "django_poolguard.E003",
+            "['timeout'] is 1e+300; it must be at most",
+        ),
         (_databases(pool={"max_waiting": 2.5}), "django_poolguard.E003", "['max_waiting'] is 2.5"),
         (_databases(pool={"min_size": True}), "django_poolguard.E003", "['min_size'] is True"),
         (_databases(pool={"close_returns": "yes"}), "django_poolguard.E003", "['close_returns'] is 'yes'"),
@@ -162,7 +174,11 @@ def test_every_bad_alias_value_has_a_named_check(databases, expected_id, names):
 @pytest.mark.parametrize(
     ("poolguard", "expected_id", "names"),
     [
-        ({"RECLAIM_DEAD_THREADS": "no"}, "django_poolguard.E011", "POOLGUARD['RECLAIM_DEAD_THREADS'] is 'no'"),
+        (
+            {"RECLAIM_DEAD_THREADS": "no"},
+            "django_poolguard.E011",
+            "POOLGUARD['RECLAIM_DEAD_THREADS'] is 'no'",
+        ),
         ({"CAPTURE_STACKS": 1}, "django_poolguard.E011", "POOLGUARD['CAPTURE_STACKS'] is 1"),
         ({"STACK_DEPTH": 2.5}, "django_poolguard.E004", "POOLGUARD['STACK_DEPTH'] is 2.5"),
         ({"STACK_DEPTH": True}, "django_poolguard.E004", "POOLGUARD['STACK_DEPTH'] is True"),
@@ -172,7 +188,11 @@ def test_every_bad_alias_value_has_a_named_check(databases, expected_id, names):
         ({"PUBLISH": "cache", "PUBLISH_CACHE": ["x"]}, "django_poolguard.E008", "['x']"),
         ({"WORKLOADS": {"web": "default", "a:b": "default"}}, "django_poolguard.E006", "'a:b'"),
         ({"WORKLOADS": {"web": ["default"]}}, "django_poolguard.E006", "alias ['default']"),
-        ({"RESERVED_CONNECTIONS": None}, "django_poolguard.E004", "POOLGUARD['RESERVED_CONNECTIONS'] is None"),
+        (
+            {"RESERVED_CONNECTIONS": None},
+            "django_poolguard.E004",
+            "POOLGUARD['RESERVED_CONNECTIONS'] is None",
+        ),
         ([1], "django_poolguard.E005", "POOLGUARD must be a dict, not list"),
     ],
 )
@@ -217,3 +237,21 @@ def test_the_timeout_bounds_are_postgresql_s(django_db_blocker):
     for seconds, accepted in ((2147483.647, True), (2147483.648, False), (0.0005, False), (0.0006, True)):
         with override_settings(DATABASES=_guard(statement_timeout=seconds)):
             assert (_poolguard_messages() == []) is accepted, seconds
+
+
+def test_the_documented_defaults_are_the_defaults():
+    """docs/configuration.md lists every setting with the default the code uses."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from django_poolguard.conf import ALIAS_SETTINGS, GLOBAL_SETTINGS, POOL_ARGUMENTS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", text, flags=re.MULTILINE))
+    for table in (GLOBAL_SETTINGS, ALIAS_SETTINGS):
+        for name, setting in table.items():
+            if setting.default is not None:
+                assert ast.literal_eval(documented[name]) == setting.default, name
+    for name in ("min_size", "timeout", "max_waiting", "max_lifetime", "max_idle", "reconnect_timeout"):
+        assert ast.literal_eval(documented[name]) == POOL_ARGUMENTS[name].default, name

@@ -31,7 +31,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:Use
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -72,7 +74,9 @@ def test_any_settings_give_named_checks_and_never_a_traceback(poolguard: Any, gu
         except ImproperlyConfigured as exc:
             assert any("['OPTIONS']['poolguard']" in msg and msg in str(exc) for _, msg in errors), exc
         else:
-            reported = [m for i, m in errors if "['OPTIONS']['poolguard']" in m and i != "django_poolguard.E014"]
+            reported = [
+                m for i, m in errors if "['OPTIONS']['poolguard']" in m and i != "django_poolguard.E014"
+            ]
             assert not reported, reported
 
         # The pool arguments psycopg_pool gets are ones it takes, or a check named them.
