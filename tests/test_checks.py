@@ -248,7 +248,7 @@ def test_the_documented_defaults_are_the_defaults():
     from django_poolguard.conf import ALIAS_SETTINGS, GLOBAL_SETTINGS, POOL_ARGUMENTS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    documented = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", text, flags=re.MULTILINE))
+    documented = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)`", text, flags=re.MULTILINE))
     for table in (GLOBAL_SETTINGS, ALIAS_SETTINGS):
         for name, setting in table.items():
             if setting.default is not None:
