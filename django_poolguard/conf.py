@@ -24,6 +24,7 @@ from .rules import (
     E006,
     E008,
     E010,
+    PG_MAX_MILLISECONDS,
     Finding,
     Fraction,
     Function,
@@ -80,6 +81,8 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
     ),
 }
 
+PG_TIMEOUT_FIX = f"Use between 0.001 and {PG_MAX_MILLISECONDS / 1000} seconds"
+
 #: Every key of ``OPTIONS["poolguard"]``; a default of ``None`` means "not set".
 ALIAS_SETTINGS: dict[str, Setting] = {
     "workload": Setting(
@@ -90,8 +93,12 @@ ALIAS_SETTINGS: dict[str, Setting] = {
     ),
     "leak_threshold": Setting(30.0, Seconds()),
     "hoard_threshold": Setting(10.0, Seconds()),
-    "statement_timeout": Setting(None, PgTimeout(), unset="or remove the key for no timeout"),
-    "idle_in_transaction_timeout": Setting(None, PgTimeout(), unset="or remove the key for no timeout"),
+    "statement_timeout": Setting(
+        None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
+    "idle_in_transaction_timeout": Setting(
+        None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
 }
 
 
@@ -111,7 +118,9 @@ POOL_ARGUMENTS: dict[str, Setting] = {
         fix="Use a short timeout (e.g. 5) so a request fails fast instead of queueing for 30 s",
         unset=_psycopg_default(30.0),
     ),
-    "max_waiting": Setting(0, Whole(0, E003), unset=_psycopg_default(0) + " (no limit)"),
+    "max_waiting": Setting(
+        0, Whole(0, E003), unset="or remove the key for psycopg_pool's default, 0: no limit"
+    ),
     "max_lifetime": Setting(3600.0, Seconds(E003), unset=_psycopg_default(3600.0)),
     "max_idle": Setting(600.0, Seconds(E003), unset=_psycopg_default(600.0)),
     "reconnect_timeout": Setting(300.0, Seconds(E003), unset=_psycopg_default(300.0)),

@@ -209,7 +209,7 @@ class Mapping(Rule):
 class Function(Rule):
     check_id: str = E004
     optional: bool = True
-    expects: str = "a function (or None)"
+    expects: str = "a callable"
 
     def accepts(self, value: Any) -> bool:
         return callable(value)
