@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import AliasConfig, guard_settings
+from .conf import AliasConfig, pool_findings, setting_as_written, workloads_opening
 
 SIDE_CONNECTIONS_PER_PROCESS = 1
 TIGHT_FRACTION = 0.9  # W001 when the fleet can use more than 90 % of the ceiling
@@ -143,23 +143,27 @@ def _server(settings_dict: dict[str, Any]) -> tuple[str, str]:
 def workloads_for_server(alias: str = "default") -> list[Workload]:
     """The workloads whose pools connect to the same server as ``alias``.
 
-    A workload's processes open the pools of the aliases in that workload (the router
-    sends them there). Workloads missing from ``DEPLOYMENT`` count as 1 instance x 1
-    process and are marked ``declared=False``.
+    A workload's processes open the pools of the aliases ``WORKLOADS`` maps it to (the router
+    sends them there); an alias no ``WORKLOADS`` entry names counts in its own ``workload``.
+    Workloads missing from ``DEPLOYMENT`` count as 1 instance x 1 process and are marked
+    ``declared=False``. Raises ``ImproperlyConfigured`` for a bad setting, in its check's words.
     """
     server = _server(settings.DATABASES[alias])
     pools: dict[str, dict[str, int]] = {}
     for name, settings_dict in settings.DATABASES.items():
         if "postgresql" not in str(settings_dict.get("ENGINE", "")) or _server(settings_dict) != server:
             continue
+        findings = pool_findings(name, (settings_dict.get("OPTIONS") or {}).get("pool"))
+        if findings:
+            raise findings[0].error()
         max_size = pool_max_size(settings_dict)
         if max_size is None:
             continue
-        workload = AliasConfig.from_settings_dict(name, settings_dict).workload
-        pools.setdefault(workload, {})[name] = max_size
-    deployment = guard_settings.DEPLOYMENT
-    if not isinstance(deployment, dict):
-        raise ImproperlyConfigured("POOLGUARD['DEPLOYMENT'] must be a dict (see system check E010).")
+        label = AliasConfig.from_settings_dict(name, settings_dict).workload
+        # Counted in every workload the router sends to the alias, whatever its label says (E014).
+        for workload in workloads_opening(name, label, setting_as_written("WORKLOADS")):
+            pools.setdefault(workload, {})[name] = max_size
+    deployment = setting_as_written("DEPLOYMENT")
     out = []
     for workload, sizes in sorted(pools.items()):
         entry = deployment.get(workload)
@@ -188,7 +192,7 @@ def for_alias(alias: str = "default", *, server: dict[str, int] | None = None) -
     data = compute(
         max_connections=server["max_connections"],
         superuser_reserved=server["superuser_reserved_connections"],
-        reserved=int(guard_settings.RESERVED_CONNECTIONS),
+        reserved=setting_as_written("RESERVED_CONNECTIONS"),
         workloads=workloads_for_server(alias),
     )
     data["alias"] = alias
@@ -242,8 +246,9 @@ def budget_messages(aliases: list[str]) -> list[Any]:
         try:
             if not workloads_for_server(alias):
                 continue
+            setting_as_written("RESERVED_CONNECTIONS")
         except ImproperlyConfigured:
-            continue  # E010 names the bad DEPLOYMENT entry
+            continue  # the check of the bad setting (E003, E004, E010...) names it
         server = _read_server(alias)
         if server is None:
             continue

@@ -6,8 +6,6 @@ live with the budget code, tagged ``database``.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,24 +13,20 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import ALIAS_DEFAULTS, DEFAULTS, ENGINE
+from .conf import (
+    ALIAS_SETTINGS,
+    DEFAULTS,
+    ENGINE,
+    GLOBAL_SETTINGS,
+    alias_findings,
+    global_findings,
+    pool_findings,
+    workloads_opening,
+)
+from .rules import E010, Finding, find, shown, unknown_keys
 
 ROUTER = "django_poolguard.routers.WorkloadRouter"
-PUBLISH_CHOICES = ("database", "cache", None)
-POSITIVE_ALIAS_KEYS = (
-    "leak_threshold",
-    "hoard_threshold",
-    "statement_timeout",
-    "idle_in_transaction_timeout",
-)
-POSITIVE_GLOBAL_KEYS = (
-    "MONITOR_INTERVAL",
-    "PUBLISH_INTERVAL",
-    "ALERT_AFTER",
-    "ALERT_REPEAT",
-    "RETRY_AFTER",
-    "STACK_DEPTH",
-)
+E014 = "django_poolguard.E014"
 
 
 def _guarded_aliases() -> Iterable[tuple[str, dict[str, Any]]]:
@@ -41,34 +35,33 @@ def _guarded_aliases() -> Iterable[tuple[str, dict[str, Any]]]:
             yield alias, settings_dict
 
 
-def _unknown_keys(given: Any, known: Iterable[str]) -> list[tuple[str, str]]:
-    """``(key, suggestion)`` for every key of ``given`` not in ``known``."""
-    known = list(known)
-    out = []
-    for key in given if isinstance(given, dict) else ():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            out.append((key, f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(known)}"))
-    return out
+def _message(finding: Finding) -> Error:
+    return Error(finding.message, hint=finding.hint, id=finding.check_id)
 
 
-def _is_positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def _user_settings() -> dict[str, Any]:
+    user = getattr(settings, "POOLGUARD", None)
+    return user if isinstance(user, dict) else {}
 
 
-def _pool_arguments() -> set[str]:
-    from psycopg_pool import ConnectionPool
+def _workloads_setting() -> Any:
+    return _user_settings().get("WORKLOADS", DEFAULTS["WORKLOADS"])
 
-    names = set(inspect.signature(ConnectionPool.__init__).parameters) - {"self", "args", "kwargs"}
-    # Django passes these itself; setting them in OPTIONS["pool"] would clash. ("check" is
-    # allowed: it overrides CONN_HEALTH_CHECKS, as in Django >= 6.1.)
-    return names - {"conninfo", "open", "configure", "connection_class"}
+
+def _workload_label(alias: str, settings_dict: dict[str, Any]) -> str:
+    """The alias's ``workload`` option when it is a valid one (E013 reports the others), else the
+    ``WORKLOADS`` entry naming the alias, else the alias: what the engine would use."""
+    guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
+    workload = guard.get("workload") if isinstance(guard, dict) else None
+    if workload is not None and ALIAS_SETTINGS["workload"].rule.problem(workload) is None:
+        return str(workload)
+    workloads = _workloads_setting()
+    return workloads_opening(alias, alias, workloads)[0]
 
 
 @register("poolguard")
 def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors: list[Any] = []
-    allowed_pool_args = _pool_arguments()
     for alias, settings_dict in _guarded_aliases():
         where = f"DATABASES[{alias!r}]"
         options = settings_dict.get("OPTIONS") or {}
@@ -81,163 +74,63 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="django_poolguard.W002",
                 )
             )
-        else:
-            if settings_dict.get("CONN_MAX_AGE", 0) != 0:
-                errors.append(
-                    Error(
-                        f"{where} sets CONN_MAX_AGE={settings_dict.get('CONN_MAX_AGE')!r} together with OPTIONS['pool'].",
-                        hint="Set CONN_MAX_AGE to 0: the pool already keeps connections open.",
-                        id="django_poolguard.E002",
-                    )
-                )
-            errors.extend(_check_pool_options(where, pool, allowed_pool_args))
-        guard = options.get("poolguard") or {}
-        if not isinstance(guard, dict):
+        elif settings_dict.get("CONN_MAX_AGE", 0) != 0:
             errors.append(
                 Error(
-                    f"{where}['OPTIONS']['poolguard'] must be a dict, not {type(guard).__name__}.",
-                    hint="Use e.g. {'workload': 'web', 'leak_threshold': 30}.",
-                    id="django_poolguard.E005",
+                    f"{where} sets CONN_MAX_AGE={shown(settings_dict.get('CONN_MAX_AGE'))} together with OPTIONS['pool'].",
+                    hint="Set CONN_MAX_AGE to 0: the pool already keeps connections open.",
+                    id="django_poolguard.E002",
                 )
             )
-            continue
-        for key, suggestion in _unknown_keys(guard, ALIAS_DEFAULTS):
-            errors.append(
-                Error(
-                    f"{where}['OPTIONS']['poolguard'] has an unknown key {key!r}.",
-                    hint=f"Remove or rename it: {suggestion}",
-                    id="django_poolguard.E005",
-                )
-            )
-        for key in POSITIVE_ALIAS_KEYS:
-            value = guard.get(key)
-            if value is not None and not _is_positive_number(value):
-                errors.append(
-                    Error(
-                        f"{where}['OPTIONS']['poolguard']['{key}'] is {value!r}; it must be a positive number of seconds.",
-                        hint=f"Set a value > 0, or remove the key to use the default ({ALIAS_DEFAULTS[key]}).",
-                        id="django_poolguard.E004",
-                    )
-                )
+        errors.extend(_message(finding) for finding in pool_findings(alias, pool))
+        errors.extend(_message(finding) for finding in alias_findings(alias, settings_dict))
+        errors.extend(_check_workload_agrees(alias, settings_dict))
     return errors
 
 
-def _check_pool_options(where: str, pool: Any, allowed: set[str]) -> list[Any]:
-    if pool is True:
+def _check_workload_agrees(alias: str, settings_dict: dict[str, Any]) -> list[Any]:
+    """E014: the alias says it serves one workload while ``WORKLOADS`` sends others to it.
+
+    The router follows ``WORKLOADS``, so the pool lives in those workloads' processes; the
+    label would put it under the wrong workload in ``application_name`` and in the budget.
+    """
+    guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
+    label = guard.get("workload") if isinstance(guard, dict) else None
+    workloads = _workloads_setting()
+    if (
+        label is None
+        or ALIAS_SETTINGS["workload"].rule.problem(label) is not None
+        or not isinstance(workloads, dict)
+    ):
+        return []  # E013 names a bad label
+    opening = workloads_opening(alias, str(label), workloads)
+    if label in opening:
         return []
-    if not isinstance(pool, dict):
-        return [
-            Error(
-                f"{where}['OPTIONS']['pool'] must be True or a dict of psycopg_pool.ConnectionPool arguments, not {type(pool).__name__}.",
-                hint="Use e.g. {'min_size': 2, 'max_size': 10, 'timeout': 5}.",
-                id="django_poolguard.E003",
-            )
-        ]
-    errors = []
-    for key, suggestion in _unknown_keys(pool, sorted(allowed)):
-        errors.append(
-            Error(
-                f"{where}['OPTIONS']['pool'] has {key!r}, which psycopg_pool.ConnectionPool does not accept here.",
-                hint=f"Remove or rename it: {suggestion}",
-                id="django_poolguard.E003",
-            )
+    sent = " and ".join(repr(workload) for workload in opening)
+    return [
+        Error(
+            f"DATABASES[{alias!r}]['OPTIONS']['poolguard']['workload'] is {shown(label)}, but "
+            f"POOLGUARD['WORKLOADS'] sends workload {sent} to {alias!r}: its pool is opened by "
+            f"{sent} processes, and the connection budget counts it there.",
+            hint=f"Set workload to {opening[0]!r} (or remove the key), or map {shown(label)} to {alias!r} "
+            "in POOLGUARD['WORKLOADS'] if those processes open it too.",
+            id=E014,
         )
-    min_size, max_size = pool.get("min_size", 4), pool.get("max_size")
-    for key in ("min_size", "max_size", "max_waiting"):
-        value = pool.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            errors.append(
-                Error(
-                    f"{where}['OPTIONS']['pool']['{key}'] is {value!r}; it must be a whole number >= 0.",
-                    hint=f"Set {key} to a non-negative integer.",
-                    id="django_poolguard.E003",
-                )
-            )
-            return errors
-    if max_size is not None and max_size < min_size:
-        errors.append(
-            Error(
-                f"{where}['OPTIONS']['pool'] has max_size={max_size} below min_size={min_size}.",
-                hint="Raise max_size to at least min_size, or lower min_size.",
-                id="django_poolguard.E003",
-            )
-        )
-    timeout = pool.get("timeout")
-    if timeout is not None and not _is_positive_number(timeout):
-        errors.append(
-            Error(
-                f"{where}['OPTIONS']['pool']['timeout'] is {timeout!r}; it must be a positive number of seconds.",
-                hint="Set a short timeout (e.g. 5) so a request fails fast instead of queueing for 30 s.",
-                id="django_poolguard.E003",
-            )
-        )
-    return errors
+    ]
 
 
 @register("poolguard")
 def check_global_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    user = getattr(settings, "POOLGUARD", None)
-    if user is None:
-        user = {}
-    if not isinstance(user, dict):
-        return [
-            Error(
-                f"POOLGUARD must be a dict, not {type(user).__name__}.",
-                hint="Use e.g. POOLGUARD = {'MONITOR_INTERVAL': 1.0}.",
-                id="django_poolguard.E005",
-            )
-        ]
-    errors: list[Any] = []
-    for key, suggestion in _unknown_keys(user, DEFAULTS):
-        errors.append(
-            Error(
-                f"POOLGUARD has an unknown key {key!r}.",
-                hint=f"Remove or rename it: {suggestion}",
-                id="django_poolguard.E005",
-            )
-        )
-    for key in POSITIVE_GLOBAL_KEYS:
-        if key in user and not _is_positive_number(user[key]):
-            errors.append(
-                Error(
-                    f"POOLGUARD['{key}'] is {user[key]!r}; it must be a positive number.",
-                    hint=f"Set a value > 0, or remove the key to use the default ({DEFAULTS[key]}).",
-                    id="django_poolguard.E004",
-                )
-            )
-    utilization = user.get("ALERT_UTILIZATION", DEFAULTS["ALERT_UTILIZATION"])
-    if not _is_positive_number(utilization) or utilization > 1:
-        errors.append(
-            Error(
-                f"POOLGUARD['ALERT_UTILIZATION'] is {utilization!r}; it must be a fraction in (0, 1].",
-                hint="Use e.g. 0.8 to alert when 80 % of a pool is in use.",
-                id="django_poolguard.E004",
-            )
-        )
-    reserved = user.get("RESERVED_CONNECTIONS", DEFAULTS["RESERVED_CONNECTIONS"])
-    if not isinstance(reserved, int) or isinstance(reserved, bool) or reserved < 0:
-        errors.append(
-            Error(
-                f"POOLGUARD['RESERVED_CONNECTIONS'] is {reserved!r}; it must be a whole number >= 0.",
-                hint="Keep some connections (e.g. 10) free for admin, migrations and emergencies.",
-                id="django_poolguard.E004",
-            )
-        )
-    publish = user.get("PUBLISH", DEFAULTS["PUBLISH"])
-    if publish not in PUBLISH_CHOICES:
-        errors.append(
-            Error(
-                f"POOLGUARD['PUBLISH'] is {publish!r}.",
-                hint='Use "database" (default), "cache" (a Django cache such as Redis) or None.',
-                id="django_poolguard.E008",
-            )
-        )
-    elif publish == "cache":
+    # DEPLOYMENT with its entries, in check_deployment.
+    keys = [key for key in GLOBAL_SETTINGS if key != "DEPLOYMENT"]
+    errors: list[Any] = [_message(finding) for finding in global_findings(keys)]
+    user = _user_settings()
+    if user.get("PUBLISH") == "cache":
         cache_alias = user.get("PUBLISH_CACHE", DEFAULTS["PUBLISH_CACHE"])
-        if cache_alias not in getattr(settings, "CACHES", {}):
+        if isinstance(cache_alias, str) and cache_alias not in getattr(settings, "CACHES", {}):
             errors.append(
                 Error(
-                    f"POOLGUARD['PUBLISH'] is 'cache' but POOLGUARD['PUBLISH_CACHE'] names {cache_alias!r}, which is not in CACHES.",
+                    f"POOLGUARD['PUBLISH'] is 'cache' but POOLGUARD['PUBLISH_CACHE'] names {shown(cache_alias)}, which is not in CACHES.",
                     hint="Set PUBLISH_CACHE to one of your CACHES aliases (a shared cache such as Redis).",
                     id="django_poolguard.E008",
                 )
@@ -249,28 +142,36 @@ def check_global_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def _check_workloads(user: dict[str, Any]) -> list[Any]:
     workloads = user.get("WORKLOADS", DEFAULTS["WORKLOADS"])
     if not isinstance(workloads, dict):
-        return [
-            Error(
-                f"POOLGUARD['WORKLOADS'] must be a dict of workload name to alias, not {type(workloads).__name__}.",
-                hint='Use e.g. {"web": "default", "worker": "worker"}.',
-                id="django_poolguard.E006",
-            )
-        ]
+        return []  # reported with the other values of POOLGUARD
     errors = []
     explicit = "WORKLOADS" in user
+    name_rule = ALIAS_SETTINGS["workload"].rule
     for workload, alias in workloads.items():
-        if alias not in settings.DATABASES:
+        problem = name_rule.problem(workload)
+        if problem is not None:
+            errors.append(
+                Error(
+                    f"POOLGUARD['WORKLOADS'] has the workload {shown(workload)}; {problem.reason}.",
+                    hint="Rename it: the workload is part of each session's application_name.",
+                    id="django_poolguard.E006",
+                )
+            )
+        if not isinstance(alias, str) or alias not in settings.DATABASES:
             # The default mapping names a "worker" alias that many projects do not have: fine.
             if explicit or workload != "worker":
                 errors.append(
                     Error(
-                        f"POOLGUARD['WORKLOADS'] maps workload {workload!r} to alias {alias!r}, which is not in DATABASES.",
-                        hint=f"Add DATABASES[{alias!r}] or map {workload!r} to one of: {', '.join(settings.DATABASES)}.",
+                        f"POOLGUARD['WORKLOADS'] maps workload {shown(workload)} to alias {shown(alias)}, which is not in DATABASES.",
+                        hint=f"Add that alias to DATABASES or map {shown(workload)} to one of: {', '.join(settings.DATABASES)}.",
                         id="django_poolguard.E006",
                     )
                 )
     worker_alias = workloads.get("worker")
-    if worker_alias in settings.DATABASES and worker_alias != workloads.get("web", "default"):
+    if (
+        isinstance(worker_alias, str)
+        and worker_alias in settings.DATABASES
+        and worker_alias != workloads.get("web", "default")
+    ):
         if not _router_installed():
             errors.append(
                 Error(
@@ -304,37 +205,30 @@ DEPLOYMENT_KEYS = ("instances", "processes")
 @register("poolguard")
 def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """``POOLGUARD["DEPLOYMENT"]``: the fleet shape the budget (E001/W001) multiplies by."""
-    from .conf import AliasConfig
-
-    user = getattr(settings, "POOLGUARD", None)
-    deployment = user.get("DEPLOYMENT", {}) if isinstance(user, dict) else {}
-    example = '{"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}'
+    user = _user_settings()
+    deployment = user.get("DEPLOYMENT", {})
     if not isinstance(deployment, dict):
-        return [
-            Error(
-                f"POOLGUARD['DEPLOYMENT'] must be a dict of workload to its shape, not {type(deployment).__name__}.",
-                hint=f"Use e.g. {example}, at maximum autoscale.",
-                id="django_poolguard.E010",
-            )
-        ]
-    workloads = user.get("WORKLOADS", DEFAULTS["WORKLOADS"]) if isinstance(user, dict) else {}
+        finding = find("POOLGUARD", "DEPLOYMENT", deployment, GLOBAL_SETTINGS["DEPLOYMENT"])
+        return [_message(finding)] if finding is not None else []
+    workloads = _workloads_setting()
     pooled = {
-        AliasConfig.from_settings_dict(alias, settings_dict).workload
+        workload
         for alias, settings_dict in _guarded_aliases()
         if (settings_dict.get("OPTIONS") or {}).get("pool")
+        for workload in workloads_opening(alias, _workload_label(alias, settings_dict), workloads)
     }
-    known = sorted(pooled | set(workloads if isinstance(workloads, dict) else ()))
+    known = sorted(pooled | {str(w) for w in (workloads if isinstance(workloads, dict) else ())})
     errors: list[Any] = []
-    for workload, suggestion in _unknown_keys(deployment, known):
+    for finding in unknown_keys("POOLGUARD['DEPLOYMENT']", deployment, known, E010):
         errors.append(
             Error(
-                f"POOLGUARD['DEPLOYMENT'] names workload {workload!r}, which no pooled alias or WORKLOADS entry uses.",
-                hint=f"Rename it: {suggestion}",
-                id="django_poolguard.E010",
+                f"POOLGUARD['DEPLOYMENT'] names workload {shown(finding.value)}, which no pooled alias or WORKLOADS entry uses.",
+                hint=finding.hint,
+                id=E010,
             )
         )
     for workload, shape in deployment.items():
-        where = f"POOLGUARD['DEPLOYMENT'][{workload!r}]"
+        where = f"POOLGUARD['DEPLOYMENT'][{shown(workload)}]"
         if not isinstance(shape, dict):
             errors.append(
                 Error(
@@ -345,20 +239,13 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
             continue
-        for key, suggestion in _unknown_keys(shape, DEPLOYMENT_KEYS):
-            errors.append(
-                Error(
-                    f"{where} has an unknown key {key!r}.",
-                    hint=f"Remove or rename it: {suggestion}",
-                    id="django_poolguard.E010",
-                )
-            )
+        errors.extend(_message(finding) for finding in unknown_keys(where, shape, DEPLOYMENT_KEYS, E010))
         for key in DEPLOYMENT_KEYS:
             value = shape.get(key, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errors.append(
                     Error(
-                        f"{where}[{key!r}] is {value!r}; it must be a whole number >= 1.",
+                        f"{where}[{key!r}] is {shown(value)}; it must be a whole number >= 1.",
                         hint=f"Set {key} to the count at maximum autoscale (omit it to mean 1).",
                         id="django_poolguard.E010",
                     )

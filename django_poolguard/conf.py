@@ -8,42 +8,133 @@ Nothing here reads settings at import time.
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
+from .rules import (
+    E003,
+    E005,
+    E006,
+    E008,
+    E010,
+    PG_MAX_MILLISECONDS,
+    Finding,
+    Fraction,
+    Function,
+    Mapping,
+    OneOf,
+    PgTimeout,
+    Seconds,
+    Setting,
+    Switch,
+    Text,
+    Whole,
+    WorkloadName,
+    find,
+    not_a_dict,
+    shown,
+    unknown_keys,
+)
+
+logger = logging.getLogger("django_poolguard")
+
 #: The ``ENGINE`` of an alias poolguard guards.
 ENGINE = "django_poolguard.backends.postgresql"
 
-#: Every key of ``settings.POOLGUARD`` with its default.
-DEFAULTS: dict[str, Any] = {
-    "MONITOR_INTERVAL": 1.0,
-    "RECLAIM_DEAD_THREADS": True,
-    "CAPTURE_STACKS": True,
-    "STACK_DEPTH": 20,
-    "PUBLISH": "database",
-    "PUBLISH_CACHE": "default",
-    "PUBLISH_INTERVAL": 5.0,
-    "WORKLOADS": {"web": "default", "worker": "worker"},
-    "ALERT_UTILIZATION": 0.8,
-    "ALERT_AFTER": 120.0,
-    "ALERT_REPEAT": 300.0,
-    "RETRY_AFTER": 5,
-    "DEPLOYMENT": {},
-    "RESERVED_CONNECTIONS": 10,
+#: Every key of ``settings.POOLGUARD``: its default, what it accepts, and the fix for a bad value.
+GLOBAL_SETTINGS: dict[str, Setting] = {
+    "MONITOR_INTERVAL": Setting(1.0, Seconds()),
+    "RECLAIM_DEAD_THREADS": Setting(True, Switch()),
+    "CAPTURE_STACKS": Setting(True, Switch()),
+    "STACK_DEPTH": Setting(20, Whole(1)),
+    "PUBLISH": Setting(
+        "database",
+        OneOf(("database", "cache", None), E008),
+        fix='Use "database", "cache" (a Django cache such as Redis) or None',
+    ),
+    "PUBLISH_CACHE": Setting("default", Text(E008), fix="Name one of your CACHES aliases (a shared cache)"),
+    "PUBLISH_INTERVAL": Setting(5.0, Seconds()),
+    "WORKLOADS": Setting(
+        {"web": "default", "worker": "worker"},
+        Mapping(E006, expects="a dict of workload name to alias"),
+        fix='Use e.g. {"web": "default", "worker": "worker"}',
+    ),
+    "ALERT_UTILIZATION": Setting(0.8, Fraction(), fix="Use e.g. 0.8 to alert when 80 % of a pool is in use"),
+    "ALERT_AFTER": Setting(120.0, Seconds()),
+    "ALERT_REPEAT": Setting(300.0, Seconds()),
+    "RETRY_AFTER": Setting(5, Seconds()),
+    "DEPLOYMENT": Setting(
+        {},
+        Mapping(E010, expects="a dict of workload to its shape"),
+        fix='Use e.g. {"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}, '
+        "at maximum autoscale",
+    ),
+    "RESERVED_CONNECTIONS": Setting(
+        10, Whole(0), fix="Keep some connections (e.g. 10) free for admin, migrations and emergencies"
+    ),
 }
 
-#: Every key of ``OPTIONS["poolguard"]`` with its default; ``None`` means "not set".
-ALIAS_DEFAULTS: dict[str, Any] = {
-    "workload": None,  # defaults to the WORKLOADS entry naming this alias, else the alias
-    "leak_threshold": 30.0,
-    "hoard_threshold": 10.0,
-    "statement_timeout": None,
-    "idle_in_transaction_timeout": None,
+PG_TIMEOUT_FIX = f"Use between 0.001 and {PG_MAX_MILLISECONDS / 1000} seconds"
+
+#: Every key of ``OPTIONS["poolguard"]``; a default of ``None`` means "not set".
+ALIAS_SETTINGS: dict[str, Setting] = {
+    "workload": Setting(
+        None,
+        WorkloadName(optional=True),
+        fix="Use a name such as 'web', 'worker' or 'analytics'",
+        unset="or remove the key to use the WORKLOADS entry naming this alias",
+    ),
+    "leak_threshold": Setting(30.0, Seconds()),
+    "hoard_threshold": Setting(10.0, Seconds()),
+    "statement_timeout": Setting(
+        None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
+    "idle_in_transaction_timeout": Setting(
+        None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
 }
+
+
+def _psycopg_default(default: Any) -> str:
+    return f"or remove the key to use psycopg_pool's default, {shown(default)}"
+
+
+#: psycopg_pool's arguments in ``OPTIONS["pool"]`` (those the engine does not set itself).
+POOL_ARGUMENTS: dict[str, Setting] = {
+    "min_size": Setting(4, Whole(0, E003), unset=_psycopg_default(4)),
+    "max_size": Setting(
+        None, Whole(1, E003, optional=True), unset="or remove the key: max_size then equals min_size"
+    ),
+    "timeout": Setting(
+        30.0,
+        Seconds(E003),
+        fix="Use a short timeout (e.g. 5) so a request fails fast instead of queueing for 30 s",
+        unset=_psycopg_default(30.0),
+    ),
+    "max_waiting": Setting(
+        0, Whole(0, E003), unset="or remove the key for psycopg_pool's default, 0: no limit"
+    ),
+    "max_lifetime": Setting(3600.0, Seconds(E003), unset=_psycopg_default(3600.0)),
+    "max_idle": Setting(600.0, Seconds(E003), unset=_psycopg_default(600.0)),
+    "reconnect_timeout": Setting(300.0, Seconds(E003), unset=_psycopg_default(300.0)),
+    "num_workers": Setting(3, Whole(1, E003), unset=_psycopg_default(3)),
+    "name": Setting(None, Text(E003), unset="or remove the key: the pool is named after the alias"),
+    "close_returns": Setting(False, Switch(E003), unset=_psycopg_default(False)),
+    "check": Setting(None, Function(E003), unset="or remove the key: CONN_HEALTH_CHECKS decides"),
+    "reset": Setting(None, Function(E003), unset=_psycopg_default(None)),
+    "reconnect_failed": Setting(None, Function(E003), unset=_psycopg_default(None)),
+}
+
+#: ``POOLGUARD`` and ``OPTIONS["poolguard"]`` defaults, by key.
+DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in GLOBAL_SETTINGS.items()}
+ALIAS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in ALIAS_SETTINGS.items()}
 
 
 class GuardSettings:
@@ -65,6 +156,17 @@ class GuardSettings:
             user = self.user_settings
             self._cache = {**DEFAULTS, **(user if isinstance(user, dict) else {})}
         value = self._cache[name]
+        finding = find("POOLGUARD", name, value, GLOBAL_SETTINGS[name])
+        if finding is not None:
+            # A guard setting must not take the site down: the system check fails at startup,
+            # and a process started without checks runs with the default, saying so once.
+            logger.warning(
+                "%s Using the default, %s, until it is fixed (system check %s).",
+                finding.message,
+                shown(GLOBAL_SETTINGS[name].default),
+                finding.check_id,
+            )
+            value = GLOBAL_SETTINGS[name].default
         setattr(self, name, value)
         return value
 
@@ -98,17 +200,155 @@ class AliasConfig:
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
+        """Parsed, or ``ImproperlyConfigured`` naming the bad value and the fix (the words of its
+        system check): raised when the alias first connects, never deep in a checkout."""
+        findings = alias_findings(alias, settings_dict)
+        if findings:
+            raise findings[0].error()
         raw = (settings_dict.get("OPTIONS") or {}).get("poolguard") or {}
-        options = {**ALIAS_DEFAULTS, **{k: v for k, v in raw.items() if k in ALIAS_DEFAULTS}}
-        workload = options["workload"] or workload_for_alias(alias)
+        options = {**ALIAS_DEFAULTS, **raw}
         return cls(
             alias=alias,
-            workload=workload,
+            workload=options["workload"] or workload_for_alias(alias),
             leak_threshold=float(options["leak_threshold"]),
             hoard_threshold=float(options["hoard_threshold"]),
             statement_timeout=options["statement_timeout"],
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
         )
+
+
+# --- Validation: shared by the system checks and the code above -----------------------------
+
+
+def alias_findings(alias: str, settings_dict: dict[str, Any]) -> list[Finding]:
+    """Every bad value in ``DATABASES[alias]["OPTIONS"]["poolguard"]``."""
+    where = f"DATABASES[{alias!r}]['OPTIONS']['poolguard']"
+    guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
+    if guard is None or guard == {}:
+        return []
+    if not isinstance(guard, dict):
+        return [not_a_dict(where, guard, E005, "{'workload': 'web', 'leak_threshold': 30}")]
+    findings = unknown_keys(where, guard, ALIAS_SETTINGS, E005)
+    for key, setting in ALIAS_SETTINGS.items():
+        if key in guard:
+            finding = find(where, key, guard[key], setting)
+            if finding is not None:
+                findings.append(finding)
+    return findings
+
+
+def pool_arguments() -> set[str]:
+    """The ``ConnectionPool`` arguments ``OPTIONS["pool"]`` may set."""
+    from psycopg_pool import ConnectionPool
+
+    names = set(inspect.signature(ConnectionPool.__init__).parameters) - {"self", "args", "kwargs"}
+    # The engine passes these itself; setting them in OPTIONS["pool"] would clash. ("check" is
+    # allowed: it overrides CONN_HEALTH_CHECKS, as in Django >= 6.1.)
+    return names - {"conninfo", "open", "configure", "connection_class"}
+
+
+def pool_findings(alias: str, pool: Any) -> list[Finding]:
+    """Every bad value in ``DATABASES[alias]["OPTIONS"]["pool"]`` (none when there is no pool)."""
+    where = f"DATABASES[{alias!r}]['OPTIONS']['pool']"
+    if pool is True or not pool:
+        return []
+    if not isinstance(pool, dict):
+        return [
+            Finding(
+                E003,
+                where,
+                pool,
+                "",
+                "Use e.g. {'min_size': 2, 'max_size': 10, 'timeout': 5}.",
+                text=f"{where} must be True or a dict of psycopg_pool.ConnectionPool arguments, "
+                f"not {type(pool).__name__}.",
+            )
+        ]
+    allowed = pool_arguments()
+    findings = [
+        Finding(
+            E003,
+            where,
+            finding.value,
+            "",
+            finding.hint,
+            text=f"{where} has {shown(finding.value)}, which psycopg_pool.ConnectionPool does not accept here.",
+        )
+        for finding in unknown_keys(where, pool, sorted(allowed), E003)
+    ]
+    for key, setting in POOL_ARGUMENTS.items():
+        if key in pool and key in allowed:
+            finding = find(where, key, pool[key], setting)
+            if finding is not None:
+                findings.append(finding)
+    if findings:
+        return findings
+    min_size = pool.get("min_size", POOL_ARGUMENTS["min_size"].default)
+    max_size = pool.get("max_size")
+    if max_size is not None and max_size < min_size:
+        findings.append(
+            Finding(
+                E003,
+                where,
+                pool,
+                "",
+                "Raise max_size to at least min_size, or lower min_size.",
+                text=f"{where} has max_size={max_size} below min_size={min_size}.",
+            )
+        )
+    elif max_size is None and min_size == 0:
+        findings.append(
+            Finding(
+                E003,
+                where,
+                pool,
+                "",
+                "Set max_size >= 1: it defaults to min_size, and a pool of 0 connections serves no one.",
+                text=f"{where} has min_size=0 and no max_size.",
+            )
+        )
+    return findings
+
+
+def global_findings(keys: Iterable[str] = GLOBAL_SETTINGS) -> list[Finding]:
+    """Every bad value in ``settings.POOLGUARD`` among ``keys``, and its unknown keys.
+
+    Only the values themselves: ``WORKLOADS``' aliases and ``DEPLOYMENT``'s entries are checked
+    with the settings they refer to, in :mod:`django_poolguard.checks`.
+    """
+    user = getattr(settings, "POOLGUARD", None)
+    if user is None:
+        return []
+    if not isinstance(user, dict):
+        return [not_a_dict("POOLGUARD", user, E005, "POOLGUARD = {'MONITOR_INTERVAL': 1.0}")]
+    findings = unknown_keys("POOLGUARD", user, GLOBAL_SETTINGS, E005)
+    for key in keys:
+        if key in user:
+            finding = find("POOLGUARD", key, user[key], GLOBAL_SETTINGS[key])
+            if finding is not None:
+                findings.append(finding)
+    return findings
+
+
+def setting_as_written(name: str) -> Any:
+    """``POOLGUARD[name]`` as written, else ``ImproperlyConfigured`` in its check's words: for
+    planning (the budget), where falling back to the default would answer for another fleet."""
+    user = guard_settings.user_settings
+    value = user.get(name, DEFAULTS[name]) if isinstance(user, dict) else DEFAULTS[name]
+    finding = find("POOLGUARD", name, value, GLOBAL_SETTINGS[name])
+    if finding is not None:
+        raise finding.error()
+    return value
+
+
+def workloads_opening(alias: str, label: str, workloads: Any) -> list[str]:
+    """The workloads whose processes open ``alias``'s pool: those ``workloads`` (the
+    ``WORKLOADS`` setting) sends to it, as the router does; else its own ``workload`` label."""
+    if isinstance(workloads, dict):
+        mapped = [str(workload) for workload, target in workloads.items() if target == alias]
+        if mapped:
+            return mapped
+    return [label]
 
 
 def workload_for_alias(alias: str) -> str:

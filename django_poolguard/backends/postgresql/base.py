@@ -7,12 +7,14 @@ and each checkout learns which wrapper holds it and when its transaction began.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import weakref
 from time import monotonic
 from typing import Any
 
+from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
@@ -20,15 +22,18 @@ from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
 from ... import stacks
-from ...conf import AliasConfig, guard_settings, hostname
+from ...conf import AliasConfig, guard_settings, hostname, pool_findings
 from ...exceptions import PoolExhausted
 from ...leaks import wrapper_collected
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
+from ...rules import pg_milliseconds
 from .creation import DatabaseCreation
+from .validation import FIX, W011, DatabaseValidation, without_app
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 _CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+logger = logging.getLogger("django_poolguard")
 
 
 def application_name(config: AliasConfig, pid: int) -> str:
@@ -41,10 +46,10 @@ def session_options(config: AliasConfig, user_options: str | None) -> str | None
     """The libpq ``options`` string with the alias's timeouts, applied by the server at connect time."""
     parts = [user_options] if user_options else []
     if config.statement_timeout is not None:
-        parts.append(f"-c statement_timeout={int(float(config.statement_timeout) * 1000)}")
+        parts.append(f"-c statement_timeout={pg_milliseconds(config.statement_timeout)}")
     if config.idle_in_transaction_timeout is not None:
         parts.append(
-            f"-c idle_in_transaction_session_timeout={int(float(config.idle_in_transaction_timeout) * 1000)}"
+            f"-c idle_in_transaction_session_timeout={pg_milliseconds(config.idle_in_transaction_timeout)}"
         )
     return " ".join(parts) or None
 
@@ -68,6 +73,7 @@ class GuardedErrorWrapper(DatabaseErrorWrapper):
 
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
+    validation_class = DatabaseValidation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +117,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 f"Pooling doesn't support persistent connections. DATABASES[{self.alias!r}]: set "
                 "CONN_MAX_AGE to 0 when OPTIONS['pool'] is set; the pool already keeps connections open."
             )
+        findings = pool_findings(self.alias, pool_options)
+        if findings:  # the words of system check E003, not a TypeError from psycopg_pool
+            raise findings[0].error()
         options = {} if pool_options is True else dict(pool_options)  # a copy: never mutate settings
         options.setdefault("name", self.alias)
         # OPTIONS["pool"]["check"] wins over CONN_HEALTH_CHECKS, as in Django >= 6.1.
@@ -118,13 +127,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         options.setdefault("check", GuardedPool.check_connection if enable_checks else None)
         connect_kwargs = self.get_connection_params()
         connect_kwargs["autocommit"] = True  # as Django: it sets autocommit itself later
-        return GuardedPool(
+        pool = GuardedPool(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
             configure=self._configure_connection,  # type: ignore[attr-defined]
             config=self.guard_config,
             **options,
         )
+        if not apps.is_installed("django_poolguard"):
+            logger.warning("%s %s (system check %s)", without_app(self.alias), FIX, W011)
+        return pool
 
     def close_pool(self) -> None:
         if pools_kept_open():
