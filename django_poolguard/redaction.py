@@ -23,26 +23,51 @@ import re
 
 MASK = "'***'"
 
-# Django's hasher names (legacy ones included) and PostgreSQL's SCRAM, at the start of a word.
-_HASH_NAMES = (
-    r"(?<![\w-])(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt|sha1|md5|unsalted_md5"
-    r"|unsalted_sha1|crypt|scram-sha-256)\$"
+# A statement containing one of these (in any case, anywhere: code, identifier, literal or comment)
+# has all its literals masked. Over-matching only hides data; a substring test keeps the common
+# case (no keyword) at one pass over the text.
+SENSITIVE_WORDS = (
+    "passw",  # password, passwd, sslpassword
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    "credential",
+    "api_key",
+    "apikey",
+    "private_key",
+    "dblink",
+    "mapping",  # CREATE USER MAPPING ... OPTIONS (password '...')
+    "conninfo",
+    "connection",  # CREATE SUBSCRIPTION ... CONNECTION '...'
+    "subscription",
+    "pgp_sym",
+    "pgp_pub",
+    "crypt",  # pgcrypto's crypt(), bcrypt$, scrypt$, crypt$ hashes
+    "hmac",
+    "://",
+    "md5",  # Django's md5$ and unsalted_md5$, PostgreSQL's md5<hex>
+    "sha1",
+    "pbkdf2",
+    "argon2",
+    "scram-sha-256",
 )
-# A statement matching this has all its literals masked. Over-matching only hides data.
-_SENSITIVE = re.compile(
-    r"pass(?:w|phrase)|pwd|secret|token|credential|api_?key|private_?key|dblink|user\s+mapping"
-    r"|conninfo|connection|subscription|pgp_(?:sym|pub)|crypt|hmac|://|md5[0-9a-f]{32}|" + _HASH_NAMES,
-    re.IGNORECASE,
+# Django's hasher names (legacy ones included) and PostgreSQL's SCRAM, at the start of a word.
+# Each pattern starts with a lookahead on its first character: re then skips most positions at once.
+_HASH = (
+    r"(?=[pabsmucPABSMUC])(?:(?<![\w-])(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt"
+    r"|sha1|md5|unsalted_md5|unsalted_sha1|crypt|scram-sha-256)\$[^\s'\",;)]*|(?<![\w$])md5[0-9a-f]{32})"
 )
 # Credentials outside literals: in comments, in code, in text cut before its closing quote.
 # The password of a URI cut before its "@" (the server keeps only track_activity_query_size) runs
 # to the end of the text: masked too.
 _URI_PASSWORD = re.compile(r"(://[^\s/@:'\"]{0,256}:)[^\s@'\"]{0,256}(@|$)")
 _KEY_VALUE = re.compile(
-    r"((?:passw(?:or)?d|passphrase|pwd|secret)\s*(?:=|:(?!:))\s*)(?!\$\d)(?:'[^']*'?|\"[^\"]*\"?|[^\s,;)&'\"]+)",
+    r"(?=[psPS])((?:passw(?:or)?d|passphrase|pwd|secret)\s*(?:=|:(?!:))\s*)(?!\$\d)"
+    r"(?:'[^']*'?|\"[^\"]*\"?|[^\s,;)&'\"]+)",
     re.IGNORECASE,
 )
-_HASH_VALUE = re.compile(_HASH_NAMES + r"[^\s'\",;)]*", re.IGNORECASE)
+_HASH_VALUE = re.compile(_HASH, re.IGNORECASE)
 
 # Where something other than plain code may begin.
 _START = re.compile(r"""['"$]|--|/\*|[eEnNbBxX](?=')|[uU](?=&['"])""")
@@ -57,7 +82,8 @@ def redact_sql(query: str | None, max_chars: int | None = None) -> str:
     """``query`` with its secrets masked, then cut to ``max_chars`` (never the other way round)."""
     if not query:
         return ""
-    if _SENSITIVE.search(query):
+    lowered = query.lower()
+    if any(word in lowered for word in SENSITIVE_WORDS):
         query = _mask_credentials(_mask_literals(query, comments=True))
     return query if max_chars is None else query[:max_chars]
 

@@ -75,6 +75,7 @@ def test_what_stays_readable():
         == "/* ALTER ROLE app PASSWORD '***' */ SELECT 1"
     )
     assert redact_sql("SELECT 'a' -- postgresql://u:pw@h/db") == "SELECT '***' -- postgresql://u:***@h/db"
+    assert redact_sql("SELECT 1 -- was md5" + "0f" * 16) == "SELECT 1 -- was ***"
     assert redact_sql(None) == redact_sql("") == ""
 
 
