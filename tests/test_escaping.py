@@ -141,6 +141,17 @@ def test_answered_503_names_a_crlf_holder_on_one_line(make_alias, holders, caplo
     assert "held by thread report\\r\\nCRITICAL forged" in record.getMessage()
 
 
+def test_pool_exhausted_names_a_crlf_holder_on_one_line(make_alias, holders):
+    from django_poolguard import PoolExhausted
+
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 0.3})
+    holders(alias, name="nightly\r\nERROR forged")
+    with pytest.raises(PoolExhausted) as raised:
+        connections[alias].ensure_connection()
+    assert "held by thread nightly\\r\\nERROR forged" in str(raised.value)
+    assert "\n" not in str(raised.value), "error trackers and Django's own 500 log print it as is"
+
+
 def test_a_task_id_with_crlf_makes_a_one_line_label():
     class Task:
         name = "shop.tasks.export"
