@@ -7,12 +7,12 @@ are the reads an operator needs precisely when the pool is exhausted.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from .redaction import redact_sql
 from .side_connection import side_cursor
 
-QUERY_CHARS = 500  # SQL text kept per session; enough to recognise a query, not a data dump
+QUERY_CHARS = 500  # SQL text shown per session, cut after redaction; enough to recognise a query
 ACTIONS = {"cancel": "pg_cancel_backend", "terminate": "pg_terminate_backend"}
 
 SESSIONS_SQL = """
@@ -21,7 +21,7 @@ SELECT a.pid, a.usename, a.application_name, a.client_addr::text, a.state,
        extract(epoch FROM now() - a.xact_start)::float AS transaction_s,
        extract(epoch FROM now() - a.query_start)::float AS query_s,
        extract(epoch FROM now() - a.state_change)::float AS state_s,
-       a.wait_event_type, a.wait_event, left(a.query, %(chars)s) AS query,
+       a.wait_event_type, a.wait_event, a.query,
        a.pid = pg_backend_pid() AS own,
        COALESCE(r.rolsuper, false) AS superuser
 FROM pg_stat_activity a
@@ -50,29 +50,6 @@ COLUMNS = (
 )
 
 
-# Secrets whatever the statement: the literal after PASSWORD (ALTER ROLE, CREATE USER), a
-# password=... inside a connection string (dblink, postgres_fdw), a Django password hash.
-# Other literals are data the staff looking at the dashboard could read in psql anyway.
-_SECRETS = re.compile(
-    r"(?i)(?P<keyword>password\s*=?\s*)(?:'(?:[^']|'')*'|(?<==)[^\s']+)"
-    r"|'(?:pbkdf2_sha256|pbkdf2_sha1|argon2|bcrypt_sha256|bcrypt|scrypt|md5|sha1)\$[^']*'"
-)
-
-
-def redact_sql(query: str | None) -> str:
-    """``query`` with passwords and password hashes replaced by ``***``."""
-    if not query:
-        return ""
-
-    def hide(match: re.Match[str]) -> str:
-        keyword = match.group("keyword")
-        if keyword is None:
-            return "'***'"
-        return keyword + ("'***'" if match.group(0)[len(keyword) :].startswith("'") else "***")
-
-    return _SECRETS.sub(hide, query)
-
-
 def workload_of(application_name: str | None) -> str | None:
     """``web`` from ``web:default:host:123``; ``None`` for sessions poolguard did not name."""
     parts = (application_name or "").split(":")
@@ -82,7 +59,7 @@ def workload_of(application_name: str | None) -> str | None:
 def sessions(alias: str = "default") -> list[dict[str, Any]]:
     """Client sessions of ``alias``'s database, oldest transaction first (raises ``psycopg.Error``)."""
     with side_cursor(alias) as cursor:
-        cursor.execute(SESSIONS_SQL, {"chars": QUERY_CHARS})
+        cursor.execute(SESSIONS_SQL)
         rows = cursor.fetchall()
     out = []
     for row in rows:
@@ -91,7 +68,9 @@ def sessions(alias: str = "default") -> list[dict[str, Any]]:
             if session[key] is not None:
                 session[key] = round(max(0.0, session[key]), 3)
         session["workload"] = workload_of(session["application_name"])
-        session["query"] = redact_sql(session["query"])  # here, so no view of sessions shows a secret
+        # Here, so no view of sessions shows a secret; the whole text first (as long as the server's
+        # track_activity_query_size keeps), so the cut cannot leave a secret's beginning behind.
+        session["query"] = redact_sql(session["query"], QUERY_CHARS)
         out.append(session)
     return out
 

@@ -32,6 +32,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from . import activity, dashboard
+from .escaping import escape_controls
 from .models import LeakEvent, Pool
 
 logger = logging.getLogger("django_poolguard")
@@ -215,7 +216,7 @@ class PoolAdmin(admin.ModelAdmin):
             f"for {session['age_s']:.1f} s."
         )
         log_change(request, [Pool(pk=pid)], description)
-        logger.warning("%s Done by admin user %s.", description, request.user.get_username())
+        logger.warning("%s Done by admin user %s.", escape_controls(description), request.user.get_username())
         messages.success(request, description)
         return HttpResponseRedirect(dashboard_url)
 

@@ -218,10 +218,10 @@ def _read_server(alias: str) -> dict[str, int] | None:
     which should not keep a side connection open afterwards."""
     import psycopg
 
-    from .side_connection import connection_params
+    from .side_connection import connect
 
     try:
-        with psycopg.connect(**connection_params(alias)) as connection:
+        with connect(alias) as connection:
             row = connection.execute(
                 "SELECT current_setting('max_connections')::int, "
                 "current_setting('superuser_reserved_connections')::int"

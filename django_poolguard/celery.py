@@ -26,6 +26,7 @@ from django.db import connections
 from .backends.postgresql.base import DatabaseWrapper
 from .conf import ENGINE
 from .context import reset_context, set_context, set_process_role
+from .escaping import escape_controls
 from .pool import all_pools, close_all_pools, keep_pools_open
 from .workloads import WORKER, alias_for, enter, leave, web_alias
 
@@ -70,7 +71,7 @@ def connect_signals() -> bool:
 def task_label(task: Any, task_id: str | None) -> str:
     """``task shop.tasks.export[<id>]``: what the ledger shows as the checkout's context."""
     name = getattr(task, "name", None) or repr(task)
-    return f"task {name}[{task_id}]"
+    return f"task {name}[{escape_controls(str(task_id))}]"  # the id comes from the message: log-safe
 
 
 def _is_eager(task: Any) -> bool:

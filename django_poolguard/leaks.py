@@ -32,6 +32,7 @@ from psycopg.pq import TransactionStatus
 
 from . import leak_events, stacks
 from .conf import guard_settings, hostname
+from .escaping import escape_controls
 from .ledger import Checkout
 from .monitor import watchdog
 from .pool import GuardedPool, all_pools
@@ -70,10 +71,13 @@ class LeakReport:
 
     @property
     def holder(self) -> str:
-        """``thread X for GET /path``, or just ``thread X`` outside any request, task or command."""
+        """``thread X for GET /path``, or just ``thread X`` outside any request, task or command.
+
+        Escaped for the log line it goes into: paths, task ids and thread names come from outside.
+        """
         if self.context == f"thread {self.thread}":
-            return self.context
-        return f"thread {self.thread} for {self.context}"
+            return escape_controls(self.context)
+        return escape_controls(f"thread {self.thread} for {self.context}")
 
     @property
     def where(self) -> str:

@@ -31,6 +31,7 @@ from django.http import HttpRequest, HttpResponse
 
 from .conf import guard_settings
 from .context import reset_context, set_context
+from .escaping import escape_controls
 from .exceptions import PoolExhausted
 from .pool import get_pool
 
@@ -89,8 +90,12 @@ class PoolGuardMiddleware:
 
 
 def request_label(request: HttpRequest) -> str:
-    """``"GET /api/orders/"``: the method and path, without the query string."""
-    path = request.path
+    """``"GET /api/orders/"``: the method and path, without the query string.
+
+    Control characters (a ``%0D%0A`` in the URL) are escaped: the label reaches log lines and
+    ``PoolExhausted`` messages, where a raw line break would forge a line.
+    """
+    path = escape_controls(request.path)
     if len(path) > CONTEXT_PATH_CHARS:
         path = path[: CONTEXT_PATH_CHARS - 1] + "…"
     return f"{request.method} {path}"
@@ -158,7 +163,7 @@ def _log_shed(exhausted: PoolExhausted) -> None:
         "Answered 503 to %d request(s) on alias %r since the last report because its pool is exhausted: %s",
         count,
         alias,
-        exhausted,
+        escape_controls(str(exhausted)),  # it names holders: threads, tasks, request paths
     )
 
 

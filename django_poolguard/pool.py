@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequest
 from . import stacks
 from .conf import AliasConfig, guard_settings
 from .context import current_context
+from .escaping import escape_controls
 from .exceptions import PoolExhausted, PoolQueueFull
 from .ledger import Ledger
 
@@ -157,7 +158,10 @@ def describe_holders(pool: GuardedPool, limit: int = 3) -> str:
         oldest = checkouts[0]
         where = oldest.origin or "no application frame"
         verb = "held by" if index == 0 else "by"
-        parts.append(f"{len(checkouts)} {verb} {label} (oldest {oldest.held:.0f} s, {where})")
+        # Escaped: the message reaches logs and error trackers, and thread names come from anywhere.
+        parts.append(
+            f"{len(checkouts)} {verb} {escape_controls(label)} (oldest {oldest.held:.0f} s, {where})"
+        )
     if len(ranked) > limit:
         parts.append(f"{sum(len(c) for _, c in ranked[limit:])} by {len(ranked) - limit} others")
     return ", ".join(parts)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from .conf import hostname
 from .pool import silence_inherited
@@ -29,7 +30,9 @@ _lock = threading.RLock()
 
 
 def connection_params(alias: str) -> dict[str, Any]:
-    """The alias's libpq parameters without pool-only keys, labelled as poolguard's own session."""
+    """The alias's own libpq parameters (the engine's, ``OPTIONS["options"]`` included, so
+    ``search_path`` and friends match the alias), labelled as poolguard's session, with its timeouts.
+    """
     from django.db import connections
 
     wrapper = connections[alias]
@@ -39,9 +42,32 @@ def connection_params(alias: str) -> dict[str, Any]:
     params.pop("prepare_threshold", None)
     params["application_name"] = f"poolguard:{alias}:{hostname()}:{os.getpid()}"[:63]
     params["connect_timeout"] = CONNECT_TIMEOUT
-    params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    # Appended: the server applies -c options in order, so this one wins over the alias's own
+    # statement_timeout while everything else the user set (search_path, role settings) still applies.
+    timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    params["options"] = f"{params['options']} {timeout}" if params.get("options") else timeout
     params["autocommit"] = True
     return params
+
+
+def connect(alias: str) -> psycopg.Connection[Any]:
+    """A new connection made exactly as the alias makes its own: same parameters, then the
+    engine's session setup (the time zone, ``OPTIONS["assume_role"]``)."""
+    from django.db import connections
+
+    wrapper = connections[alias]
+    connection = psycopg.connect(**connection_params(alias))
+    try:
+        wrapper._configure_timezone(connection)  # type: ignore[attr-defined]
+        # Not Django's _configure_role: it composes the statement through the wrapper's own
+        # connection, which would take a slot of the pool this connection exists to bypass.
+        role = wrapper.settings_dict["OPTIONS"].get("assume_role")
+        if role:
+            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 @contextmanager
@@ -53,7 +79,7 @@ def side_cursor(alias: str = "default") -> Iterator[psycopg.Cursor[Any]]:
     with _lock:
         connection = _connections.get(alias)
         if connection is None or connection.closed:
-            connection = _connections[alias] = psycopg.connect(**connection_params(alias))
+            connection = _connections[alias] = connect(alias)
         try:
             with connection.cursor() as cursor:
                 yield cursor

@@ -26,11 +26,14 @@ def checkout_context_middleware(
     return middleware
 
 
-def slow_report(request: HttpRequest, alias: str) -> HttpResponse:
+def slow_report(request: HttpRequest, alias: str, note: str = "") -> HttpResponse:
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT 1")
     time.sleep(float(request.GET.get("hold", "1")))  # a slow call made while the connection stays checked out
     return HttpResponse("report ready")
 
 
-urlpatterns = [path("report/<str:alias>/", slow_report)]
+urlpatterns = [
+    path("report/<str:alias>/", slow_report),
+    path("report/<str:alias>/<str:note>/", slow_report),  # any text in the path, for log-safety tests
+]

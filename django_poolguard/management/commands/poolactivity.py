@@ -10,6 +10,7 @@ import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import activity
+from ...escaping import escape_controls
 from ._arguments import postgres_alias, seconds
 
 logger = logging.getLogger("django_poolguard")
@@ -149,7 +150,7 @@ class Command(BaseCommand):
                     session["user"],
                     session["state"],
                     session["transaction_s"],
-                    " ".join((session["query"] or "").split())[:200],
+                    escape_controls(" ".join((session["query"] or "").split()))[:200],
                 )
             if not options["json"]:
                 past = "cancelled the query of" if action == "cancel" else "terminated"
@@ -169,7 +170,7 @@ def render(sessions: list[dict[str, Any]]) -> str:
     for s in sessions:
         user = f"{s['user']}*" if s["superuser"] else str(s["user"])
         wait = f"{s['wait_event_type']}:{s['wait_event']}" if s["wait_event_type"] else ""
-        query = " ".join((s["query"] or "").split())
+        query = escape_controls(" ".join((s["query"] or "").split()))
         if len(query) > QUERY_WIDTH:
             query = query[: QUERY_WIDTH - 3] + "..."
         rows.append(
@@ -184,7 +185,8 @@ def render(sessions: list[dict[str, Any]]) -> str:
                 query,
             ]
         )
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+    # Session SQL, user and application names are anyone's text: shown, never obeyed by the terminal.
+    cells = [headers] + [[escape_controls(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.append(

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ... import fleet
 from ...budget import describe
+from ...escaping import escape_controls
 from ._arguments import postgres_alias, seconds
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
@@ -96,7 +97,7 @@ def check_line(state: str, data: dict[str, Any]) -> str:
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
     if data.get("budget", {}).get("status") == "over":
         parts.append("budget: " + describe(data["budget"]))
-    return f"POOLGUARD {state.upper()} - " + ("; ".join(parts) or "no published pools")
+    return escape_controls(f"POOLGUARD {state.upper()} - " + ("; ".join(parts) or "no published pools"))
 
 
 def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
@@ -132,7 +133,7 @@ def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+    cells = [headers] + [[escape_controls(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
@@ -220,7 +221,8 @@ def render(data: dict[str, Any]) -> str:
     lines += _budget(data.get("budget") or {})
     if "leak_events" in data:
         lines += _leak_events(data["leak_events"])
-    return "\n".join(lines).rstrip() + "\n"
+    # Session SQL, contexts, thread names come from outside: shown, never obeyed by the terminal.
+    return "\n".join(escape_controls(line) for line in lines).rstrip() + "\n"
 
 
 def _long_checkouts(data: dict[str, Any]) -> list[str]:
