@@ -215,10 +215,11 @@ def _report_progress(run: Run, progress: Callable[[str], None], done: threading.
         with run.lock:
             answered = sum(1 for r in run.responses + run.probes if r.status < 400)
             total = len(run.responses) + len(run.probes)
-        progress(
-            f"{min(run.now(), run.scenario.duration):.0f}/{run.scenario.duration:.0f} s, "
-            f"{total} requests, {answered} served"
-        )
+        if run.now() < run.scenario.duration:
+            progress(f"{run.now():.0f}/{run.scenario.duration:.0f} s, {total} requests, {answered} served")
+        else:
+            waiting = sum(1 for thread in run.threads if thread.is_alive())
+            progress(f"waiting for {waiting} request(s) still in flight (at most 30 s), {answered} served")
 
 
 def execute(scenario: Scenario, mode: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
