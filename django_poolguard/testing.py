@@ -17,13 +17,14 @@ message, and a directory that would need its permissions loosened is an error, n
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -34,16 +35,8 @@ EMBEDDED_SYSTEM_USER = "pgserver"
 TRAVERSABLE = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 
-@dataclass
-class _Started:
-    """The embedded server this process started (not one it found running), to stop on exit."""
-
-    module: Any
-    pgdata: Path
-    system_user: str | None
-
-
-_started: _Started | None = None
+# The data directory of the embedded server this process started (not one it found running).
+_started: Path | None = None
 
 
 def _is_root() -> bool:
@@ -112,6 +105,15 @@ def _embedded_server_module() -> Any:
     )
 
 
+def _make_traversable_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as drwxr-xr-x whatever the umask: the embedded
+    server's user must traverse the directories this module creates (only those)."""
+    missing = [directory for directory in (path, *path.parents) if not directory.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for directory in missing:
+        directory.chmod(0o755)
+
+
 def _untraversable(path: Path) -> list[str]:
     """The directories above ``path`` that pgserver would chmod as root, with their modes."""
     return [
@@ -121,9 +123,12 @@ def _untraversable(path: Path) -> list[str]:
     ]
 
 
-def _prepare_for_root(module: Any, pgdata: Path) -> str:
-    """What pgserver would do silently as root, done loudly or refused: returns the system user."""
-    binaries = Path(module._commands.POSTGRES_BIN_PATH)
+def _prepare_for_root(module: Any, pgdata: Path) -> None:
+    """What pgserver would do silently as root, done loudly or refused."""
+    commands = getattr(module, "_commands", None)
+    binaries = Path(
+        getattr(commands, "POSTGRES_BIN_PATH", Path(module.__file__).parent / "pginstall" / "bin")
+    )
     blocked = _untraversable(pgdata) + _untraversable(binaries)
     if blocked:
         raise RuntimeError(
@@ -149,7 +154,6 @@ def _prepare_for_root(module: Any, pgdata: Path) -> str:
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", EMBEDDED_SYSTEM_USER],
             check=True,
         )
-    return EMBEDDED_SYSTEM_USER
 
 
 def _keep_runtime_files_beside(module: Any, pgdata: Path) -> None:
@@ -161,20 +165,20 @@ def _keep_runtime_files_beside(module: Any, pgdata: Path) -> None:
     import fasteners
 
     runtime = pgdata.parent / "run"
-    runtime.mkdir(mode=0o755, exist_ok=True)
+    _make_traversable_dirs(runtime)
     server_class.runtime_path = runtime
     server_class.lock_path = runtime / ".lockfile"
     server_class._lock = fasteners.InterProcessLock(runtime / ".lockfile")
 
 
-def _is_running(pgdata: Path) -> bool:
-    pid_file = pgdata / "postmaster.pid"
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the server running on ``pgdata``, if one is."""
     try:
-        pid = int(pid_file.read_text().split()[0])
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
         os.kill(pid, 0)
     except (OSError, ValueError, IndexError):
-        return False
-    return True
+        return None
+    return pid
 
 
 def _embedded_url(name: str) -> str:
@@ -183,17 +187,18 @@ def _embedded_url(name: str) -> str:
     base = embedded_dir()
     # One data directory per provider: they ship different PostgreSQL major versions.
     pgdata = base.with_name(f"{base.name}-{module.__name__}")
-    pgdata.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    system_user = _prepare_for_root(module, pgdata) if _is_root() else None
+    _make_traversable_dirs(pgdata.parent)
+    if _is_root():
+        _prepare_for_root(module, pgdata)
     _keep_runtime_files_beside(module, pgdata)
-    was_running = _is_running(pgdata)
+    was_running = _postmaster_pid(pgdata) is not None
     # cleanup_mode=None: the server outlives this process so subprocesses and later runs reuse it;
     # whoever started it may stop it with stop_embedded_server().
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = module.get_server(pgdata, cleanup_mode=None)
     if not was_running:
-        _started = _Started(module, pgdata, system_user)
+        _started = pgdata
     url = server.get_uri()
     settings = parse_url(url)
     return f"postgresql://{settings['USER']}@/{name}?host={settings['HOST']}"
@@ -220,20 +225,24 @@ def database_url(name: str = "postgres") -> str:
 
 def started_embedded_server() -> Path | None:
     """The data directory of the embedded server this process started, if it started one."""
-    return _started.pgdata if _started else None
+    return _started
 
 
-def stop_embedded_server() -> Path | None:
-    """Stop the embedded server if this process started it; returns its data directory."""
+def stop_embedded_server(timeout: float = 30.0) -> Path | None:
+    """Stop the embedded server if this process started it (PostgreSQL's fast shutdown: open
+    sessions are ended, the data is kept); returns its data directory."""
     global _started
     if _started is None:
         return None
-    started, _started = _started, None
-    if _is_running(started.pgdata):
-        started.module._commands.pg_ctl(
-            ["-w", "-m", "fast", "stop"], pgdata=started.pgdata, user=started.system_user
-        )
-    return started.pgdata
+    pgdata, _started = _started, None
+    pid = _postmaster_pid(pgdata)
+    if pid is None:
+        return pgdata
+    os.kill(pid, signal.SIGINT)  # SIGINT is PostgreSQL's "fast" shutdown, as `pg_ctl -m fast stop`
+    deadline = time.monotonic() + timeout
+    while _postmaster_pid(pgdata) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pgdata
 
 
 def database_settings(name: str = "postgres") -> dict[str, Any]:
