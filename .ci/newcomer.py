@@ -5,7 +5,9 @@ Clones the repository (its committed HEAD) into a new directory, runs
 ``python3 example_project/demo.py`` there with nothing prepared (``POOLGUARD_DATABASE=embedded``:
 the embedded PostgreSQL a fresh machine gets, even where a local server answers), waits for the
 admin URL and credentials it prints, logs in and fetches the admin's *Connection pools* page over
-real HTTP, then presses Ctrl-C (SIGINT to the demo's process group, as a terminal does) and checks:
+real HTTP, runs ``python3 example_project/manage.py poolstats`` beside it (the README's second
+terminal, with a python3 that may lack Django), then presses Ctrl-C (SIGINT to the demo's process
+group, as a terminal does) and checks:
 
 - the demo exits 0, and no process it started survives (none whose executable, working directory
   or command line lies in the clone, none left in its session);
@@ -207,6 +209,23 @@ def main() -> int:
             if alias not in page:
                 failures.append(f"the Connection pools page does not show the {alias!r} alias")
         print(f"Fetched {admin[1]}django_poolguard/pool/ as {admin[2]!r}: {len(page)} bytes.")
+
+        # The README's second-terminal command, with the same python3 (which lacks Django).
+        stats = subprocess.run(
+            ["python3", "example_project/manage.py", "poolstats"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        live = re.search(r"(\d+) live process", stats.stdout)
+        if stats.returncode != 0 or not live or int(live[1]) < 3:
+            failures.append(
+                f"`python3 example_project/manage.py poolstats` failed:\n{stats.stdout}{stats.stderr}"
+            )
+        else:
+            print(f"$ python3 example_project/manage.py poolstats\n  | {stats.stdout.splitlines()[0]}")
 
         stopping = time.monotonic()
         os.killpg(demo.pid, signal.SIGINT)
