@@ -72,7 +72,9 @@ def listing(root: Path, depth: int, ignored: tuple[Path, ...]) -> dict[str, Entr
                 info = child.stat(follow_symlinks=False)
             except OSError:
                 continue
-            found[child.path] = Entry(info.st_mode, info.st_uid)
+            # ~/.cache itself may be created just to hold pip's cache: only its other contents count.
+            if not any(path in skip.parents for skip in ignored):
+                found[child.path] = Entry(info.st_mode, info.st_uid)
             if level < depth and child.is_dir(follow_symlinks=False):
                 walk(path, level + 1)
 
