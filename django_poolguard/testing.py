@@ -5,20 +5,52 @@ In order: ``DATABASE_URL``; libpq's ``PG*`` variables; a server answering on
 ``dev`` extra), started once and shared by every process of the run. The answer is
 exported as ``DATABASE_URL`` so child processes (gunicorn, Celery, subprocess tests)
 use the same server.
+
+The embedded server keeps its data in ``POOLGUARD_PGDATA`` (the demo sets its own
+``example_project/var/pgdata``), else ``~/.cache/django_poolguard/pgdata``. PostgreSQL refuses to
+run as root, so as root pgserver runs it as the system user ``pgserver`` and makes every directory
+above the data and the binaries traversable by others: here the default is a directory this module
+creates in the temporary directory instead of the home directory, the user is created with a
+message, and a directory that would need its permissions loosened is an error, never a chmod.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-EMBEDDED_DIR = Path(
-    os.environ.get("POOLGUARD_PGDATA", Path.home() / ".cache" / "django_poolguard" / "pgdata")
-)
+# The system user pgserver runs PostgreSQL as when started by root.
+EMBEDDED_SYSTEM_USER = "pgserver"
+# pgserver adds these to every directory above the data and the binaries when run as root.
+TRAVERSABLE = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+
+
+# The data directory of the embedded server this process started (not one it found running).
+_started: Path | None = None
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def embedded_dir() -> Path:
+    """Where the embedded server keeps its data (one sibling directory per provider)."""
+    if os.environ.get("POOLGUARD_PGDATA"):
+        return Path(os.environ["POOLGUARD_PGDATA"]).expanduser().resolve()
+    if _is_root():
+        # Not under /root: pgserver would make the home directory readable by everyone.
+        return Path(tempfile.gettempdir()) / "django_poolguard-root" / "pgdata"
+    return Path.home() / ".cache" / "django_poolguard" / "pgdata"
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -73,15 +105,100 @@ def _embedded_server_module() -> Any:
     )
 
 
+def _make_traversable_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as drwxr-xr-x whatever the umask: the embedded
+    server's user must traverse the directories this module creates (only those)."""
+    missing = [directory for directory in (path, *path.parents) if not directory.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for directory in missing:
+        directory.chmod(0o755)
+
+
+def _untraversable(path: Path) -> list[str]:
+    """The directories above ``path`` that pgserver would chmod as root, with their modes."""
+    return [
+        f"{parent} ({stat.filemode(parent.stat().st_mode)})"
+        for parent in path.parents
+        if parent.stat().st_mode & TRAVERSABLE != TRAVERSABLE
+    ]
+
+
+def _prepare_for_root(module: Any, pgdata: Path) -> None:
+    """What pgserver would do silently as root, done loudly or refused."""
+    commands = getattr(module, "_commands", None)
+    binaries = Path(
+        getattr(commands, "POSTGRES_BIN_PATH", Path(module.__file__).parent / "pginstall" / "bin")
+    )
+    blocked = _untraversable(pgdata) + _untraversable(binaries)
+    if blocked:
+        raise RuntimeError(
+            "The embedded PostgreSQL cannot run as root from here: PostgreSQL refuses to run as root, so it "
+            f"runs as the system user {EMBEDDED_SYSTEM_USER!r}, which must reach {pgdata} and {binaries}, "
+            f"and these directories are closed to other users: {', '.join(dict.fromkeys(blocked))}. "
+            "django_poolguard does not loosen their permissions. Put the checkout (and its virtual "
+            "environment) in a directory others can traverse (e.g. /srv or /opt), set POOLGUARD_PGDATA "
+            "to such a directory, run as an ordinary user, or set DATABASE_URL to a PostgreSQL you run."
+        )
+    import pwd
+
+    try:
+        pwd.getpwnam(EMBEDDED_SYSTEM_USER)
+    except KeyError:
+        print(
+            "Running as root: PostgreSQL refuses to run as root, so the embedded server runs as the "
+            f"system user {EMBEDDED_SYSTEM_USER!r}; creating it (useradd --system).",
+            file=sys.stderr,
+            flush=True,
+        )
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", EMBEDDED_SYSTEM_USER],
+            check=True,
+        )
+
+
+def _keep_runtime_files_beside(module: Any, pgdata: Path) -> None:
+    """pgserver's lock file (and a fallback socket directory) go to the user's runtime
+    directory (/run/user/<uid>, else /tmp/runtime-<uid>): keep them beside the data instead."""
+    server_class = getattr(getattr(module, "postgres_server", None), "PostgresServer", None)
+    if server_class is None:
+        return
+    import fasteners
+
+    runtime = pgdata.parent / "run"
+    _make_traversable_dirs(runtime)
+    server_class.runtime_path = runtime
+    server_class.lock_path = runtime / ".lockfile"
+    server_class._lock = fasteners.InterProcessLock(runtime / ".lockfile")
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the server running on ``pgdata``, if one is."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
 def _embedded_url(name: str) -> str:
+    global _started
     module = _embedded_server_module()
+    base = embedded_dir()
     # One data directory per provider: they ship different PostgreSQL major versions.
-    pgdata = EMBEDDED_DIR.with_name(f"{EMBEDDED_DIR.name}-{module.__name__}")
-    pgdata.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None: the server outlives this process so subprocesses and later runs reuse it.
+    pgdata = base.with_name(f"{base.name}-{module.__name__}")
+    _make_traversable_dirs(pgdata.parent)
+    if _is_root():
+        _prepare_for_root(module, pgdata)
+    _keep_runtime_files_beside(module, pgdata)
+    was_running = _postmaster_pid(pgdata) is not None
+    # cleanup_mode=None: the server outlives this process so subprocesses and later runs reuse it;
+    # whoever started it may stop it with stop_embedded_server().
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = module.get_server(pgdata, cleanup_mode=None)
+    if not was_running:
+        _started = pgdata
     url = server.get_uri()
     settings = parse_url(url)
     return f"postgresql://{settings['USER']}@/{name}?host={settings['HOST']}"
@@ -104,6 +221,28 @@ def database_url(name: str = "postgres") -> str:
         url = local or _embedded_url(name)
     os.environ["DATABASE_URL"] = url
     return url
+
+
+def started_embedded_server() -> Path | None:
+    """The data directory of the embedded server this process started, if it started one."""
+    return _started
+
+
+def stop_embedded_server(timeout: float = 30.0) -> Path | None:
+    """Stop the embedded server if this process started it (PostgreSQL's fast shutdown: open
+    sessions are ended, the data is kept); returns its data directory."""
+    global _started
+    if _started is None:
+        return None
+    pgdata, _started = _started, None
+    pid = _postmaster_pid(pgdata)
+    if pid is None:
+        return pgdata
+    os.kill(pid, signal.SIGINT)  # SIGINT is PostgreSQL's "fast" shutdown, as `pg_ctl -m fast stop`
+    deadline = time.monotonic() + timeout
+    while _postmaster_pid(pgdata) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pgdata
 
 
 def database_settings(name: str = "postgres") -> dict[str, Any]:

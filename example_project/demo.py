@@ -4,6 +4,7 @@
 Needs only Python 3.11+. If Django, Celery, gunicorn, psycopg or the embedded PostgreSQL are not
 importable, the first run creates ``example_project/.venv`` and installs them there (from PyPI),
 then runs ``manage.py demo`` with that environment. Options are passed on (``--port 8001``).
+``python3 example_project/manage.py ...`` uses the same environment the same way.
 """
 
 from __future__ import annotations
@@ -75,19 +76,26 @@ def install() -> None:
     subprocess.run([str(venv_python()), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True)
 
 
+def ensure_environment(script: Path, args: list[str]) -> None:
+    """Return when this interpreter has everything; else re-run ``script args`` with the
+    example's virtual environment, creating it first if needed (``manage.py`` calls this too)."""
+    if not missing():
+        return
+    in_venv = Path(sys.prefix).resolve() == VENV.resolve()
+    if in_venv:
+        sys.exit(f"{VENV} lacks {', '.join(missing())}; delete it and run this script again.")
+    if (
+        not venv_python().exists()
+        or subprocess.run(
+            [str(venv_python()), "-c", "import " + ", ".join(NEEDED)], capture_output=True
+        ).returncode
+    ):
+        install()
+    os.execv(str(venv_python()), [str(venv_python()), str(script.resolve()), *args])
+
+
 def main() -> None:
-    if missing():
-        in_venv = Path(sys.prefix).resolve() == VENV.resolve()
-        if in_venv:
-            sys.exit(f"{VENV} lacks {', '.join(missing())}; delete it and run this script again.")
-        if (
-            not venv_python().exists()
-            or subprocess.run(
-                [str(venv_python()), "-c", "import " + ", ".join(NEEDED)], capture_output=True
-            ).returncode
-        ):
-            install()
-        os.execv(str(venv_python()), [str(venv_python()), str(Path(__file__).resolve()), *sys.argv[1:]])
+    ensure_environment(Path(__file__), sys.argv[1:])
     os.environ["DJANGO_SETTINGS_MODULE"] = "shop_project.settings"  # the shop's, whatever the shell had
     os.execv(sys.executable, [sys.executable, str(HERE / "manage.py"), "demo", *sys.argv[1:]])
 

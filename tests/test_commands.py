@@ -336,3 +336,13 @@ def test_check_is_critical_when_the_database_cannot_be_reached(make_alias: Calla
     text = _run("poolstats", "--alias", alias, "--leaks")
     assert "! database" in text and "! leaks" in text
     assert "Traceback" not in text
+
+
+def test_poolstats_shows_times_in_the_project_time_zone(settings: Any) -> None:
+    """The admin shows TIME_ZONE; poolstats must not say UTC beside it."""
+    settings.TIME_ZONE = "America/Chicago"
+    out = io.StringIO()
+    call_command("poolstats", stdout=out)
+    header = out.getvalue().splitlines()[0]
+    assert "Poolguard fleet at" in header
+    assert "UTC" not in header and ("CST" in header or "CDT" in header), header

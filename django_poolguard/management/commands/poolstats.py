@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from ... import fleet
 from ...budget import describe
@@ -146,10 +148,18 @@ def _s(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f} s"
 
 
+def _when(value: Any) -> str:
+    """A timestamp in the project's TIME_ZONE, named, as the admin shows it."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if timezone.is_naive(moment):
+        return str(moment)[:19]
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def render(data: dict[str, Any]) -> str:
     """The fleet view as text, in the order an on-call engineer reads it."""
     lines = [
-        f"Poolguard fleet at {data['generated_at'][:19].replace('T', ' ')} UTC: "
+        f"Poolguard fleet at {_when(data['generated_at'])}: "
         f"{len(data['processes'])} live process(es), published to {data['publish'] or 'nowhere (PUBLISH=None)'}",
         "",
     ]
@@ -297,7 +307,7 @@ def _leak_events(events: list[dict[str, Any]]) -> list[str]:
         state = "resolved" if event["resolved"] else "open"
         lines.append(
             f"  {event['kind']} on {event['alias']} ({event['workload']}), {state}, seen {event['count']} times, "
-            f"last {str(event['last_seen'])[:19]}, held {event['held_seconds']:.1f} s: "
+            f"last {_when(event['last_seen'])}, held {event['held_seconds']:.1f} s: "
             f"{event['context'] or 'thread ' + event['thread']}"
         )
         for frame in (event["stack"] or "").splitlines()[:STACK_FRAMES]:

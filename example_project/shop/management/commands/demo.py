@@ -1,5 +1,6 @@
 """``manage.py demo``: the whole shop on this machine — gunicorn, a Celery worker and a driver
-replaying the incidents — until Ctrl-C, which stops every process it started."""
+replaying the incidents — until Ctrl-C, which stops every process it started, the embedded
+PostgreSQL included when the demo started it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from django_poolguard.testing import started_embedded_server, stop_embedded_server
 from shop import bootstrap
 from shop.driver import Driver
 
@@ -64,6 +66,14 @@ class Command(BaseCommand):
         parser.add_argument("--setup-only", action="store_true", help="prepare the database and exit")
 
     def handle(self, *args: Any, port: int, no_driver: bool, setup_only: bool, **options: Any) -> None:
+        try:
+            self._run(port, no_driver, setup_only)
+        finally:
+            pgdata = stop_embedded_server()
+            if pgdata is not None:
+                self.stdout.write(f"Stopped the embedded PostgreSQL (its data stays in {pgdata}).")
+
+    def _run(self, port: int, no_driver: bool, setup_only: bool) -> None:
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, not {port}.")
         if not settings.GUARDED:
@@ -95,7 +105,8 @@ class Command(BaseCommand):
                 "gunicorn",
                 [
                     sys.executable, "-m", "gunicorn", "shop_project.wsgi",
-                    "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread",
+                    "--bind", f"127.0.0.1:{port}", "--workers", str(settings.GUNICORN_WORKERS),
+                    "--worker-class", "gthread",
                     "--threads", "8", "--timeout", "60", "--graceful-timeout", "5",
                     "--access-logfile", str(logs / "access.log"),
                 ],
@@ -105,7 +116,8 @@ class Command(BaseCommand):
                 "celery",
                 [
                     sys.executable, "-m", "celery", "-A", "shop_project", "worker",
-                    "--loglevel", "INFO", "--concurrency", "2", "--queues", "shop",
+                    "--loglevel", "INFO", "--concurrency", str(settings.CELERY_WORKER_CONCURRENCY),
+                    "--queues", "shop",
                     "--hostname", f"shop-{os.getpid()}@%h",
                 ],
                 env, logs / "celery.log",
@@ -146,8 +158,12 @@ class Command(BaseCommand):
         prometheus_dir = settings.VAR_DIR / "prometheus"
         shutil.rmtree(prometheus_dir, ignore_errors=True)  # stale files from a previous run lie
         prometheus_dir.mkdir(parents=True)
+        # Runtime files (gunicorn 25's control socket would go to ~/.gunicorn) stay in var/.
+        runtime_dir = settings.VAR_DIR / "runtime"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
         env.update(
             {
+                "XDG_RUNTIME_DIR": str(runtime_dir),
                 "PYTHONPATH": os.pathsep.join(path),
                 "DJANGO_SETTINGS_MODULE": "shop_project.settings",
                 "SHOP_BROKER_URL": broker,
@@ -177,8 +193,14 @@ class Command(BaseCommand):
 
     def _banner(self, base: str, broker: str, logs: Path) -> None:
         db = settings.DATABASES["default"]
-        where = db["HOST"] if not str(db["HOST"]).startswith("/") else "embedded (unix socket)"
-        manage = f"{sys.executable} {HERE / 'manage.py'}"
+        embedded = started_embedded_server()
+        where = db["HOST"] if not str(db["HOST"]).startswith("/") else f"a unix socket in {db['HOST']}"
+        if embedded is not None:
+            where = f"the embedded PostgreSQL (data in {embedded}), stopped with the demo"
+        manage = f"python3 {_shown(HERE / 'manage.py')}"
+        watch = f"{manage} poolstats --watch 2"
+        if settings.DATABASE_URL_GIVEN:
+            watch = f"DATABASE_URL='{_redacted(os.environ['DATABASE_URL'])}' {watch}"
         self.stdout.write(
             "\n".join(
                 [
@@ -192,15 +214,25 @@ class Command(BaseCommand):
                     f"  database       {db['NAME']} on {where}",
                     f"  celery broker  {describe_broker(broker)}",
                     f"  logs           {logs}",
+                    f"  times          {settings.TIME_ZONE} everywhere (SHOP_TIME_ZONE to change)",
                     "",
                     "In another terminal, watch the pools of every process:",
-                    f"  DATABASE_URL='{_redacted(os.environ['DATABASE_URL'])}' {manage} poolstats --watch 2",
+                    f"  {watch}",
+                    f"or replay one incident with and without poolguard (in its own database): {manage} incident leak",
                     "",
-                    "The driver replays the incidents one after the other. Ctrl-C stops everything.",
+                    "The driver replays the incidents one after the other. Ctrl-C stops everything the demo started.",
                     "",
                 ]
             )
         )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it: the command to paste."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _redacted(url: str) -> str:

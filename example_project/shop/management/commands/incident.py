@@ -6,16 +6,22 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_poolguard.testing import stop_embedded_server
 from shop import bootstrap
 from shop.incidents import SCENARIOS, execute, mode
 
 NAMES = [*SCENARIOS, "autoscale"]
 MANAGE = Path(__file__).resolve().parents[3] / "manage.py"
+PROGRESS = "progress: "  # a child's stderr lines the parent shows while the side runs
+SIDE_TIMEOUT = 300.0  # s
 
 
 class Command(BaseCommand):
@@ -48,14 +54,25 @@ class Command(BaseCommand):
                     f"--only {only} needs SHOP_POOL_MODE={only} in the environment (it is {mode()!r}): "
                     "pools are chosen at startup."
                 )
+            self.stderr.write(f"{PROGRESS}preparing the database {settings.DATABASE_NAME}")
             bootstrap.prepare()
             try:
-                result = execute(SCENARIOS[name], only)
+                result = execute(
+                    SCENARIOS[name], only, progress=lambda line: self.stderr.write(PROGRESS + line)
+                )
             finally:
                 bootstrap.close_pools()
             self.stdout.write(self._dump(result) if json else self._describe(result))
             return
-        results = [self._side(name, side) for side in ("native", "guarded")]
+        # Each run gets its own database: a replay beside the running demo must not write into the
+        # demo's, nor merge its leak events with the demo's.
+        database = f"poolguard_incident_{os.getpid()}"
+        try:
+            results = [self._side(name, side, database) for side in ("native", "guarded")]
+        finally:
+            bootstrap.drop_database(database)
+            if stop_embedded_server() is not None:
+                self.stderr.write("Stopped the embedded PostgreSQL this replay started.")
         if json:
             self.stdout.write(self._dump(results))
             return
@@ -63,15 +80,34 @@ class Command(BaseCommand):
             self.stdout.write(self._describe(result))
         self.stdout.write(self._table(results))
 
-    def _side(self, name: str, side: str) -> dict[str, Any]:
+    def _side(self, name: str, side: str, database: str) -> dict[str, Any]:
         """One side in a fresh process: its pools, engine and middleware come from its settings."""
-        env = {**os.environ, "SHOP_POOL_MODE": side}
+        env = {**os.environ, "SHOP_POOL_MODE": side, "SHOP_DATABASE_NAME": database}
         self.stderr.write(f"Replaying {name!r} {'with Django' if side == 'native' else 'with poolguard'}...")
         command = [sys.executable, str(MANAGE), "incident", name, "--only", side, "--json"]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise CommandError(f"The {side} run of {name!r} failed:\n{done.stderr[-3000:]}")
-        return json_loads_last(done.stdout)
+        started = time.monotonic()
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(child.stdout.read() if child.stdout else ""))
+        reader.start()
+        timer = threading.Timer(SIDE_TIMEOUT, child.kill)
+        timer.start()
+        errors: list[str] = []
+        try:
+            for line in child.stderr or ():
+                if line.startswith(PROGRESS):
+                    self.stderr.write(
+                        f"  {time.monotonic() - started:5.1f} s  {line[len(PROGRESS) :].rstrip()}"
+                    )
+                else:
+                    errors.append(line)
+            child.wait()
+        finally:
+            timer.cancel()
+            reader.join()
+        if child.returncode != 0:
+            raise CommandError(f"The {side} run of {name!r} failed:\n{''.join(errors)[-3000:]}")
+        return json_loads_last("".join(out))
 
     @staticmethod
     def _dump(data: Any) -> str:
