@@ -144,6 +144,10 @@ def unreadable_count(entries: list[dict[str, Any]]) -> str:
     return f"{len(entries)} snapshot{'' if len(entries) == 1 else 's'} unreadable"
 
 
+#: Stands for an absent key, so the reason says "missing" rather than "null".
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+
 class _Invalid(Exception):
     def __init__(self, path: str, expected: str, value: Any) -> None:
         super().__init__(f"{path}: expected {expected}, got {excerpt(value)}")
@@ -156,6 +160,8 @@ def excerpt(value: Any) -> str:
     are JSON-escaped (no control character survives) and cut; huge integers are not printed
     (Python refuses to print more than 4300 digits, and nobody should read them).
     """
+    if value is MISSING:
+        return "nothing (the key is missing)"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -185,9 +191,13 @@ def bounded_number(value: Any, low: float, high: float) -> float | None:
         return None
 
 
+def _bound(high: float) -> str:
+    return "2**53" if high == MAX_NUMBER else f"{high:g}"
+
+
 def _count(value: Any, path: str, *, high: int = MAX_NUMBER) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-        raise _Invalid(path, f"a whole number from 0 to {high}", value)
+        raise _Invalid(path, f"a whole number from 0 to {_bound(high)}", value)
     return value
 
 
@@ -199,7 +209,7 @@ def _number(value: Any, path: str, *, low: float = 0.0, high: float = MAX_NUMBER
         or (isinstance(value, float) and not math.isfinite(value))
         or not low <= value <= high
     ):
-        raise _Invalid(path, f"a number from {low:g} to {high:g}", value)
+        raise _Invalid(path, f"a number from {low:g} to {_bound(high)}", value)
     return float(value)
 
 
@@ -244,9 +254,9 @@ def _checkout(value: Any, path: str) -> CheckoutEntry:
     data = _object(value, path)
     stack = _list(data.get("stack", []), f"{path}.stack")[:MAX_STACK_LINES]
     return {
-        "thread": _text(data.get("thread"), f"{path}.thread", MAX_NAME),
+        "thread": _text(data.get("thread", MISSING), f"{path}.thread", MAX_NAME),
         "alive": _flag(data.get("alive", True), f"{path}.alive"),
-        "held_s": _number(data.get("held_s"), f"{path}.held_s"),
+        "held_s": _number(data.get("held_s", MISSING), f"{path}.held_s"),
         "wait_ms": _number(data.get("wait_ms", 0.0), f"{path}.wait_ms"),
         "context": _text(data.get("context", ""), f"{path}.context"),
         "in_transaction": _flag(data.get("in_transaction", False), f"{path}.in_transaction"),
@@ -276,9 +286,9 @@ def _history(value: Any) -> list[list[float]]:
 
 def _pool(value: Any, path: str) -> PoolEntry:
     data = _object(value, path)
-    counts = {key: _count(data.get(key), f"{path}.{key}") for key in POOL_COUNTS}
+    counts = {key: _count(data.get(key, MISSING), f"{path}.{key}") for key in POOL_COUNTS}
     totals = {key: _count(data.get(key, 0), f"{path}.{key}") for key in POOL_TOTALS}
-    status = data.get("status")
+    status = data.get("status", MISSING)
     if status not in STATUSES:
         raise _Invalid(f"{path}.status", " or ".join(STATUSES), status)
     reasons = _object(data.get("reclaimed_by_reason", {}), f"{path}.reclaimed_by_reason")
@@ -323,13 +333,13 @@ def _pool(value: Any, path: str) -> PoolEntry:
 
 
 def _process(data: dict[Any, Any]) -> ProcessEntry:
-    aliases = _object(data.get("aliases"), "aliases")
+    aliases = _object(data.get("aliases", MISSING), "aliases")
     if len(aliases) > MAX_ALIASES:
         raise _Invalid("aliases", f"at most {MAX_ALIASES} aliases", aliases)
     entry: ProcessEntry = {
-        "host": _name(data.get("host"), "host"),
-        "pid": _count(data.get("pid"), "pid", high=MAX_PID),
-        "role": _name(data.get("role"), "role"),
+        "host": _name(data.get("host", MISSING), "host"),
+        "pid": _count(data.get("pid", MISSING), "pid", high=MAX_PID),
+        "role": _name(data.get("role", MISSING), "role"),
         "aliases": {},
     }
     for alias, pool in aliases.items():

@@ -249,9 +249,9 @@ class CacheStore:
         out = []
         live = set()
         for key in sorted(index):
-            data = found.get(CACHE_PREFIX + key)
-            if data is None:
-                continue
+            if CACHE_PREFIX + key not in found:
+                continue  # expired: the index is pruned below
+            data = found[CACHE_PREFIX + key]
             # The entry is not trusted yet: bad timing values fall back to ours, so it is
             # listed (and reported by the reader) rather than failing this loop.
             fields = data if isinstance(data, dict) else {}

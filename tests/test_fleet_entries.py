@@ -60,7 +60,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], Any]:
 
 
 BAD_ENTRIES = [
-    Bad("empty object", lambda entry: {}, "aliases: expected an object, got null"),
+    Bad("empty object", lambda entry: {}, "aliases: expected an object, got nothing (the key is missing)"),
     Bad("unknown status", _set("aliases.ALIAS.status", "exhausted"), "status: expected healthy or"),
     Bad("in_use a string", _set("aliases.ALIAS.in_use", "abc"), "in_use: expected a whole number"),
     Bad("in_use 10**400", _set("aliases.ALIAS.in_use", 10**400), "got an integer of 1329 bits"),

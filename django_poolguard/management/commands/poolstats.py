@@ -232,8 +232,8 @@ def _unreadable(entries: list[dict[str, Any]]) -> list[str]:
     if not entries:
         return []
     if len(entries) == 1:
-        return [f"! {unreadable_line(entries)}"]
-    return [f"! {unreadable_count(entries)}:", *(f"!   {Unreadable(**e).describe()}" for e in entries)]
+        return [f"! {unreadable_line(entries)}", ""]
+    return [f"! {unreadable_count(entries)}:", *(f"!   {Unreadable(**e).describe()}" for e in entries), ""]
 
 
 def _long_checkouts(data: dict[str, Any]) -> list[str]:
