@@ -47,15 +47,11 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     errors: list[dict[str, str]] = []
     unreadable: list[Unreadable] = []
     db_alias = alias if alias is not None else default_alias()
-    processes: list[Any] = _processes(errors, unreadable, local_fallback=local_fallback)
+    processes: list[Any] = _processes(errors, unreadable, local_fallback=local_fallback, history=history)
     if alias is not None:
         processes = [
             {**p, "aliases": {alias: p["aliases"][alias]}} for p in processes if alias in p.get("aliases", {})
         ]
-    if not history:
-        for process in processes:
-            for pool_data in process.get("aliases", {}).values():
-                pool_data.pop("history", None)
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
@@ -82,13 +78,13 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
 
 
 def _processes(
-    errors: list[dict[str, str]], unreadable: list[Unreadable], *, local_fallback: bool
+    errors: list[dict[str, str]], unreadable: list[Unreadable], *, local_fallback: bool, history: bool
 ) -> list[ProcessEntry]:
     mode = guard_settings.PUBLISH
     processes: list[ProcessEntry] = []
     if mode is not None:
         try:
-            processes, skipped = publish.read_published()
+            processes, skipped = publish.read_published(history=history)
             unreadable += skipped
         except Exception as exc:
             errors.append(error_entry("publish", str(mode), exc))
@@ -96,7 +92,7 @@ def _processes(
         # This process's live pools are fresher than what it published up to an interval ago.
         # Read like any other entry, so every process is shown in the one validated shape.
         snapshot = publish.current_snapshot()
-        own = None if snapshot is None else read_entry(snapshot)
+        own = None if snapshot is None else read_entry(snapshot, history=history)
         if isinstance(own, Unreadable):
             unreadable.append(own)
         elif own is not None:

@@ -13,7 +13,6 @@ strings. History points are checked one by one: a bad point is dropped, not the 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -196,19 +195,16 @@ def _bound(high: float) -> str:
 
 
 def _count(value: Any, path: str, *, high: int = MAX_NUMBER) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+    # type() rather than isinstance(): a bool is an int to isinstance, never a count here.
+    if type(value) is not int or not 0 <= value <= high:
         raise _Invalid(path, f"a whole number from 0 to {_bound(high)}", value)
     return value
 
 
 def _number(value: Any, path: str, *, low: float = 0.0, high: float = MAX_NUMBER) -> float:
-    # isfinite() only for floats: it converts an int to float, which overflows past 1e308.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not math.isfinite(value))
-        or not low <= value <= high
-    ):
+    # NaN fails every comparison and infinity the upper bound, so the bounds check finiteness
+    # too; and comparing a huge int with a float is exact in Python, where float() overflows.
+    if type(value) not in (int, float) or not low <= value <= high:
         raise _Invalid(path, f"a number from {low:g} to {_bound(high)}", value)
     return float(value)
 
@@ -253,6 +249,10 @@ def _percentiles(value: Any, path: str) -> Percentiles:
 def _checkout(value: Any, path: str) -> CheckoutEntry:
     data = _object(value, path)
     stack = _list(data.get("stack", []), f"{path}.stack")[:MAX_STACK_LINES]
+    # Paths are only formatted for a bad line: a fleet view reads thousands of good ones.
+    for i, line in enumerate(stack):
+        if type(line) is not str:
+            raise _Invalid(f"{path}.stack[{i}]", "a string", line)
     return {
         "thread": _text(data.get("thread", MISSING), f"{path}.thread", MAX_NAME),
         "alive": _flag(data.get("alive", True), f"{path}.alive"),
@@ -260,21 +260,34 @@ def _checkout(value: Any, path: str) -> CheckoutEntry:
         "wait_ms": _number(data.get("wait_ms", 0.0), f"{path}.wait_ms"),
         "context": _text(data.get("context", ""), f"{path}.context"),
         "in_transaction": _flag(data.get("in_transaction", False), f"{path}.in_transaction"),
-        "stack": [_text(line, f"{path}.stack[{i}]") for i, line in enumerate(stack)],
+        "stack": [line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 3] + "..." for line in stack],
     }
 
 
 def history_point(value: Any) -> list[float] | None:
-    """One ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` point, or ``None`` when it is bad."""
-    if not isinstance(value, (list, tuple)) or len(value) != 6:
+    """One ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` point, or ``None`` when it is bad.
+
+    One flat condition: the admin reads up to 181 points per alias and process, every refresh.
+    """
+    if type(value) not in (list, tuple) or len(value) != 6:
         return None
-    try:
-        t = _number(value[0], "t")
-        counts = [_count(v, "count") for v in value[1:5]]
-        p95 = _number(value[5], "p95")
-    except _Invalid:
-        return None
-    return [t, *counts, p95]
+    t, in_use, idle, waiting, size, p95 = value
+    if (
+        type(in_use) is int
+        and type(idle) is int
+        and type(waiting) is int
+        and type(size) is int
+        and (type(t) is float or type(t) is int)
+        and (type(p95) is float or type(p95) is int)
+        and 0 <= in_use <= MAX_NUMBER
+        and 0 <= idle <= MAX_NUMBER
+        and 0 <= waiting <= MAX_NUMBER
+        and 0 <= size <= MAX_NUMBER
+        and 0 <= t <= MAX_NUMBER  # NaN fails, infinity too
+        and 0 <= p95 <= MAX_NUMBER
+    ):
+        return [float(t), in_use, idle, waiting, size, float(p95)]
+    return None
 
 
 def _history(value: Any) -> list[list[float]]:
@@ -284,7 +297,7 @@ def _history(value: Any) -> list[list[float]]:
     return [p for p in points if p is not None]
 
 
-def _pool(value: Any, path: str) -> PoolEntry:
+def _pool(value: Any, path: str, history: bool) -> PoolEntry:
     data = _object(value, path)
     counts = {key: _count(data.get(key, MISSING), f"{path}.{key}") for key in POOL_COUNTS}
     totals = {key: _count(data.get(key, 0), f"{path}.{key}") for key in POOL_TOTALS}
@@ -327,12 +340,12 @@ def _pool(value: Any, path: str) -> PoolEntry:
     if "checkouts" in data:
         checkouts = _list(data["checkouts"], f"{path}.checkouts")[:MAX_CHECKOUTS]
         pool["checkouts"] = [_checkout(c, f"{path}.checkouts[{i}]") for i, c in enumerate(checkouts)]
-    if "history" in data:
+    if history and "history" in data:
         pool["history"] = _history(data["history"])
     return pool
 
 
-def _process(data: dict[Any, Any]) -> ProcessEntry:
+def _process(data: dict[Any, Any], history: bool) -> ProcessEntry:
     aliases = _object(data.get("aliases", MISSING), "aliases")
     if len(aliases) > MAX_ALIASES:
         raise _Invalid("aliases", f"at most {MAX_ALIASES} aliases", aliases)
@@ -344,7 +357,7 @@ def _process(data: dict[Any, Any]) -> ProcessEntry:
     }
     for alias, pool in aliases.items():
         name = _name(alias, "aliases (a key)")
-        entry["aliases"][name] = _pool(pool, f"aliases.{name}")
+        entry["aliases"][name] = _pool(pool, f"aliases.{name}", history)
     if "updated_at" in data:
         entry["updated_at"] = _text(data["updated_at"], "updated_at", 64)
     if "publish_interval" in data:
@@ -356,7 +369,9 @@ def _process(data: dict[Any, Any]) -> ProcessEntry:
     return entry
 
 
-def read_entry(raw: Any, *, host: Any = None, pid: Any = None) -> ProcessEntry | Unreadable:
+def read_entry(
+    raw: Any, *, host: Any = None, pid: Any = None, history: bool = True
+) -> ProcessEntry | Unreadable:
     """``raw`` (a published entry as stored) as a :class:`ProcessEntry`, or why it is unreadable.
 
     ``host`` and ``pid`` are what the store knows of the entry apart from its content (the
@@ -366,7 +381,7 @@ def read_entry(raw: Any, *, host: Any = None, pid: Any = None) -> ProcessEntry |
     try:
         if not isinstance(raw, dict):
             raise _Invalid("the entry", "an object", raw)
-        return _process(raw)
+        return _process(raw, history)
     except _Invalid as exc:
         reason = str(exc)
     except Exception as exc:  # a validator bug must cost one entry, never the fleet view
@@ -413,7 +428,9 @@ class RawEntry:
     error: str | None = None
 
 
-def read_entries(raws: list[RawEntry]) -> tuple[list[ProcessEntry], list[Unreadable]]:
+def read_entries(
+    raws: list[RawEntry], *, history: bool = True
+) -> tuple[list[ProcessEntry], list[Unreadable]]:
     """:func:`read_entry` over what a store found: the readable entries (with ``age_s``) and the rest."""
     entries: list[ProcessEntry] = []
     unreadable: list[Unreadable] = []
@@ -423,7 +440,7 @@ def read_entries(raws: list[RawEntry]) -> tuple[list[ProcessEntry], list[Unreada
                 Unreadable(host=_identity_host(raw.host), pid=_identity_pid(raw.pid), reason=raw.error)
             )
             continue
-        result = read_entry(raw.data, host=raw.host, pid=raw.pid)
+        result = read_entry(raw.data, host=raw.host, pid=raw.pid, history=history)
         if isinstance(result, Unreadable):
             unreadable.append(result)
         else:

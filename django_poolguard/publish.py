@@ -297,10 +297,11 @@ class Published(NamedTuple):
     unreadable: list[Unreadable]
 
 
-def read_published(mode: str | None = None) -> Published:
-    """The snapshots of every live process (raises ``psycopg.Error`` / cache errors)."""
+def read_published(mode: str | None = None, *, history: bool = True) -> Published:
+    """The snapshots of every live process (raises ``psycopg.Error`` / cache errors);
+    ``history=False`` leaves out (and skips checking) the history points."""
     target = store(mode)
-    processes, unreadable = read_entries(target.read() if target is not None else [])
+    processes, unreadable = read_entries(target.read() if target is not None else [], history=history)
     processes.sort(key=lambda p: (p["host"], p["pid"]))
     return Published(processes, unreadable)
 
