@@ -43,13 +43,13 @@ class Bad:
     """A bad published entry: how to spoil a good one, and what readers must say about it."""
 
     name: str
-    spoil: Callable[[dict[str, Any]], Any]
+    spoil: Callable[[dict[str, Any], str], Any]  # (a good entry, its alias) -> the bad entry
     reason: str | None  # a fragment of the reported reason; None: the process is still shown
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], Any]:
-    def spoil(entry: dict[str, Any]) -> Any:
-        *parents, last = path.split(".")
+def _set(path: str, value: Any) -> Callable[[dict[str, Any], str], Any]:
+    def spoil(entry: dict[str, Any], alias: str) -> Any:
+        *parents, last = path.format(alias=alias).split(".")
         target = entry
         for key in parents:
             target = target[key]
@@ -60,14 +60,18 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], Any]:
 
 
 BAD_ENTRIES = [
-    Bad("empty object", lambda entry: {}, "aliases: expected an object, got nothing (the key is missing)"),
-    Bad("unknown status", _set("aliases.ALIAS.status", "exhausted"), "status: expected healthy or"),
-    Bad("in_use a string", _set("aliases.ALIAS.in_use", "abc"), "in_use: expected a whole number"),
-    Bad("in_use 10**400", _set("aliases.ALIAS.in_use", 10**400), "got an integer of 1329 bits"),
+    Bad(
+        "empty object",
+        lambda entry, alias: {},
+        "aliases: expected an object, got nothing (the key is missing)",
+    ),
+    Bad("unknown status", _set("aliases.{alias}.status", "exhausted"), "status: expected healthy or"),
+    Bad("in_use a string", _set("aliases.{alias}.in_use", "abc"), "in_use: expected a whole number"),
+    Bad("in_use 10**400", _set("aliases.{alias}.in_use", 10**400), "got an integer of 1329 bits"),
     Bad("aliases a list", _set("aliases", []), "aliases: expected an object, got a list of 0 items"),
     Bad("host null", _set("host", None), "host: expected a printable name"),
     Bad("publish_interval a string", _set("publish_interval", "abc"), "publish_interval: expected a number"),
-    Bad("history a string", _set("aliases.ALIAS.history", "abc"), None),
+    Bad("history a string", _set("aliases.{alias}.history", "abc"), None),
 ]
 
 
@@ -101,20 +105,8 @@ def entry_for(alias: str, host: str, pid: int) -> dict[str, Any]:
     return entry
 
 
-def _alias(entry: dict[str, Any], alias: str) -> dict[str, Any]:
-    # The spoilers address the alias as ALIAS; give them the real one under that name.
-    entry["aliases"]["ALIAS"] = entry["aliases"].pop(alias)
-    return entry
-
-
-def _unalias(entry: Any, alias: str) -> Any:
-    if isinstance(entry, dict) and isinstance(entry.get("aliases"), dict) and "ALIAS" in entry["aliases"]:
-        entry["aliases"][alias] = entry["aliases"].pop("ALIAS")
-    return entry
-
-
 def bad_entry(bad: Bad, alias: str) -> Any:
-    return _unalias(bad.spoil(_alias(entry_for(alias, *BAD), alias)), alias)
+    return bad.spoil(entry_for(alias, *BAD), alias)
 
 
 # --- writing entries straight into the stores ------------------------------------------------
@@ -160,7 +152,10 @@ def assert_readers_skip_and_report(bad: Bad, alias: str, bad_id: tuple[str, int]
     assert (publish.hostname(), os.getpid()) in shown  # this process, live
     if bad.reason is None:
         assert bad_id in shown and data["unreadable"] == []
-        assert shown[bad_id]["aliases"][alias].get("history") is None  # --json drops history anyway
+        # Only the sparkline loses: the admin's view (with history) keeps the process.
+        with_history = {(p["host"], p["pid"]): p for p in fleet.collect()["processes"]}
+        assert with_history[bad_id]["aliases"][alias]["history"] == []
+        assert with_history[GOOD]["aliases"][alias]["history"]
     else:
         assert bad_id not in shown
         [report] = data["unreadable"]
@@ -210,6 +205,25 @@ def test_a_bad_row_is_skipped_and_reported_by_every_reader(own_alias: str, bad: 
     assert {p["host"] for p in publish.read_published().processes} >= {"good-host", publish.hostname()}
 
 
+def test_bad_history_points_are_dropped_one_by_one(own_alias: str) -> None:
+    entry = entry_for(own_alias, *BAD)
+    good_point = [1000.0, 1, 0, 0, 3, 0.5]
+    entry["aliases"][own_alias]["history"] = [
+        ["x"],
+        [1000.0, -1, 0, 0, 3, 0.5],
+        [1000.0, True, 0, 0, 3, 0.5],
+        [1000.0, 1, 0, 0, 3, 10**400],
+        good_point,
+        "abc",
+        [1000.0, 1, 0, 0, 3],
+    ]
+    insert_row(*BAD, json.dumps(entry))
+    data = fleet.collect(own_alias)
+    [process] = [p for p in data["processes"] if (p["host"], p["pid"]) == BAD]
+    assert process["aliases"][own_alias]["history"] == [good_point]
+    assert data["unreadable"] == []
+
+
 @pytest.mark.parametrize(
     ("spoil", "reason"),
     [
@@ -245,7 +259,7 @@ def test_rows_python_cannot_even_load_are_reported(
     insert_row(*GOOD, json.dumps(entry_for(own_alias, *GOOD)))
     text = spoil(json.dumps(entry_for(own_alias, *BAD)))
     insert_row(*BAD, text)
-    assert_readers_skip_and_report(Bad("raw", lambda e: e, reason), own_alias)
+    assert_readers_skip_and_report(Bad("raw", lambda entry, alias: entry, reason), own_alias)
     assert publish.publish_now()
 
 
