@@ -263,7 +263,9 @@ class CacheStore:
                 continue
             live.add(key)
             host, _, pid = key.rpartition(":")
-            out.append(RawEntry(data, round(age, 3), host, int(pid) if pid.isdigit() else None))
+            # isdigit() alone lets "²" through, which int() refuses; 10 digits hold any pid.
+            pid_number = int(pid) if pid.isascii() and pid.isdigit() and len(pid) <= 10 else None
+            out.append(RawEntry(data, round(age, 3), host, pid_number))
         if set(index) - live:
             current = _index(cache)
             cache.set(CACHE_INDEX, [k for k in current if k in live or k not in index], timeout=INDEX_TIMEOUT)

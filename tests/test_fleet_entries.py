@@ -355,3 +355,14 @@ def test_a_bad_cache_index_is_rewritten_by_the_next_publish(
         (publish.hostname(), os.getpid())
     ]
     assert fleet.collect(own_alias)["unreadable"] == []
+
+
+@pytest.mark.parametrize("key", ["bad-host:\u00b2", "bad-host:" + "9" * 30, "no-colon", ":"])
+def test_an_odd_cache_key_names_what_it_can(own_alias: str, fleet_cache: Any, key: str) -> None:
+    fleet_cache.set(publish.CACHE_PREFIX + key, {}, timeout=60)
+    fleet_cache.set(publish.CACHE_INDEX, [key, publish.process_key()], timeout=60)
+    data = fleet.collect(own_alias)
+    assert not data["errors"], data["errors"]
+    [report] = data["unreadable"]
+    assert report["pid"] is None and "aliases: expected an object" in report["reason"]
+    assert (publish.hostname(), os.getpid()) in {(p["host"], p["pid"]) for p in data["processes"]}
