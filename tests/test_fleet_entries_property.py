@@ -22,7 +22,7 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_poolguard import dashboard, fleet, fleet_entries, publish
+from django_poolguard import dashboard, fleet, publish
 from django_poolguard.fleet_entries import MAX_NUMBER, MAX_PID, STATUSES, Unreadable, read_entry
 from django_poolguard.management.commands import poolstats
 from django_poolguard.side_connection import close_all, connection_params
@@ -213,9 +213,7 @@ def test_an_entry_is_valid_or_reported_never_raises(raw: Any) -> None:
         render_everything(fleet_document([result], []))
 
 
-def test_the_template_and_this_release_are_valid(
-    make_alias: Callable[..., str], django_db_blocker: Any
-) -> None:
+def test_the_template_and_this_release_are_valid(make_alias: Callable[..., str]) -> None:
     """The generators start from good entries: the template, and what this process publishes."""
     assert_valid(read_entry(template()))
     alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 5})
@@ -331,6 +329,3 @@ def test_a_mix_in_the_table_shows_the_good_and_reports_the_rest(mix: list[Any]) 
         assert not data["errors"], data["errors"]
     finally:
         close_all()
-
-
-__all__ = ["fleet_entries"]
