@@ -10,6 +10,7 @@ terminates a database session after a confirmation step. Everything goes through
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, cast
 
@@ -182,6 +183,9 @@ class PoolAdmin(admin.ModelAdmin):
         try:
             listed_start = float(request.POST["started"])
         except (KeyError, ValueError):
+            listed_start = math.nan
+        # NaN compares false with everything, so it would pass the same-session test below.
+        if not math.isfinite(listed_start):
             messages.error(request, "The confirmation form was incomplete; nothing was done.")
             return HttpResponseRedirect(dashboard_url)
         if abs(listed_start - session["started"]) > SAME_SESSION_TOLERANCE:

@@ -262,4 +262,14 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
         "database": fleet.get("database") or {},
         "budget": fleet.get("budget") or {},
         "errors": fleet.get("errors") or [],
+        "unreadable": _unreadable(fleet.get("unreadable") or []),
     }
+
+
+def _unreadable(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The notice about skipped snapshots: how many, and each one's host, pid and reason."""
+    from .fleet_entries import Unreadable, unreadable_count
+
+    if not entries:
+        return None
+    return {"summary": unreadable_count(entries), "entries": [Unreadable(**e).describe() for e in entries]}

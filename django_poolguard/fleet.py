@@ -4,7 +4,9 @@ sessions and the connection budget — the ``poolstats --json`` shape of the SPE
 Readers (``poolstats``, the admin dashboard) call :func:`collect`. Everything is read
 over poolguard's side connection or the cache, never a slot of a pool, because the fleet
 view is most needed when the pools are exhausted. A part that cannot be read (database
-down, cache unreachable) is reported under ``errors`` instead of failing the whole view.
+down, cache unreachable) is reported under ``errors`` instead of failing the whole view,
+and a published snapshot that cannot be read (see :mod:`~django_poolguard.fleet_entries`)
+under ``unreadable``, while the other processes are still shown.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from django.conf import settings
 
 from . import activity, budget, publish
 from .conf import guard_settings
+from .fleet_entries import ProcessEntry, Unreadable, read_entry
 from .snapshots import CRITICAL, HEALTHY, WARNING, worst
 
 logger = logging.getLogger("django_poolguard")
@@ -42,16 +45,13 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     place of what it published), so a lone ``runserver`` sees itself, and up to date.
     """
     errors: list[dict[str, str]] = []
+    unreadable: list[Unreadable] = []
     db_alias = alias if alias is not None else default_alias()
-    processes = _processes(errors, local_fallback=local_fallback)
+    processes: list[Any] = _processes(errors, unreadable, local_fallback=local_fallback, history=history)
     if alias is not None:
         processes = [
             {**p, "aliases": {alias: p["aliases"][alias]}} for p in processes if alias in p.get("aliases", {})
         ]
-    if not history:
-        for process in processes:
-            for pool_data in process.get("aliases", {}).values():
-                pool_data.pop("history", None)
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
@@ -61,6 +61,7 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
         "database": {},
         "budget": {},
         "errors": errors,
+        "unreadable": [entry.as_dict() for entry in unreadable],
     }
     server: dict[str, int] | None = None
     try:
@@ -76,18 +77,25 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     return data
 
 
-def _processes(errors: list[dict[str, str]], *, local_fallback: bool) -> list[dict[str, Any]]:
+def _processes(
+    errors: list[dict[str, str]], unreadable: list[Unreadable], *, local_fallback: bool, history: bool
+) -> list[ProcessEntry]:
     mode = guard_settings.PUBLISH
-    processes: list[dict[str, Any]] = []
+    processes: list[ProcessEntry] = []
     if mode is not None:
         try:
-            processes = publish.read_published()
+            processes, skipped = publish.read_published(history=history)
+            unreadable += skipped
         except Exception as exc:
             errors.append(error_entry("publish", str(mode), exc))
     if mode is None or local_fallback:
         # This process's live pools are fresher than what it published up to an interval ago.
-        own = publish.current_snapshot()
-        if own is not None:
+        # Read like any other entry, so every process is shown in the one validated shape.
+        snapshot = publish.current_snapshot()
+        own = None if snapshot is None else read_entry(snapshot, history=history)
+        if isinstance(own, Unreadable):
+            unreadable.append(own)
+        elif own is not None:
             own["age_s"] = 0.0
             processes = [p for p in processes if (p["host"], p["pid"]) != (own["host"], own["pid"])]
             processes.append(own)
@@ -236,13 +244,13 @@ def status(data: dict[str, Any]) -> str:
 
     The worst alias status across processes; critical when the database side cannot be
     read (it is unreachable); warning when the budget is over, or the published snapshots
-    cannot be read.
+    cannot be read, or one of them is unreadable (the view then misses a process).
     """
     statuses = [total["status"] for total in data.get("aliases", {}).values()]
     parts = {error["part"] for error in data.get("errors", [])}
     if "database" in parts:
         statuses.append(CRITICAL)
-    if "publish" in parts:
+    if "publish" in parts or data.get("unreadable"):
         statuses.append(WARNING)
     if data.get("budget", {}).get("status") == budget.OVER:
         statuses.append(WARNING)

@@ -25,9 +25,18 @@ import os
 import threading
 from collections import deque
 from time import monotonic, time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .conf import guard_settings, hostname
+from .fleet_entries import (
+    MAX_ENTRY_CHARS,
+    MAX_PUBLISH_INTERVAL,
+    ProcessEntry,
+    RawEntry,
+    Unreadable,
+    bounded_number,
+    read_entries,
+)
 
 logger = logging.getLogger("django_poolguard")
 
@@ -129,6 +138,16 @@ def _table() -> str:
     return ProcessSnapshot._meta.db_table
 
 
+# A row's own interval, read so that no row can fail the statement for every other one: a
+# non-number (hand-edited, another release) falls back to the reader's interval, and an
+# absurd one is clamped before the cast to float (jsonb holds 10**400; float does not).
+# CASE evaluates the cast only for numbers. Parameters: the clamp's bound, the fallback.
+_ROW_INTERVAL = (
+    "COALESCE(CASE WHEN jsonb_typeof(data->'publish_interval') = 'number' "
+    "THEN LEAST(GREATEST((data->'publish_interval')::numeric, 0.001), %s::numeric)::float END, %s)"
+)
+
+
 class DatabaseStore:
     """Rows of ``django_poolguard_processsnapshot`` over the side connection, dated by the
     database's clock so hosts with skewed clocks agree on who is silent."""
@@ -153,9 +172,8 @@ class DatabaseStore:
             )
             # Each row expires after 3 of its own intervals, so fast and slow publishers coexist.
             cursor.execute(
-                f"DELETE FROM {table} WHERE updated_at < now() - make_interval(secs => %s * "
-                "COALESCE((data->>'publish_interval')::float, %s))",
-                [SILENT_INTERVALS, publish_interval()],
+                f"DELETE FROM {table} WHERE updated_at < now() - make_interval(secs => %s * {_ROW_INTERVAL})",
+                [SILENT_INTERVALS, MAX_PUBLISH_INTERVAL, publish_interval()],
             )
 
     def withdraw(self, key: str) -> None:
@@ -164,22 +182,31 @@ class DatabaseStore:
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(f"DELETE FROM {_table()} WHERE key = %s", [key])
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[RawEntry]:
         from .side_connection import side_cursor
 
         with side_cursor(snapshot_alias()) as cursor:
+            # As text, parsed row by row: one unparsable row (say, an integer of 5000 digits,
+            # which Python's json refuses) must not fail the fetch of all the others.
             cursor.execute(
-                f"SELECT data, extract(epoch FROM now() - updated_at)::float FROM {_table()} "
-                "WHERE updated_at >= now() - make_interval(secs => %s * "
-                "COALESCE((data->>'publish_interval')::float, %s)) ORDER BY host, pid",
-                [SILENT_INTERVALS, publish_interval()],
+                f"SELECT data::text, host, pid, extract(epoch FROM now() - updated_at)::float "
+                f"FROM {_table()} WHERE updated_at >= now() - make_interval(secs => %s * {_ROW_INTERVAL}) "
+                "ORDER BY host, pid",
+                [SILENT_INTERVALS, MAX_PUBLISH_INTERVAL, publish_interval()],
             )
             rows = cursor.fetchall()
         out = []
-        for data, age in rows:
-            data = json.loads(data) if isinstance(data, str) else data
-            data["age_s"] = round(max(0.0, age), 3)
-            out.append(data)
+        for text, host, pid, age in rows:
+            age_s = round(max(0.0, age), 3)
+            if len(text) > MAX_ENTRY_CHARS:
+                error = f"{len(text)} characters of JSON, more than the {MAX_ENTRY_CHARS} read"
+                out.append(RawEntry(None, age_s, host, pid, error=error))
+                continue
+            try:
+                out.append(RawEntry(json.loads(text), age_s, host, pid))
+            except (ValueError, RecursionError) as exc:
+                error = f"not readable as JSON ({type(exc).__name__}: {str(exc)[:120]})"
+                out.append(RawEntry(None, age_s, host, pid, error=error))
         return out
 
 
@@ -203,40 +230,55 @@ class CacheStore:
         key = process_key(data["host"], data["pid"])
         data = {**data, "published_at": time()}
         cache.set(CACHE_PREFIX + key, data, timeout=SILENT_INTERVALS * publish_interval())
-        index = cache.get(CACHE_INDEX) or []
+        index = _index(cache)
         if key not in index:
             cache.set(CACHE_INDEX, sorted({*index, key}), timeout=INDEX_TIMEOUT)
 
     def withdraw(self, key: str) -> None:
         cache = self.cache
         cache.delete(CACHE_PREFIX + key)
-        index = cache.get(CACHE_INDEX) or []
+        index = _index(cache)
         if key in index:
             cache.set(CACHE_INDEX, [k for k in index if k != key], timeout=INDEX_TIMEOUT)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[RawEntry]:
         cache = self.cache
-        index = cache.get(CACHE_INDEX) or []
+        index = _index(cache)
         found = cache.get_many([CACHE_PREFIX + key for key in index])
         now = time()
         out = []
-        for key in index:
-            data = found.get(CACHE_PREFIX + key)
-            if data is None:
-                continue
-            interval = float(data.get("publish_interval") or publish_interval())
-            age = now - float(data.get("published_at", now))
+        live = set()
+        for key in sorted(index):
+            if CACHE_PREFIX + key not in found:
+                continue  # expired: the index is pruned below
+            data = found[CACHE_PREFIX + key]
+            # The entry is not trusted yet: bad timing values fall back to ours, so it is
+            # listed (and reported by the reader) rather than failing this loop.
+            fields = data if isinstance(data, dict) else {}
+            interval = bounded_number(fields.get("publish_interval"), 0.001, MAX_PUBLISH_INTERVAL)
+            published_at = bounded_number(fields.get("published_at"), 0.0, now + 3600.0)
+            age = 0.0 if published_at is None else max(0.0, now - published_at)
             # Caches may keep a key a little past its timeout (e.g. second granularity).
-            if age > SILENT_INTERVALS * interval:
+            if age > SILENT_INTERVALS * (interval or publish_interval()):
                 continue
-            data["age_s"] = round(max(0.0, age), 3)
-            out.append(data)
-        live = {process_key(d["host"], d["pid"]) for d in out}
+            live.add(key)
+            host, _, pid = key.rpartition(":")
+            # isdigit() alone lets "²" through, which int() refuses; 10 digits hold any pid.
+            pid_number = int(pid) if pid.isascii() and pid.isdigit() and len(pid) <= 10 else None
+            out.append(RawEntry(data, round(age, 3), host, pid_number))
         if set(index) - live:
-            current = cache.get(CACHE_INDEX) or []
+            current = _index(cache)
             cache.set(CACHE_INDEX, [k for k in current if k in live or k not in index], timeout=INDEX_TIMEOUT)
-        out.sort(key=lambda d: (d["host"], d["pid"]))
         return out
+
+
+def _index(cache: Any) -> list[str]:
+    """The index's process keys; anything else found there (not a list, not strings) is
+    ignored, and the next publish rewrites the index."""
+    index = cache.get(CACHE_INDEX)
+    if not isinstance(index, (list, tuple)):
+        return []
+    return [key for key in index if isinstance(key, str)]
 
 
 def store(mode: str | None = None) -> DatabaseStore | CacheStore | None:
@@ -249,10 +291,21 @@ def store(mode: str | None = None) -> DatabaseStore | CacheStore | None:
     return None
 
 
-def read_published(mode: str | None = None) -> list[dict[str, Any]]:
-    """The snapshots of every live process (raises ``psycopg.Error`` / cache errors)."""
+class Published(NamedTuple):
+    """What the live processes published: the readable snapshots, by (host, pid), and the
+    skipped ones with why (see :mod:`~django_poolguard.fleet_entries`)."""
+
+    processes: list[ProcessEntry]
+    unreadable: list[Unreadable]
+
+
+def read_published(mode: str | None = None, *, history: bool = True) -> Published:
+    """The snapshots of every live process (raises ``psycopg.Error`` / cache errors);
+    ``history=False`` leaves out (and skips checking) the history points."""
     target = store(mode)
-    return target.read() if target is not None else []
+    processes, unreadable = read_entries(target.read() if target is not None else [], history=history)
+    processes.sort(key=lambda p: (p["host"], p["pid"]))
+    return Published(processes, unreadable)
 
 
 # --- The watchdog task -----------------------------------------------------------------------

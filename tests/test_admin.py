@@ -410,6 +410,19 @@ def test_a_reused_pid_is_not_signalled(sleeping_session):
     assert "newer session" in client.get(DASHBOARD).content.decode()
 
 
+@pytest.mark.parametrize("started", ["nan", "inf"])
+def test_a_non_finite_start_time_is_refused(sleeping_session, started):
+    # NaN compares false with everything: it would pass "is this the session you confirmed?".
+    session = sleeping_session()
+    client = client_for(make_user("root", superuser=True))
+    form = _confirm_form(client, session_url(session.pid))
+    form["started"] = started
+    client.post(session_url(session.pid), form)
+    assert backend_alive(session.pid)
+    assert "The confirmation form was incomplete" in client.get(DASHBOARD).content.decode()
+    assert not LogEntry.objects.exists()
+
+
 def test_unknown_aliases_and_actions_are_404():
     client = client_for(make_user("root", superuser=True))
     assert client.get(session_url(1, alias="nope")).status_code == 404

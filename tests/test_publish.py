@@ -96,7 +96,7 @@ def test_database_publishing_upserts_one_row_and_drops_silent_ones(make_alias: C
                 ),
             ],
         )
-    published = {(p["host"], p["pid"]): p for p in publish.read_published()}
+    published = {(p["host"], p["pid"]): p for p in publish.read_published().processes}
     assert ("ghost", 1) not in published and ("ghost", 2) in published
     mine = published[(publish.hostname(), os.getpid())]
     assert mine["aliases"][alias]["in_use"] == 1
@@ -138,12 +138,12 @@ def test_cache_publishing_through_a_django_cache(make_alias: Callable[..., str],
         cache = cache_handler["fleet"]
         cache.set(publish.CACHE_INDEX, ["gone:1"])  # its key expired long ago
         assert publish.publish_now()
-        published = publish.read_published()
+        published = publish.read_published().processes
         assert [(p["host"], p["pid"]) for p in published] == [(publish.hostname(), os.getpid())]
         assert published[0]["aliases"][alias]["in_use"] == 1
         assert cache.get(publish.CACHE_INDEX) == [publish.process_key()]  # "gone:1" pruned
         publish.withdraw()
-        assert publish.read_published() == []
+        assert publish.read_published().processes == []
     connections[alias].close()
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from ... import fleet
 from ...budget import describe
 from ...escaping import escape_controls
+from ...fleet_entries import Unreadable, unreadable_count, unreadable_line
 from ._arguments import postgres_alias, seconds
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
@@ -97,6 +98,8 @@ def check_line(state: str, data: dict[str, Any]) -> str:
         for alias, t in data["aliases"].items()
     ]
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
+    if data.get("unreadable"):
+        parts.append(unreadable_line(data["unreadable"]))
     if data.get("budget", {}).get("status") == "over":
         parts.append("budget: " + describe(data["budget"]))
     return escape_controls(f"POOLGUARD {state.upper()} - " + ("; ".join(parts) or "no published pools"))
@@ -165,6 +168,7 @@ def render(data: dict[str, Any]) -> str:
     ]
     for error in data.get("errors", []):
         lines.append(f"! {error['part']} ({error['where']}) unavailable: {error['error']}")
+    lines += _unreadable(data.get("unreadable") or [])
     if data["aliases"]:
         rows = [
             [
@@ -233,6 +237,15 @@ def render(data: dict[str, Any]) -> str:
         lines += _leak_events(data["leak_events"])
     # Session SQL, contexts, thread names come from outside: shown, never obeyed by the terminal.
     return "\n".join(escape_controls(line) for line in lines).rstrip() + "\n"
+
+
+def _unreadable(entries: list[dict[str, Any]]) -> list[str]:
+    """Skipped snapshots, each on its own line: the processes listed below are the others."""
+    if not entries:
+        return []
+    if len(entries) == 1:
+        return [f"! {unreadable_line(entries)}", ""]
+    return [f"! {unreadable_count(entries)}:", *(f"!   {Unreadable(**e).describe()}" for e in entries), ""]
 
 
 def _long_checkouts(data: dict[str, Any]) -> list[str]:
