@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .exceptions import PoolExhausted
+from django_poolguard.exceptions import PoolExhausted
 
 __version__ = "0.1.0"
 
@@ -23,12 +23,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "checkout_context": ("django_poolguard.context", "checkout_context"),
-    "snapshot": ("django_poolguard.snapshots", "snapshot"),
-    "process_snapshot": ("django_poolguard.snapshots", "process_snapshot"),
-    "workload": ("django_poolguard.workloads", "workload"),
-    "current_alias": ("django_poolguard.workloads", "current_alias"),
-    "current_workload": ("django_poolguard.workloads", "current_workload"),
+    "checkout_context": ("django_poolguard.engine.context", "checkout_context"),
+    "snapshot": ("django_poolguard.fleet.snapshots", "snapshot"),
+    "process_snapshot": ("django_poolguard.fleet.snapshots", "process_snapshot"),
+    "workload": ("django_poolguard.integrations.workloads", "workload"),
+    "current_alias": ("django_poolguard.integrations.workloads", "current_alias"),
+    "current_workload": ("django_poolguard.integrations.workloads", "current_workload"),
 }
 
 

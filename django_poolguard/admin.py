@@ -32,9 +32,10 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from . import activity, dashboard
-from .escaping import escape_controls
-from .models import LeakEvent, Pool
+from django_poolguard.escaping import escape_controls
+from django_poolguard.fleet import activity
+from django_poolguard.models import LeakEvent, Pool
+from django_poolguard.web import dashboard
 
 logger = logging.getLogger("django_poolguard")
 

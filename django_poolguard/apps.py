@@ -11,12 +11,12 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
-        from .celery import connect_signals
-        from .context import detect_process_role, set_process_role
-        from .leaks import register_tasks
-        from .monitor import watchdog
-        from .pool import on_pool_created
+        from django_poolguard.celery import connect_signals
+        from django_poolguard.engine.context import detect_process_role, set_process_role
+        from django_poolguard.engine.pool import on_pool_created
+        from django_poolguard.fleet import publish
+        from django_poolguard.watchdog.leaks import register_tasks
+        from django_poolguard.watchdog.monitor import watchdog
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
@@ -24,6 +24,6 @@ class PoolGuardConfig(AppConfig):
         connect_signals()  # a no-op unless Celery is installed
         publish.register()
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
-            from . import metrics
+            from django_poolguard.integrations import metrics
 
             metrics.install()

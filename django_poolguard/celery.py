@@ -6,8 +6,8 @@
   go back to their pools.
 - A worker process owns its pools until it exits: Celery's Django fixup calls ``close_pool()``
   after each task under prefork (celery#10554, psycopg#1232), which poolguard turns into "return
-  this thread's connection" (see :func:`django_poolguard.pool.keep_pools_open`). Forked children
-  get fresh pools (:mod:`django_poolguard.pool` clears them at fork).
+  this thread's connection" (see :func:`django_poolguard.engine.pool.keep_pools_open`). Forked children
+  get fresh pools (:mod:`django_poolguard.engine.pool` clears them at fork).
 - At worker start, per-process task concurrency is checked against the worker alias's ``max_size``.
 
 Eager tasks (``task_always_eager``, ``task.apply()``) run inside their caller: they get the task
@@ -23,12 +23,12 @@ from typing import Any
 
 from django.db import connections
 
-from .backends.postgresql.base import DatabaseWrapper
-from .conf import ENGINE
-from .context import reset_context, set_context, set_process_role
-from .escaping import escape_controls
-from .pool import all_pools, close_all_pools, keep_pools_open
-from .workloads import WORKER, alias_for, enter, leave, web_alias
+from django_poolguard.backends.postgresql.base import DatabaseWrapper
+from django_poolguard.conf import ENGINE
+from django_poolguard.engine.context import reset_context, set_context, set_process_role
+from django_poolguard.engine.pool import all_pools, close_all_pools, keep_pools_open
+from django_poolguard.escaping import escape_controls
+from django_poolguard.integrations.workloads import WORKER, alias_for, enter, leave, web_alias
 
 try:
     from celery import signals

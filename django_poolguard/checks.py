@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import (
+from django_poolguard.conf import (
     ALIAS_SETTINGS,
     DEFAULTS,
     ENGINE,
@@ -23,7 +23,7 @@ from .conf import (
     pool_findings,
     workloads_opening,
 )
-from .rules import E010, Finding, find, shown, unknown_keys
+from django_poolguard.rules import E010, Finding, find, shown, unknown_keys
 
 ROUTER = "django_poolguard.routers.WorkloadRouter"
 E014 = "django_poolguard.E014"

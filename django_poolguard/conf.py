@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from .rules import (
+from django_poolguard.rules import (
     E003,
     E005,
     E006,

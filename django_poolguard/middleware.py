@@ -29,11 +29,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse
 
-from .conf import guard_settings
-from .context import reset_context, set_context
-from .escaping import escape_controls
-from .exceptions import PoolExhausted
-from .pool import get_pool
+from django_poolguard.conf import guard_settings
+from django_poolguard.engine.context import reset_context, set_context
+from django_poolguard.engine.pool import get_pool
+from django_poolguard.escaping import escape_controls
+from django_poolguard.exceptions import PoolExhausted
 
 logger = logging.getLogger("django_poolguard")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import connections
 
-from .workloads import current_alias, web_alias
+from django_poolguard.integrations.workloads import current_alias, web_alias
 
 
 def database_key(alias: str) -> tuple[str, str, str] | None:

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from .health import health, is_critical
+from django_poolguard.web.health import health, is_critical
 
 
 @never_cache

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from django_poolguard.pool import discard_pool
+from django_poolguard.engine.pool import discard_pool
 
 _counter = itertools.count()
 

@@ -20,7 +20,7 @@ release = threading.Event()
 def hold_report_connection(alias: str, label: str, held: threading.Semaphore) -> None:
     from django.db import connections
 
-    from django_poolguard.context import checkout_context
+    from django_poolguard.engine.context import checkout_context
 
     with checkout_context(label):
         with connections[alias].cursor() as cursor:
@@ -34,8 +34,8 @@ def main() -> None:
     import django
 
     django.setup()
-    from django_poolguard.context import set_process_role
-    from django_poolguard.publish import publish_now
+    from django_poolguard.engine.context import set_process_role
+    from django_poolguard.fleet.publish import publish_now
 
     role, alias, holds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     set_process_role(role)

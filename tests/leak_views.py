@@ -13,7 +13,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from django_poolguard.context import checkout_context
+from django_poolguard.engine.context import checkout_context
 
 
 def checkout_context_middleware(

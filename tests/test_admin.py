@@ -20,9 +20,9 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
+from django_poolguard.engine.pool import get_pool
+from django_poolguard.engine.side_connection import close_all
 from django_poolguard.models import LeakEvent
-from django_poolguard.pool import get_pool
-from django_poolguard.side_connection import close_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -206,8 +206,8 @@ import sys, threading
 import django
 django.setup()
 from django.db import connections
-from django_poolguard.context import checkout_context, set_process_role
-from django_poolguard.publish import publish_now
+from django_poolguard.engine.context import checkout_context, set_process_role
+from django_poolguard.fleet.publish import publish_now
 
 set_process_role("worker")
 
@@ -677,7 +677,7 @@ def _fleet(**aliases: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_checkouts_are_listed_longest_first_and_capped():
-    from django_poolguard import dashboard
+    from django_poolguard.web import dashboard
 
     checkouts = [
         {"thread": f"t{i}", "alive": True, "held_s": float(i), "context": "GET /x", "stack": []}
@@ -691,8 +691,8 @@ def test_checkouts_are_listed_longest_first_and_capped():
 
 
 def test_sparkline_follows_the_published_history_and_ends_at_the_live_numbers():
-    from django_poolguard import dashboard
-    from django_poolguard.fleet import totals
+    from django_poolguard.fleet.collect import totals
+    from django_poolguard.web import dashboard
 
     now = time.time()
     history = [[now - 600 + 5 * i, i % 5, 1, 0, 4, 0.5] for i in range(100)]

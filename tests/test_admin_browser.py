@@ -17,11 +17,11 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.utils import timezone
 
-from django_poolguard import stacks
-from django_poolguard.context import checkout_context
+from django_poolguard.engine import stacks
+from django_poolguard.engine.context import checkout_context
+from django_poolguard.engine.pool import get_pool
+from django_poolguard.engine.side_connection import close_all
 from django_poolguard.models import LeakEvent
-from django_poolguard.pool import get_pool
-from django_poolguard.side_connection import close_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from django_poolguard import metrics  # noqa: F401  (registers the metrics)
+from django_poolguard.integrations import metrics  # noqa: F401  (registers the metrics)
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "docs" / "prometheus"
 PROMTOOL = shutil.which("promtool")

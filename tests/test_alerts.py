@@ -11,7 +11,7 @@ from django.db import connections
 
 from django_poolguard import signals as poolguard_signals
 from django_poolguard.exceptions import PoolExhausted
-from django_poolguard.monitor import watchdog
+from django_poolguard.watchdog.monitor import watchdog
 from tests.watching import recording, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

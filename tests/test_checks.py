@@ -217,7 +217,7 @@ def test_the_timeout_bounds_are_postgresql_s(django_db_blocker):
 
     from django_poolguard.backends.postgresql.base import session_options
     from django_poolguard.conf import AliasConfig
-    from django_poolguard.side_connection import connection_params
+    from django_poolguard.engine.side_connection import connection_params
 
     params = connection_params("default")
 

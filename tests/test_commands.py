@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from django_poolguard.side_connection import connection_params
+from django_poolguard.engine.side_connection import connection_params
 from tests.fleet_helpers import Fleet, fleet_env, make_fleet
 from tests.waiting import queue_waiters
 
@@ -216,8 +216,8 @@ def test_poolactivity_asks_before_acting(
 
 
 def test_poolactivity_never_lists_or_touches_its_own_session() -> None:
-    from django_poolguard.activity import RefusedSession, signal_session
-    from django_poolguard.side_connection import side_cursor
+    from django_poolguard.engine.side_connection import side_cursor
+    from django_poolguard.fleet.activity import RefusedSession, signal_session
 
     with side_cursor("default") as cursor:
         cursor.execute("SELECT pg_backend_pid()")

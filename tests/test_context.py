@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from django_poolguard.context import detect_process_role
+from django_poolguard.engine.context import detect_process_role
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from django.test import override_settings
 from psycopg_pool import PoolTimeout, TooManyRequests
 
 from django_poolguard import PoolExhausted
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.pool import get_pool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,8 +17,8 @@ from django.db import connections
 from django.test import Client
 
 from django_poolguard.celery import task_label
+from django_poolguard.engine.side_connection import close_all
 from django_poolguard.escaping import escape_controls
-from django_poolguard.side_connection import close_all
 from tests.watching import recording
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]

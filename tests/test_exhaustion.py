@@ -38,7 +38,7 @@ def test_full_wait_queue_fails_at_once(make_alias, holders):
     waiter = threading.Thread(target=lambda: wait_for_connection(alias), name="waiter", daemon=True)
     waiter.start()
     deadline = time.monotonic() + 5
-    from django_poolguard.pool import get_pool
+    from django_poolguard.engine.pool import get_pool
 
     while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
         time.sleep(0.01)

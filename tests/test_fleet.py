@@ -139,7 +139,7 @@ def test_poolbudget_matches_the_seed_incident(make_fleet: Callable[..., Fleet]) 
 def _server_max_connections() -> tuple[int, int]:
     import psycopg
 
-    from django_poolguard.side_connection import connection_params
+    from django_poolguard.engine.side_connection import connection_params
 
     with psycopg.connect(**connection_params("default")) as connection:
         row = connection.execute(

@@ -24,8 +24,8 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client, override_settings
 
-from django_poolguard import fleet, publish
-from django_poolguard.side_connection import close_all, connection_params
+from django_poolguard.engine.side_connection import close_all, connection_params
+from django_poolguard.fleet import collect, publish
 from tests.fleet_helpers import ROOT, fleet_env, redis_url
 
 __all__ = ["fleet_env"]  # fixtures used by this module
@@ -153,7 +153,7 @@ def assert_readers_skip_and_report(bad: Bad, alias: str, bad_id: tuple[str, int]
     if bad.reason is None:
         assert bad_id in shown and data["unreadable"] == []
         # Only the sparkline loses: the admin's view (with history) keeps the process.
-        with_history = {(p["host"], p["pid"]): p for p in fleet.collect()["processes"]}
+        with_history = {(p["host"], p["pid"]): p for p in collect.collect()["processes"]}
         assert with_history[bad_id]["aliases"][alias]["history"] == []
         assert with_history[GOOD]["aliases"][alias]["history"]
     else:
@@ -218,7 +218,7 @@ def test_bad_history_points_are_dropped_one_by_one(own_alias: str) -> None:
         [1000.0, 1, 0, 0, 3],
     ]
     insert_row(*BAD, json.dumps(entry))
-    data = fleet.collect(own_alias)
+    data = collect.collect(own_alias)
     [process] = [p for p in data["processes"] if (p["host"], p["pid"]) == BAD]
     assert process["aliases"][own_alias]["history"] == [good_point]
     assert data["unreadable"] == []
@@ -354,14 +354,14 @@ def test_a_bad_cache_index_is_rewritten_by_the_next_publish(
     assert [(p["host"], p["pid"]) for p in publish.read_published().processes] == [
         (publish.hostname(), os.getpid())
     ]
-    assert fleet.collect(own_alias)["unreadable"] == []
+    assert collect.collect(own_alias)["unreadable"] == []
 
 
 @pytest.mark.parametrize("key", ["bad-host:\u00b2", "bad-host:" + "9" * 30, "no-colon", ":"])
 def test_an_odd_cache_key_names_what_it_can(own_alias: str, fleet_cache: Any, key: str) -> None:
     fleet_cache.set(publish.CACHE_PREFIX + key, {}, timeout=60)
     fleet_cache.set(publish.CACHE_INDEX, [key, publish.process_key()], timeout=60)
-    data = fleet.collect(own_alias)
+    data = collect.collect(own_alias)
     assert not data["errors"], data["errors"]
     [report] = data["unreadable"]
     assert report["pid"] is None and "aliases: expected an object" in report["reason"]

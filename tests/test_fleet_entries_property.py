@@ -22,10 +22,11 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_poolguard import dashboard, fleet, publish
-from django_poolguard.fleet_entries import MAX_NUMBER, MAX_PID, STATUSES, Unreadable, read_entry
+from django_poolguard.engine.side_connection import close_all, connection_params
+from django_poolguard.fleet import collect, publish
+from django_poolguard.fleet.schema import MAX_NUMBER, MAX_PID, STATUSES, Unreadable, read_entry
 from django_poolguard.management.commands import poolstats
-from django_poolguard.side_connection import close_all, connection_params
+from django_poolguard.web import dashboard
 
 
 def _deeply_nested(depth: int) -> list[Any]:
@@ -184,7 +185,7 @@ def fleet_document(processes: list[Any], unreadable: list[Unreadable]) -> dict[s
         "publish": "database",
         "history_fields": list(publish.HISTORY_FIELDS),
         "processes": processes,
-        "aliases": fleet.totals(processes),
+        "aliases": collect.totals(processes),
         "database": {},
         "budget": {},
         "errors": [],
@@ -195,7 +196,7 @@ def fleet_document(processes: list[Any], unreadable: list[Unreadable]) -> dict[s
 def render_everything(data: dict[str, Any]) -> None:
     """poolstats' table, --check line and --json, and the dashboard's body."""
     poolstats.render(data)
-    poolstats.check_line(fleet.status(data), data)
+    poolstats.check_line(collect.status(data), data)
     json.dumps(data, allow_nan=False)
     context = dashboard.build(data, with_sessions=False)
     render_to_string("django_poolguard/dashboard_body.html", {**context, "can_signal": False})
@@ -254,7 +255,7 @@ def cache_publish(settings: Any) -> Iterator[Any]:
 
 def run_readers() -> dict[str, Any]:
     """collect() as poolstats and the dashboard call it, then every output they make from it."""
-    data = fleet.collect(local_fallback=False)
+    data = collect.collect(local_fallback=False)
     render_everything({**data, "database": {}, "budget": {}})
     out = io.StringIO()
     poolstats.Command(stdout=out).show(None, {"leaks": False, "json": True, "watch": None})

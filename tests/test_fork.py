@@ -8,7 +8,7 @@ import os
 import pytest
 from django.db import connections
 
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.pool import get_pool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ from django.db import connections
 from django.test import Client
 
 from django_poolguard import PoolExhausted
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.pool import get_pool
 from tests.waiting import queue_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from django.db import DataError, connections, transaction
 
 import django_poolguard
 from django_poolguard.models import LeakEvent
-from django_poolguard.monitor import watchdog
+from django_poolguard.watchdog.monitor import watchdog
 from tests.testapp.models import Item
 from tests.watching import recording, wait_until
 

@@ -6,8 +6,8 @@ import pytest
 from django.db import connections
 
 import django_poolguard
-from django_poolguard.context import checkout_context
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.context import checkout_context
+from django_poolguard.engine.pool import get_pool
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,7 +99,7 @@ def test_ledger_stays_bounded_by_checked_out_connections(make_alias):
 
 
 def test_first_pool_starts_the_watchdog(make_alias):
-    from django_poolguard.monitor import watchdog
+    from django_poolguard.watchdog.monitor import watchdog
 
     alias = make_alias()
     run_report_query(alias)

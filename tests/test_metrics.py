@@ -13,9 +13,9 @@ from django.db import connections
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
-from django_poolguard import metrics
-from django_poolguard.monitor import watchdog
-from django_poolguard.pool import discard_pool, get_pool
+from django_poolguard.engine.pool import discard_pool, get_pool
+from django_poolguard.integrations import metrics
+from django_poolguard.watchdog.monitor import watchdog
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,13 +144,13 @@ def test_the_app_works_without_prometheus_client():
         import django
         django.setup()
         from django.db import connections
-        from django_poolguard.monitor import watchdog
+        from django_poolguard.watchdog.monitor import watchdog
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT 1")
         connections["default"].close()
         watchdog.run_once(force=True)
         assert "metrics" not in watchdog._tasks, watchdog._tasks
-        assert "django_poolguard.metrics" not in sys.modules
+        assert "django_poolguard.integrations.metrics" not in sys.modules
         print("ok")
         """
     )

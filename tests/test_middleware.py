@@ -13,7 +13,7 @@ from django.db import connections
 from django.test import AsyncClient, Client, override_settings
 
 from django_poolguard import PoolExhausted, middleware
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.pool import get_pool
 from tests.waiting import wait_for_connection
 
 pytestmark = [

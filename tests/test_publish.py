@@ -12,9 +12,9 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from django_poolguard import budget, fleet, publish
 from django_poolguard.checks import check_deployment
-from django_poolguard.side_connection import connection_params
+from django_poolguard.engine.side_connection import connection_params
+from django_poolguard.fleet import budget, collect, publish
 from tests.fleet_helpers import Fleet, fleet_env, make_fleet
 
 __all__ = ["fleet_env", "make_fleet"]  # fixtures used by this module
@@ -57,7 +57,7 @@ def test_fleet_history_sums_processes_per_step() -> None:
         },
         {"host": "b", "pid": 2, "aliases": {"default": {"history": [[101.0, 3, 1, 0, 4, 7.0]]}}},
     ]
-    assert fleet.fleet_history(processes, "default") == [[100.0, 4, 2, 0, 8, 7.0], [105.0, 2, 0, 1, 4, 3.0]]
+    assert collect.fleet_history(processes, "default") == [[100.0, 4, 2, 0, 8, 7.0], [105.0, 2, 0, 1, 4, 3.0]]
 
 
 # --- The database store ----------------------------------------------------------------------
@@ -112,13 +112,13 @@ def test_database_publishing_upserts_one_row_and_drops_silent_ones(make_alias: C
 def test_collect_includes_history_for_the_dashboard(make_alias: Callable[..., str]) -> None:
     alias = make_alias(pool={"min_size": 0, "max_size": 3, "timeout": 5})
     hold(alias)
-    data = fleet.collect(alias)
+    data = collect.collect(alias)
     total = data["aliases"][alias]
     assert (total["in_use"], total["max"]) == (1, 3)
     assert data["history_fields"] == ["t", "in_use", "idle", "waiting", "max", "acquire_p95_ms"]
     assert total["history"][-1][1:5] == [1, 0, 0, 3]
     assert data["processes"][0]["aliases"][alias]["history"]
-    assert "history" not in fleet.collect(alias, history=False)["aliases"][alias]
+    assert "history" not in collect.collect(alias, history=False)["aliases"][alias]
     assert data["database"]["alias"] == alias and data["budget"]["alias"] == alias
     connections[alias].close()
 
@@ -149,7 +149,9 @@ def test_cache_publishing_through_a_django_cache(make_alias: Callable[..., str],
 
 @pytest.mark.django_db(transaction=True)
 def test_a_process_without_a_pool_publishes_nothing(make_fleet: Callable[..., Fleet]) -> None:
-    code = "import os; from django_poolguard.publish import publish_now; print(os.getpid(), publish_now())"
+    code = (
+        "import os; from django_poolguard.fleet.publish import publish_now; print(os.getpid(), publish_now())"
+    )
     result = make_fleet().manage("shell", "-c", code)
     pid, answer = result.stdout.strip().splitlines()[-1].split()
     assert answer == "False", result.stderr

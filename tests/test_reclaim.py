@@ -12,7 +12,7 @@ from django.db import connections
 import django_poolguard
 from django_poolguard.exceptions import PoolExhausted
 from django_poolguard.models import LeakEvent
-from django_poolguard.monitor import watchdog
+from django_poolguard.watchdog.monitor import watchdog
 from tests.watching import recording, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]

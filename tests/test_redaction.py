@@ -18,9 +18,9 @@ from django.test import Client
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from django_poolguard.activity import QUERY_CHARS
-from django_poolguard.redaction import redact_sql
-from django_poolguard.side_connection import close_all
+from django_poolguard.engine.side_connection import close_all
+from django_poolguard.fleet.activity import QUERY_CHARS
+from django_poolguard.fleet.redaction import redact_sql
 
 SECRET = "Zq9hunter2"
 

@@ -12,8 +12,8 @@ from django.test import override_settings
 
 import django_poolguard
 from django_poolguard import current_alias, workload
+from django_poolguard.integrations.workloads import current_workload
 from django_poolguard.routers import WorkloadRouter, same_database
-from django_poolguard.workloads import current_workload
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "worker"])
@@ -99,7 +99,7 @@ def test_unknown_workload_is_a_clear_error():
 
 def test_workload_without_its_own_alias_falls_back_to_web():
     with override_settings(POOLGUARD={"WORKLOADS": {"web": "default"}}):
-        from django_poolguard.workloads import enter, leave
+        from django_poolguard.integrations.workloads import enter, leave
 
         token = enter("worker")
         try:

@@ -23,7 +23,7 @@ from django_poolguard.conf import (
     guard_settings,
     pool_findings,
 )
-from django_poolguard.pool import GuardedPool
+from django_poolguard.engine.pool import GuardedPool
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:UserWarning")
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.db import connections
 
+from django_poolguard.engine.side_connection import STATEMENT_TIMEOUT_MS, close_all, side_cursor
 from django_poolguard.models import LeakEvent
-from django_poolguard.side_connection import STATEMENT_TIMEOUT_MS, close_all, side_cursor
 from tests.watching import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]

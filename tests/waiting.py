@@ -8,7 +8,7 @@ import time
 from django.db import connections
 
 from django_poolguard import PoolExhausted
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.pool import get_pool
 
 
 def wait_for_connection(alias: str) -> None:

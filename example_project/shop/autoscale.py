@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_poolguard.budget import OVER, Workload, compute, describe
+from django_poolguard.fleet.budget import OVER, Workload, compute, describe
 
 # The seed's numbers: max_connections 300, one Node-like process per pod, a pool of 12 per pod.
 MAX_CONNECTIONS = 300

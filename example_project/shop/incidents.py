@@ -309,7 +309,7 @@ def _worker_storm(run: Run) -> None:
         run.spawn(chunk(i), f"worker-{i}")
     time.sleep(2)
     # What poolguard's ledger says about the pools while the backfill runs.
-    from django_poolguard.pool import all_pools, describe_holders
+    from django_poolguard.engine.pool import all_pools, describe_holders
 
     for alias, pool in sorted(all_pools().items()):
         holders = describe_holders(pool)

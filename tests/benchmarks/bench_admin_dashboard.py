@@ -43,9 +43,9 @@ from django.db import connections  # noqa: E402
 from django.template.loader import render_to_string  # noqa: E402
 from django.test import Client, RequestFactory  # noqa: E402
 
-from django_poolguard import dashboard  # noqa: E402
-from django_poolguard.fleet import totals  # noqa: E402
-from django_poolguard.side_connection import close_all  # noqa: E402
+from django_poolguard.engine.side_connection import close_all  # noqa: E402
+from django_poolguard.fleet.collect import totals  # noqa: E402
+from django_poolguard.web import dashboard  # noqa: E402
 
 STACK = [f"shop/module_{i}.py:{10 + i} in function_{i}" for i in range(20)]
 
@@ -207,7 +207,7 @@ def bench_end_to_end(rounds: int) -> list[tuple[str, int, float, float]]:
     finally:
         connections.close_all()
         close_all()
-        from django_poolguard.monitor import watchdog
+        from django_poolguard.watchdog.monitor import watchdog
 
         watchdog.stop()
         close_all()

@@ -40,8 +40,8 @@ django.setup()
 import psycopg  # noqa: E402
 from django.db import connections  # noqa: E402
 
-from django_poolguard.ledger import percentiles  # noqa: E402
-from django_poolguard.pool import get_pool  # noqa: E402
+from django_poolguard.engine.ledger import percentiles  # noqa: E402
+from django_poolguard.engine.pool import get_pool  # noqa: E402
 from tests.celery_app.worker import Worker  # noqa: E402
 
 SLOW_TASK_SECONDS = 0.2
@@ -228,7 +228,7 @@ def main() -> None:
             print(markdown(short, storm_result, args))
     finally:
         connections.close_all()
-        from django_poolguard.pool import close_all_pools
+        from django_poolguard.engine.pool import close_all_pools
 
         close_all_pools()
         drop_bench_database()

@@ -8,7 +8,7 @@ max_size 10 holding 10 checkouts (the largest snapshot a process of that size pu
 - the snapshot's size (JSON bytes, with and without the 15-minute history);
 - ``publish_now()`` with PUBLISH="database" (side connection upsert + cleanup) and
   PUBLISH="cache" (Redis, when reachable): the watchdog's work per interval;
-- ``fleet.collect()`` reading N published processes (default 200), as poolstats and the
+- ``collect.collect()`` reading N published processes (default 200), as poolstats and the
   admin do, in both modes.
 
 Prints a Markdown table; results are recorded in docs/benchmarks/fleet.md.
@@ -70,7 +70,7 @@ def main() -> None:
     from django.db import connection, connections
     from django.test.utils import override_settings
 
-    from django_poolguard import fleet, publish
+    from django_poolguard.fleet import collect, publish
 
     settings.DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 0, "max_size": 10, "timeout": 5}
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
@@ -119,19 +119,19 @@ def main() -> None:
                 for pid in range(1, args.processes):
                     fake["host"], fake["pid"] = "bench-host", pid
                     target.publish(fake)
-                fleet.collect()  # warm up: imports, first reads
-                median, p95 = timed(lambda: fleet.collect(history=False), max(5, args.repeat // 10))
+                collect.collect()  # warm up: imports, first reads
+                median, p95 = timed(lambda: collect.collect(history=False), max(5, args.repeat // 10))
                 rows.append(
                     (
-                        f"fleet.collect(history=False), {args.processes} processes, {mode}",
+                        f"collect.collect(history=False), {args.processes} processes, {mode}",
                         f"{median:.1f} ms",
                         f"{p95:.1f} ms",
                     )
                 )
-                median, p95 = timed(fleet.collect, max(5, args.repeat // 10))
+                median, p95 = timed(collect.collect, max(5, args.repeat // 10))
                 rows.append(
                     (
-                        f"fleet.collect() with history, {args.processes} processes, {mode}",
+                        f"collect.collect() with history, {args.processes} processes, {mode}",
                         f"{median:.1f} ms",
                         f"{p95:.1f} ms",
                     )
@@ -148,8 +148,8 @@ def main() -> None:
         release.set()
         for thread in threads:
             thread.join(5)
-        from django_poolguard.monitor import watchdog
-        from django_poolguard.side_connection import close_all
+        from django_poolguard.engine.side_connection import close_all
+        from django_poolguard.watchdog.monitor import watchdog
 
         watchdog.stop()
         close_all()

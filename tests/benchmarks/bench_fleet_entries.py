@@ -70,7 +70,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from django_poolguard.fleet_entries import RawEntry, read_entries
+    from django_poolguard.fleet.schema import RawEntry, read_entries
 
     text = json.dumps(large_entry())
     texts = [text] * args.processes

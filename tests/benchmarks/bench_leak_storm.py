@@ -199,9 +199,10 @@ def run_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
         "three_dead_threads": three,
     }
     if config == "poolguard":
-        from django_poolguard import leak_events, snapshot
+        from django_poolguard import snapshot
         from django_poolguard.models import LeakEvent
-        from django_poolguard.monitor import watchdog
+        from django_poolguard.watchdog import leak_events
+        from django_poolguard.watchdog.monitor import watchdog
 
         watchdog.run_once(force=True)
         leak_events.flush()

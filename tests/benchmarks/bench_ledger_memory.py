@@ -53,7 +53,7 @@ def configure() -> None:
 def checkouts(count: int, first: int) -> None:
     from django.db import connections
 
-    from django_poolguard.context import checkout_context
+    from django_poolguard.engine.context import checkout_context
 
     wrapper = connections["default"]
     for n in range(first, first + count):
@@ -66,8 +66,9 @@ def checkouts(count: int, first: int) -> None:
 
 
 def measure(label: str, done: int) -> dict[str, float | int | str]:
-    from django_poolguard import leaks, stacks
-    from django_poolguard.pool import get_pool
+    from django_poolguard.engine import stacks
+    from django_poolguard.engine.pool import get_pool
+    from django_poolguard.watchdog import leaks
 
     gc.collect()
     snapshot = tracemalloc.take_snapshot()
@@ -94,7 +95,7 @@ def main() -> None:
     configure()
     from django.db import connections
 
-    from django_poolguard.pool import get_pool
+    from django_poolguard.engine.pool import get_pool
 
     checkouts(1000, 0)  # warm-up: pool full, caches of the code paths filled
     tracemalloc.start(1)

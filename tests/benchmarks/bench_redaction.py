@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from django_poolguard.escaping import escape_controls
-from django_poolguard.redaction import redact_sql
+from django_poolguard.fleet.redaction import redact_sql
 
 ORDINARY = (
     'SELECT "shop_order"."id", "shop_order"."status", "shop_order"."total" FROM "shop_order" '

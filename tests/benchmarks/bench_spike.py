@@ -224,7 +224,7 @@ def run_config(config: str, spike_seconds: float, threads: int, cooldown: float)
     watcher.join()
     summary = summarize(config, results, spike_start, spike_end, cooldown, slow, sessions, lag)
     if config == "poolguard":
-        from django_poolguard.pool import get_pool
+        from django_poolguard.engine.pool import get_pool
 
         # The last 4,096 hold times, without the 10 s slow query: what one request really holds.
         held = [h for h in get_pool("default").ledger.held_samples() if h < 1.0]

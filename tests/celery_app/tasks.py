@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard import current_alias, snapshot
-from django_poolguard.context import process_role
+from django_poolguard.engine.context import process_role
 
 from .app import app
 

@@ -11,8 +11,8 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 
-from django_poolguard.context import current_context
-from django_poolguard.pool import get_pool
+from django_poolguard.engine.context import current_context
+from django_poolguard.engine.pool import get_pool
 from tests.metrics_view import metrics_view
 
 

@@ -1,6 +1,6 @@
 """``ENGINE: "django_poolguard.backends.postgresql"``: Django's PostgreSQL backend with a guarded pool.
 
-Only the hooks that matter are overridden: the pool is a :class:`~django_poolguard.pool.GuardedPool`
+Only the hooks that matter are overridden: the pool is a :class:`~django_poolguard.engine.pool.GuardedPool`
 kept in a fork-aware registry, sessions are labelled and get their timeouts at connect time,
 and each checkout learns which wrapper holds it and when its transaction began.
 """
@@ -21,14 +21,20 @@ from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
-from ... import stacks
-from ...conf import AliasConfig, guard_settings, hostname, pool_findings
-from ...exceptions import PoolExhausted
-from ...leaks import wrapper_collected
-from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
-from ...rules import pg_milliseconds
-from .creation import DatabaseCreation
-from .validation import FIX, W011, DatabaseValidation, without_app
+from django_poolguard.backends.postgresql.creation import DatabaseCreation
+from django_poolguard.backends.postgresql.validation import FIX, W011, DatabaseValidation, without_app
+from django_poolguard.conf import AliasConfig, guard_settings, hostname, pool_findings
+from django_poolguard.engine import stacks
+from django_poolguard.engine.pool import (
+    GuardedPool,
+    _pools,
+    discard_pool,
+    get_or_create_pool,
+    pools_kept_open,
+)
+from django_poolguard.exceptions import PoolExhausted
+from django_poolguard.rules import pg_milliseconds
+from django_poolguard.watchdog.leaks import wrapper_collected
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 _CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__

@@ -33,9 +33,9 @@ class DatabaseCreation(PostgresCreation):
         # snapshots, leak events), stopping the watchdog first so it cannot reopen one in between.
         from django.db import connections
 
-        from ...monitor import watchdog
-        from ...pool import all_pools, discard_pool
-        from ...side_connection import close_all
+        from django_poolguard.engine.pool import all_pools, discard_pool
+        from django_poolguard.engine.side_connection import close_all
+        from django_poolguard.watchdog.monitor import watchdog
 
         watchdog.stop()
         close_all()

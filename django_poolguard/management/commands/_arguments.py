@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 
 def postgres_alias(value: str | None, argument: str = "--alias") -> str:
     """A PostgreSQL alias of ``DATABASES``; the default one when ``value`` is ``None``."""
-    from ...fleet import default_alias
+    from django_poolguard.fleet.collect import default_alias
 
     alias = default_alias() if value is None else value
     if alias not in settings.DATABASES:

@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import activity
-from ...escaping import escape_controls
-from ._arguments import postgres_alias, seconds
+from django_poolguard.escaping import escape_controls
+from django_poolguard.fleet import activity
+from django_poolguard.management.commands._arguments import postgres_alias, seconds
 
 logger = logging.getLogger("django_poolguard")
 

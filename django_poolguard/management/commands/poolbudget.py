@@ -8,8 +8,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import budget
-from ._arguments import postgres_alias
+from django_poolguard.fleet import budget
+from django_poolguard.management.commands._arguments import postgres_alias
 
 POSTGRES_DEFAULT_SUPERUSER_RESERVED = 3
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         if superuser_reserved is not None and superuser_reserved < 0:
             raise CommandError(f"--superuser-reserved must be a whole number >= 0, not {superuser_reserved}.")
         if max_connections is None:
-            from ...activity import server_settings
+            from django_poolguard.fleet.activity import server_settings
 
             try:
                 server = server_settings(alias)

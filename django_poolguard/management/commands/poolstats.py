@@ -12,11 +12,11 @@ import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from ... import fleet
-from ...budget import describe
-from ...escaping import escape_controls
-from ...fleet_entries import Unreadable, unreadable_count, unreadable_line
-from ._arguments import postgres_alias, seconds
+from django_poolguard.escaping import escape_controls
+from django_poolguard.fleet import collect
+from django_poolguard.fleet.budget import describe
+from django_poolguard.fleet.schema import Unreadable, unreadable_count, unreadable_line
+from django_poolguard.management.commands._arguments import postgres_alias, seconds
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
 MAX_CHECKOUTS = 20
@@ -55,8 +55,8 @@ class Command(BaseCommand):
         if watch is not None and options["check"]:
             raise CommandError("--watch and --check cannot be combined: --check answers once, for probes.")
         if options["check"]:
-            data = fleet.collect(alias, history=False)
-            state = fleet.status(data)
+            data = collect.collect(alias, history=False)
+            state = collect.status(data)
             if options["json"]:
                 self.stdout.write(json.dumps({**data, "status": state}, indent=2, default=str))
             else:
@@ -76,12 +76,12 @@ class Command(BaseCommand):
             return
 
     def show(self, alias: str | None, options: dict[str, Any]) -> None:
-        data = fleet.collect(alias, history=False)
+        data = collect.collect(alias, history=False)
         if options["leaks"]:
             try:
                 data["leak_events"] = leak_events(postgres_alias(alias), LEAK_EVENTS)
             except psycopg.Error as exc:
-                data["errors"].append(fleet.error_entry("leaks", postgres_alias(alias), exc))
+                data["errors"].append(collect.error_entry("leaks", postgres_alias(alias), exc))
         if options["json"]:
             # One document per line under --watch, so a pipe can read them one by one.
             indent = None if options["watch"] else 2
@@ -107,8 +107,8 @@ def check_line(state: str, data: dict[str, Any]) -> str:
 
 def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
     """The most recent LeakEvent rows, read over the side connection (no pool slot taken)."""
-    from ...models import LeakEvent
-    from ...side_connection import side_cursor
+    from django_poolguard.engine.side_connection import side_cursor
+    from django_poolguard.models import LeakEvent
 
     columns = (
         "alias",

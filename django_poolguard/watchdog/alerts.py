@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
-from .conf import guard_settings
-from .pool import GuardedPool, all_pools, describe_holders
-from .signals import pool_alert
+from django_poolguard.conf import guard_settings
+from django_poolguard.engine.pool import GuardedPool, all_pools, describe_holders
+from django_poolguard.signals import pool_alert
 
 logger = logging.getLogger("django_poolguard")
 
@@ -61,7 +61,7 @@ def check() -> None:
 
 
 def _check_pool(pool: GuardedPool) -> None:
-    from .snapshots import pool_snapshot
+    from django_poolguard.fleet.snapshots import pool_snapshot
 
     watch = _watches.get(pool)
     if watch is None:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .ledger import Ledger
-from .pool import GuardedPool, all_pools
+from django_poolguard.engine.ledger import Ledger
+from django_poolguard.engine.pool import GuardedPool, all_pools
 
 # Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
 ACQUIRE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -221,6 +221,6 @@ def export() -> None:
 
 def install() -> None:
     """Register the export as a watchdog task; the app calls this when prometheus_client is installed."""
-    from .monitor import watchdog
+    from django_poolguard.watchdog.monitor import watchdog
 
     watchdog.register("metrics", export)

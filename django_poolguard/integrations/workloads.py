@@ -21,8 +21,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
 
-from .conf import guard_settings
-from .context import process_role
+from django_poolguard.conf import guard_settings
+from django_poolguard.engine.context import process_role
 
 WEB, WORKER = "web", "worker"
 
@@ -81,7 +81,9 @@ def _forget_resolved(*, setting: str, **kwargs: Any) -> None:
         _resolved.clear()
 
 
-setting_changed.connect(_forget_resolved, dispatch_uid="django_poolguard.workloads.forget_resolved")
+setting_changed.connect(
+    _forget_resolved, dispatch_uid="django_poolguard.integrations.workloads.forget_resolved"
+)
 
 
 class workload(ContextDecorator):  # lower case: used like a function, @workload("analytics")

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .conf import hostname
-from .pool import silence_inherited
+from django_poolguard.conf import hostname
+from django_poolguard.engine.pool import silence_inherited
 
 CONNECT_TIMEOUT = 2  # s
 STATEMENT_TIMEOUT_MS = 5000

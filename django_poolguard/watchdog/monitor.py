@@ -18,7 +18,7 @@ from time import monotonic
 
 from django.core.signals import setting_changed
 
-from .conf import guard_settings
+from django_poolguard.conf import guard_settings
 
 logger = logging.getLogger("django_poolguard")
 
@@ -145,6 +145,6 @@ def _settings_changed(*, setting: str, **kwargs: object) -> None:
         watchdog.wake()
 
 
-setting_changed.connect(_settings_changed, dispatch_uid="django_poolguard.monitor.settings_changed")
+setting_changed.connect(_settings_changed, dispatch_uid="django_poolguard.watchdog.monitor.settings_changed")
 os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
 atexit.register(watchdog.stop, 2.0)

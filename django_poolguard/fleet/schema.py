@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
-from .snapshots import CRITICAL, HEALTHY, WARNING
+from django_poolguard.fleet.snapshots import CRITICAL, HEALTHY, WARNING
 
 STATUSES = (HEALTHY, WARNING, CRITICAL)
 # JSON readers (the dashboard's script, jq) hold numbers as doubles: beyond 2**53 they lose digits.

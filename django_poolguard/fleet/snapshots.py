@@ -6,10 +6,10 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from .conf import guard_settings, hostname
-from .context import process_role
-from .ledger import percentiles
-from .pool import GuardedPool, all_pools
+from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.engine.context import process_role
+from django_poolguard.engine.ledger import percentiles
+from django_poolguard.engine.pool import GuardedPool, all_pools
 
 HEALTHY, WARNING, CRITICAL = "healthy", "warning", "critical"
 _SEVERITY = {HEALTHY: 0, WARNING: 1, CRITICAL: 2}

@@ -3,7 +3,7 @@
 The scan calls :func:`record` for each report; :func:`flush` (a watchdog task that runs
 right after the scan) upserts them by ``(alias, kind, fingerprint)`` with one
 ``INSERT ... ON CONFLICT`` per place in the code, so a leaking endpoint hit 10,000 times is
-one row with ``count=10000``. Writes go through :func:`~django_poolguard.side_connection.side_cursor`,
+one row with ``count=10000``. Writes go through :func:`~django_poolguard.engine.side_connection.side_cursor`,
 never through a pool: they work exactly when the pool is exhausted, and they never use a
 request's connection or transaction.
 
@@ -27,7 +27,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .leaks import LeakReport
+    from django_poolguard.watchdog.leaks import LeakReport
 
 logger = logging.getLogger("django_poolguard")
 
@@ -80,7 +80,7 @@ def target_database() -> str:
     """The database alias LeakEvent rows are written to, as the project's routers decide."""
     from django.db import router
 
-    from .models import LeakEvent
+    from django_poolguard.models import LeakEvent
 
     return router.db_for_write(LeakEvent) or "default"
 
@@ -136,7 +136,7 @@ def flush() -> int:
 def _write(database: str, batch: list[tuple[tuple[str, str, str, str], _Pending]]) -> int:
     from django.db import connections
 
-    from .side_connection import side_cursor
+    from django_poolguard.engine.side_connection import side_cursor
 
     try:
         vendor = connections[database].vendor
@@ -193,7 +193,7 @@ def _merge_back(key: tuple[str, str, str, str], pending: _Pending) -> None:
 def _statement() -> Any:
     from psycopg import sql
 
-    from .models import LeakEvent
+    from django_poolguard.models import LeakEvent
 
     return sql.SQL(_UPSERT).format(
         table=sql.Identifier(LeakEvent._meta.db_table), int_max=sql.Literal(INT_MAX)

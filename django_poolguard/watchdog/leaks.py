@@ -14,7 +14,7 @@ checkouts and
 
 Each finding is a :class:`LeakReport`: logged on the ``django_poolguard`` logger, sent
 with a signal (see :mod:`django_poolguard.signals`) and queued for the ``LeakEvent``
-table (:mod:`django_poolguard.leak_events`). Nothing here runs on a request thread.
+table (:mod:`django_poolguard.watchdog.leak_events`). Nothing here runs on a request thread.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 
-from . import leak_events, stacks
-from .conf import guard_settings, hostname
-from .escaping import escape_controls
-from .ledger import Checkout
-from .monitor import watchdog
-from .pool import GuardedPool, all_pools
-from .signals import connection_reclaimed, leak_detected, leak_resolved
+from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.engine import stacks
+from django_poolguard.engine.ledger import Checkout
+from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.escaping import escape_controls
+from django_poolguard.signals import connection_reclaimed, leak_detected, leak_resolved
+from django_poolguard.watchdog import leak_events
+from django_poolguard.watchdog.monitor import watchdog
 
 logger = logging.getLogger("django_poolguard")
 
@@ -340,7 +341,7 @@ def _resolved(checkout: Checkout, report: LeakReport) -> None:
 
 def register_tasks() -> None:
     """Register the leak scan, the LeakEvent writer and the alerts with the watchdog, in that order."""
-    from . import alerts
+    from django_poolguard.watchdog import alerts
 
     watchdog.register(TASK_NAME, scan)
     watchdog.register(leak_events.TASK_NAME, leak_events.flush)

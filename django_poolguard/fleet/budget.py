@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import AliasConfig, pool_findings, setting_as_written, workloads_opening
+from django_poolguard.conf import AliasConfig, pool_findings, setting_as_written, workloads_opening
 
 SIDE_CONNECTIONS_PER_PROCESS = 1
 TIGHT_FRACTION = 0.9  # W001 when the fleet can use more than 90 % of the ceiling
@@ -186,7 +186,7 @@ def for_alias(alias: str = "default", *, server: dict[str, int] | None = None) -
     """The budget of ``alias``'s server. ``server`` (from :func:`activity.server_settings`)
     is read over the side connection when not given; raises ``psycopg.Error``."""
     if server is None:
-        from .activity import server_settings
+        from django_poolguard.fleet.activity import server_settings
 
         server = server_settings(alias)
     data = compute(
@@ -218,7 +218,7 @@ def _read_server(alias: str) -> dict[str, int] | None:
     which should not keep a side connection open afterwards."""
     import psycopg
 
-    from .side_connection import connect
+    from django_poolguard.engine.side_connection import connect
 
     try:
         with connect(alias) as connection:

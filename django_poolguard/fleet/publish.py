@@ -1,7 +1,7 @@
 """Publishing: every process with a pool puts its snapshot where fleet views can read it.
 
 A pool lives inside one process, but ``poolstats`` and the admin run in others. So the
-watchdog publishes :func:`~django_poolguard.snapshots.process_snapshot` every
+watchdog publishes :func:`~django_poolguard.fleet.snapshots.process_snapshot` every
 ``PUBLISH_INTERVAL`` seconds:
 
 - ``PUBLISH="database"``: one row per process in ``django_poolguard_processsnapshot``,
@@ -27,8 +27,8 @@ from collections import deque
 from time import monotonic, time
 from typing import Any, NamedTuple
 
-from .conf import guard_settings, hostname
-from .fleet_entries import (
+from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.fleet.schema import (
     MAX_ENTRY_CHARS,
     MAX_PUBLISH_INTERVAL,
     ProcessEntry,
@@ -107,8 +107,8 @@ history = History()
 
 def current_snapshot() -> dict[str, Any] | None:
     """This process's ``processes[]`` entry with history, or ``None`` when it has no pool."""
-    from .pool import all_pools
-    from .snapshots import process_snapshot
+    from django_poolguard.engine.pool import all_pools
+    from django_poolguard.fleet.snapshots import process_snapshot
 
     if not all_pools():
         return None
@@ -127,13 +127,13 @@ def snapshot_alias() -> str:
     """The database alias holding the ``ProcessSnapshot`` table (the router decides)."""
     from django.db import router
 
-    from .models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot
 
     return router.db_for_write(ProcessSnapshot) or "default"
 
 
 def _table() -> str:
-    from .models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot
 
     return ProcessSnapshot._meta.db_table
 
@@ -153,7 +153,7 @@ class DatabaseStore:
     database's clock so hosts with skewed clocks agree on who is silent."""
 
     def publish(self, data: dict[str, Any]) -> None:
-        from .side_connection import side_cursor
+        from django_poolguard.engine.side_connection import side_cursor
 
         table = _table()
         with side_cursor(snapshot_alias()) as cursor:
@@ -177,13 +177,13 @@ class DatabaseStore:
             )
 
     def withdraw(self, key: str) -> None:
-        from .side_connection import side_cursor
+        from django_poolguard.engine.side_connection import side_cursor
 
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(f"DELETE FROM {_table()} WHERE key = %s", [key])
 
     def read(self) -> list[RawEntry]:
-        from .side_connection import side_cursor
+        from django_poolguard.engine.side_connection import side_cursor
 
         with side_cursor(snapshot_alias()) as cursor:
             # As text, parsed row by row: one unparsable row (say, an integer of 5000 digits,
@@ -293,7 +293,7 @@ def store(mode: str | None = None) -> DatabaseStore | CacheStore | None:
 
 class Published(NamedTuple):
     """What the live processes published: the readable snapshots, by (host, pid), and the
-    skipped ones with why (see :mod:`~django_poolguard.fleet_entries`)."""
+    skipped ones with why (see :mod:`~django_poolguard.fleet.schema`)."""
 
     processes: list[ProcessEntry]
     unreadable: list[Unreadable]
@@ -360,7 +360,7 @@ def _publish_task() -> None:
 
 
 def _withdraw_at_exit() -> None:
-    from .monitor import watchdog
+    from django_poolguard.watchdog.monitor import watchdog
 
     watchdog.stop(2.0)  # first, so it cannot publish again after we left
     withdraw()
@@ -396,7 +396,7 @@ def _log_error(exc: Exception) -> None:
 
 def register() -> None:
     """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
-    from .monitor import watchdog
+    from django_poolguard.watchdog.monitor import watchdog
 
     watchdog.register("publish", _publish_task, interval=publish_interval)
     # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).

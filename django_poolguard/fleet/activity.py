@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .redaction import redact_sql
-from .side_connection import side_cursor
+from django_poolguard.engine.side_connection import side_cursor
+from django_poolguard.fleet.redaction import redact_sql
 
 QUERY_CHARS = 500  # SQL text shown per session, cut after redaction; enough to recognise a query
 ACTIONS = {"cancel": "pg_cancel_backend", "terminate": "pg_terminate_backend"}

@@ -1,9 +1,9 @@
 """What the admin's "Connection pools" page shows, as template-ready data.
 
-The numbers come from the fleet view (:func:`django_poolguard.fleet.collect`, the
+The numbers come from the fleet view (:func:`django_poolguard.fleet.collect.collect`, the
 ``poolstats --json`` shape, where this process's own entry is live rather than its last
 published snapshot), and the sessions from
-:mod:`django_poolguard.activity`. This module only arranges them: one card per alias, the
+:mod:`django_poolguard.fleet.activity`. This module only arranges them: one card per alias, the
 per-process table, the current checkouts longest first, the sessions longest first, and
 the history sparkline as inline SVG (no chart library).
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from django.db import connections
 
-from .conf import hostname
-from .snapshots import HEALTHY, worst
+from django_poolguard.conf import hostname
+from django_poolguard.fleet.snapshots import HEALTHY, worst
 
 logger = logging.getLogger("django_poolguard")
 
@@ -32,7 +32,7 @@ MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 def fleet_data() -> dict[str, Any]:
     """The fleet (``poolstats --json`` shape); this process's own entry is live, not as last published."""
-    from .fleet import collect
+    from django_poolguard.fleet.collect import collect
 
     fleet = collect()
     me = (hostname(), os.getpid())
@@ -44,7 +44,7 @@ def fleet_data() -> dict[str, Any]:
 def _points(history: list[Any], now: float) -> list[dict[str, float]]:
     """The fleet's history points (lists in ``publish.HISTORY_FIELDS`` order) of the last
     15 minutes, as dicts with t, in_use, waiting, max and p95."""
-    from .publish import HISTORY_FIELDS
+    from django_poolguard.fleet.publish import HISTORY_FIELDS
 
     out = []
     for values in history or []:
@@ -211,7 +211,7 @@ def session_age(session: dict[str, Any]) -> float:
 def _sessions() -> list[dict[str, Any]]:
     import psycopg
 
-    from .activity import sessions
+    from django_poolguard.fleet.activity import sessions
 
     groups = []
     for alias in session_databases():
@@ -244,7 +244,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
     if "aliases" not in fleet:  # a fleet given without its totals (tests, callers of build())
-        from .fleet import totals
+        from django_poolguard.fleet.collect import totals
 
         fleet = {**fleet, "aliases": totals(processes)}
     cards = _alias_cards(processes, fleet["aliases"], now)
@@ -268,7 +268,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
 
 def _unreadable(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The notice about skipped snapshots: how many, and each one's host, pid and reason."""
-    from .fleet_entries import Unreadable, unreadable_count
+    from django_poolguard.fleet.schema import Unreadable, unreadable_count
 
     if not entries:
         return None

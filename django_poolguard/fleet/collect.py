@@ -5,7 +5,7 @@ Readers (``poolstats``, the admin dashboard) call :func:`collect`. Everything is
 over poolguard's side connection or the cache, never a slot of a pool, because the fleet
 view is most needed when the pools are exhausted. A part that cannot be read (database
 down, cache unreachable) is reported under ``errors`` instead of failing the whole view,
-and a published snapshot that cannot be read (see :mod:`~django_poolguard.fleet_entries`)
+and a published snapshot that cannot be read (see :mod:`~django_poolguard.fleet.schema`)
 under ``unreadable``, while the other processes are still shown.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 from django.conf import settings
 
-from . import activity, budget, publish
-from .conf import guard_settings
-from .fleet_entries import ProcessEntry, Unreadable, read_entry
-from .snapshots import CRITICAL, HEALTHY, WARNING, worst
+from django_poolguard.conf import guard_settings
+from django_poolguard.fleet import activity, budget, publish
+from django_poolguard.fleet.schema import ProcessEntry, Unreadable, read_entry
+from django_poolguard.fleet.snapshots import CRITICAL, HEALTHY, WARNING, worst
 
 logger = logging.getLogger("django_poolguard")
 

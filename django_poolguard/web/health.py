@@ -11,9 +11,9 @@ from typing import Any
 
 from django.db import connections
 
-from .conf import ENGINE
-from .pool import all_pools
-from .snapshots import CRITICAL, pool_state, worst
+from django_poolguard.conf import ENGINE
+from django_poolguard.engine.pool import all_pools
+from django_poolguard.fleet.snapshots import CRITICAL, pool_state, worst
 
 
 def guarded_aliases() -> list[str]:

@@ -15,12 +15,12 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
-from . import stacks
-from .conf import AliasConfig, guard_settings
-from .context import current_context
-from .escaping import escape_controls
-from .exceptions import PoolExhausted, PoolQueueFull
-from .ledger import Ledger
+from django_poolguard.conf import AliasConfig, guard_settings
+from django_poolguard.engine import stacks
+from django_poolguard.engine.context import current_context
+from django_poolguard.engine.ledger import Ledger
+from django_poolguard.escaping import escape_controls
+from django_poolguard.exceptions import PoolExhausted, PoolQueueFull
 
 logger = logging.getLogger("django_poolguard")
 
@@ -137,7 +137,7 @@ def _plumbing_codes() -> frozenset[int]:
                 functions.append(function)
                 functions.append(getattr(function, "__wrapped__", function))
     try:
-        from .backends.postgresql.base import DatabaseWrapper as GuardedWrapper
+        from django_poolguard.backends.postgresql.base import DatabaseWrapper as GuardedWrapper
 
         functions.append(GuardedWrapper.get_new_connection)
     except ImportError:  # pragma: no cover
@@ -285,7 +285,7 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
     """The forking thread's Django wrappers may hold a parent connection: drop it."""
     from django.db import connections
 
-    from .backends.postgresql.base import DatabaseWrapper
+    from django_poolguard.backends.postgresql.base import DatabaseWrapper
 
     for wrapper in connections.all(initialized_only=True):
         connection = getattr(wrapper, "connection", None)

@@ -13,7 +13,7 @@ import weakref
 from time import monotonic
 from typing import Any
 
-from . import stacks
+from django_poolguard.engine import stacks
 
 RING_SIZE = 4096  # samples kept for percentiles; a power of two so the index is a mask
 _MASK = RING_SIZE - 1

@@ -1,0 +1,1 @@
+"""Integrations with other libraries: Prometheus metrics and Celery/route workloads."""

@@ -1,0 +1,1 @@
+"""The web surface's machinery: the admin dashboard's data and the health answer."""
