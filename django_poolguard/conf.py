@@ -43,6 +43,7 @@ ALIAS_DEFAULTS: dict[str, Any] = {
     "hoard_threshold": 10.0,
     "statement_timeout": None,
     "idle_in_transaction_timeout": None,
+    "timeouts_via": "startup",  # "startup", "set" or "server": see session_timeouts.py
 }
 
 
@@ -95,6 +96,7 @@ class AliasConfig:
     hoard_threshold: float
     statement_timeout: float | None
     idle_in_transaction_timeout: float | None
+    timeouts_via: str = "startup"
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -108,6 +110,7 @@ class AliasConfig:
             hoard_threshold=float(options["hoard_threshold"]),
             statement_timeout=options["statement_timeout"],
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
+            timeouts_via=options["timeouts_via"],
         )
 
 

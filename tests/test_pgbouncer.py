@@ -51,12 +51,14 @@ def _run_as() -> str | None:
 
 @pytest.fixture
 def pgbouncer():
-    """``start(extra_settings)`` runs PgBouncer in transaction mode in front of the test database."""
+    """``start(extra_settings, pool_mode=..., database_extra=...)`` runs PgBouncer (transaction mode
+    unless told otherwise) in front of the test database; ``database_extra`` is appended to its
+    ``[databases]`` entry (e.g. a ``connect_query``)."""
     processes: list[subprocess.Popen[bytes]] = []
     # Not pytest's tmp_path: under root it sits in a 0700 directory the PgBouncer user cannot enter.
     tmp_path = Path(tempfile.mkdtemp(prefix="poolguard-pgbouncer-"))
 
-    def start(extra: str = "") -> tuple[int, Path]:
+    def start(extra: str = "", *, pool_mode: str = "transaction", database_extra: str = "") -> tuple[int, Path]:
         db = connections["default"].settings_dict
         host = db["HOST"] or "127.0.0.1"
         port = _free_port()
@@ -65,9 +67,9 @@ def pgbouncer():
         (tmp_path / "users.txt").write_text(f'"{db["USER"]}" "{db["PASSWORD"] or ""}"\n')
         ini = tmp_path / "pgbouncer.ini"
         ini.write_text(
-            f"[databases]\n{db['NAME']} = {target}\n\n[pgbouncer]\n"
+            f"[databases]\n{db['NAME']} = {target} {database_extra}\n\n[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {tmp_path / 'users.txt'}\npool_mode = transaction\n"
+            f"auth_type = trust\nauth_file = {tmp_path / 'users.txt'}\npool_mode = {pool_mode}\n"
             f"default_pool_size = 2\nlogfile = {log}\n{extra}\n"
         )
         user = _run_as()
@@ -94,13 +96,27 @@ def pgbouncer():
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def _alias_through(make_alias, port: int) -> str:
+def _alias_through(make_alias, port: int, **poolguard) -> str:
     return make_alias(
         pool={"min_size": 0, "max_size": 1, "timeout": 2},
-        poolguard={"statement_timeout": 2, "idle_in_transaction_timeout": 30},
+        poolguard={"statement_timeout": 2, "idle_in_transaction_timeout": 30, **poolguard},
         HOST="127.0.0.1",
         PORT=str(port),
     )
+
+
+def _session_timeouts(alias: str) -> tuple[str, str]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        [statement_timeout] = cursor.fetchone()
+        cursor.execute("SHOW idle_in_transaction_session_timeout")
+        [idle_timeout] = cursor.fetchone()
+    connections[alias].close()
+    return statement_timeout, idle_timeout
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "django_poolguard" and r.levelname == "WARNING"]
 
 
 def test_pgbouncer_refuses_the_options_startup_parameter(make_alias, pgbouncer) -> None:
@@ -120,3 +136,42 @@ def test_ignoring_options_drops_the_timeouts_silently(make_alias, pgbouncer) -> 
     connections[alias].close()
     assert statement_timeout == "0"  # the 2 s asked for never reached PostgreSQL
     assert application_name.startswith(f"{alias}:{alias}:")  # application_name does get through
+
+
+def test_timeouts_by_set_connect_through_transaction_pooling_and_warn(make_alias, pgbouncer, caplog) -> None:
+    port, log = pgbouncer()
+    alias = _alias_through(make_alias, port, timeouts_via="set")
+    assert _session_timeouts(alias) == ("2s", "30s")
+    assert "unsupported startup parameter" not in log.read_text()
+    [warning] = _warnings(caplog)
+    assert f"DATABASES[{alias!r}] goes through a connection pooler in transaction (or statement) mode" in warning
+    assert "timeouts_via to 'server'" in warning
+
+
+def test_timeouts_by_set_hold_in_session_pooling_without_a_warning(make_alias, pgbouncer, caplog) -> None:
+    port, log = pgbouncer(pool_mode="session")
+    alias = _alias_through(make_alias, port, timeouts_via="set")
+    for _ in range(3):  # checked out and returned: the session keeps them
+        assert _session_timeouts(alias) == ("2s", "30s")
+    assert "unsupported startup parameter" not in log.read_text()
+    assert _warnings(caplog) == []
+
+
+def test_timeouts_from_the_server_are_verified_quietly(make_alias, pgbouncer, caplog) -> None:
+    port, _ = pgbouncer(
+        database_extra="connect_query='SET statement_timeout = 2000; SET idle_in_transaction_session_timeout = 30000'"
+    )
+    alias = _alias_through(make_alias, port, timeouts_via="server")
+    assert _session_timeouts(alias) == ("2s", "30s")
+    assert _warnings(caplog) == []
+
+
+def test_timeouts_the_server_does_not_apply_are_reported(make_alias, pgbouncer, caplog) -> None:
+    port, _ = pgbouncer(database_extra="connect_query='SET statement_timeout = 2000'")
+    alias = _alias_through(make_alias, port, timeouts_via="server")
+    assert _session_timeouts(alias) == ("2s", "0")  # connections work: the check only reports
+    [warning] = _warnings(caplog)
+    assert f"DATABASES[{alias!r}] has OPTIONS['poolguard']['timeouts_via'] = 'server'" in warning
+    assert "idle_in_transaction_session_timeout = 0 ms (expected 30000 ms)" in warning
+    assert "statement_timeout = 0" not in warning
+    assert "ALTER ROLE <user> SET idle_in_transaction_session_timeout = '30000ms'" in warning
