@@ -11,7 +11,7 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import budget, checks, publish  # noqa: F401  (budget and checks register system checks)
+        from . import budget, checks, publish, session_timeouts  # noqa: F401  (they register system checks)
         from .celery import connect_signals
         from .context import detect_process_role, set_process_role
         from .leaks import register_tasks

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import ALIAS_DEFAULTS, DEFAULTS, ENGINE
+from .conf import ALIAS_DEFAULTS, DEFAULTS, ENGINE, TIMEOUTS_VIA
 
 ROUTER = "django_poolguard.routers.WorkloadRouter"
 PUBLISH_CHOICES = ("database", "cache", None)
@@ -107,6 +107,17 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"{where}['OPTIONS']['poolguard'] has an unknown key {key!r}.",
                     hint=f"Remove or rename it: {suggestion}",
                     id="django_poolguard.E005",
+                )
+            )
+        timeouts_via = guard.get("timeouts_via", ALIAS_DEFAULTS["timeouts_via"])
+        if timeouts_via not in TIMEOUTS_VIA:
+            errors.append(
+                Error(
+                    f"{where}['OPTIONS']['poolguard']['timeouts_via'] is {timeouts_via!r}.",
+                    hint='Use "startup" (default: in the connection\'s startup packet), "set" (by SET once per '
+                    'connection: PgBouncer in session mode) or "server" (set by the role or PgBouncer\'s '
+                    "connect_query; poolguard checks them: PgBouncer in transaction mode).",
+                    id="django_poolguard.E011",
                 )
             )
         for key in POSITIVE_ALIAS_KEYS:

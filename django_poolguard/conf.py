@@ -43,8 +43,11 @@ ALIAS_DEFAULTS: dict[str, Any] = {
     "hoard_threshold": 10.0,
     "statement_timeout": None,
     "idle_in_transaction_timeout": None,
-    "timeouts_via": "startup",  # "startup", "set" or "server": see session_timeouts.py
+    "timeouts_via": "startup",  # one of TIMEOUTS_VIA: see session_timeouts.py
 }
+
+#: How an alias's timeouts reach its sessions (``OPTIONS["poolguard"]["timeouts_via"]``).
+TIMEOUTS_VIA = ("startup", "set", "server")
 
 
 class GuardSettings:

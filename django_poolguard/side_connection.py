@@ -39,9 +39,19 @@ def connection_params(alias: str) -> dict[str, Any]:
     params.pop("prepare_threshold", None)
     params["application_name"] = f"poolguard:{alias}:{hostname()}:{os.getpid()}"[:63]
     params["connect_timeout"] = CONNECT_TIMEOUT
-    params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    if _timeouts_via(alias) == "startup":
+        params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    # Otherwise a pooler such as PgBouncer refuses "options": side_cursor() SETs the timeout for
+    # "set" (a session of its own), and "server" leaves it to the server, as for the alias.
     params["autocommit"] = True
     return params
+
+
+def _timeouts_via(alias: str) -> str:
+    from django.db import connections
+
+    config = getattr(connections[alias], "guard_config", None)
+    return config.timeouts_via if config is not None else "startup"
 
 
 @contextmanager
@@ -54,6 +64,8 @@ def side_cursor(alias: str = "default") -> Iterator[psycopg.Cursor[Any]]:
         connection = _connections.get(alias)
         if connection is None or connection.closed:
             connection = _connections[alias] = psycopg.connect(**connection_params(alias))
+            if _timeouts_via(alias) == "set":
+                connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         try:
             with connection.cursor() as cursor:
                 yield cursor

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from django.db import OperationalError, connections
 
+from django_poolguard.session_timeouts import check_session_timeouts
+
 PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
 )
@@ -58,7 +60,9 @@ def pgbouncer():
     # Not pytest's tmp_path: under root it sits in a 0700 directory the PgBouncer user cannot enter.
     tmp_path = Path(tempfile.mkdtemp(prefix="poolguard-pgbouncer-"))
 
-    def start(extra: str = "", *, pool_mode: str = "transaction", database_extra: str = "") -> tuple[int, Path]:
+    def start(
+        extra: str = "", *, pool_mode: str = "transaction", database_extra: str = ""
+    ) -> tuple[int, Path]:
         db = connections["default"].settings_dict
         host = db["HOST"] or "127.0.0.1"
         port = _free_port()
@@ -116,7 +120,9 @@ def _session_timeouts(alias: str) -> tuple[str, str]:
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "django_poolguard" and r.levelname == "WARNING"]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "django_poolguard" and r.levelname == "WARNING"
+    ]
 
 
 def test_pgbouncer_refuses_the_options_startup_parameter(make_alias, pgbouncer) -> None:
@@ -125,6 +131,10 @@ def test_pgbouncer_refuses_the_options_startup_parameter(make_alias, pgbouncer) 
     with pytest.raises(OperationalError, match="failed connection attempts"):
         connections[alias].ensure_connection()
     assert "unsupported startup parameter: options" in log.read_text()
+    [error] = check_session_timeouts(databases=[alias])
+    assert error.id == "django_poolguard.E012"
+    assert f"DATABASES[{alias!r}] sends its timeouts in the 'options' startup parameter" in error.msg
+    assert "timeouts_via to 'set' (pool_mode = session) or to 'server'" in error.hint
 
 
 def test_ignoring_options_drops_the_timeouts_silently(make_alias, pgbouncer) -> None:
@@ -144,7 +154,9 @@ def test_timeouts_by_set_connect_through_transaction_pooling_and_warn(make_alias
     assert _session_timeouts(alias) == ("2s", "30s")
     assert "unsupported startup parameter" not in log.read_text()
     [warning] = _warnings(caplog)
-    assert f"DATABASES[{alias!r}] goes through a connection pooler in transaction (or statement) mode" in warning
+    assert (
+        f"DATABASES[{alias!r}] goes through a connection pooler in transaction (or statement) mode" in warning
+    )
     assert "timeouts_via to 'server'" in warning
 
 
@@ -155,6 +167,7 @@ def test_timeouts_by_set_hold_in_session_pooling_without_a_warning(make_alias, p
         assert _session_timeouts(alias) == ("2s", "30s")
     assert "unsupported startup parameter" not in log.read_text()
     assert _warnings(caplog) == []
+    assert check_session_timeouts(databases=[alias]) == []
 
 
 def test_timeouts_from_the_server_are_verified_quietly(make_alias, pgbouncer, caplog) -> None:
@@ -164,6 +177,7 @@ def test_timeouts_from_the_server_are_verified_quietly(make_alias, pgbouncer, ca
     alias = _alias_through(make_alias, port, timeouts_via="server")
     assert _session_timeouts(alias) == ("2s", "30s")
     assert _warnings(caplog) == []
+    assert check_session_timeouts(databases=[alias]) == []
 
 
 def test_timeouts_the_server_does_not_apply_are_reported(make_alias, pgbouncer, caplog) -> None:
@@ -175,3 +189,20 @@ def test_timeouts_the_server_does_not_apply_are_reported(make_alias, pgbouncer, 
     assert "idle_in_transaction_session_timeout = 0 ms (expected 30000 ms)" in warning
     assert "statement_timeout = 0" not in warning
     assert "ALTER ROLE <user> SET idle_in_transaction_session_timeout = '30000ms'" in warning
+    [message] = check_session_timeouts(databases=[alias])
+    assert (message.id, message.msg) == ("django_poolguard.W012", warning)
+
+
+@pytest.mark.parametrize("timeouts_via", ["set", "server"])
+def test_poolguards_own_connection_goes_through_pgbouncer_too(make_alias, pgbouncer, timeouts_via) -> None:
+    from django_poolguard import side_connection
+
+    port, _ = pgbouncer(pool_mode="session")
+    alias = _alias_through(make_alias, port, timeouts_via=timeouts_via)
+    try:
+        with side_connection.side_cursor(alias) as cursor:
+            cursor.execute("SHOW statement_timeout")
+            [statement_timeout] = cursor.fetchone()
+    finally:
+        side_connection.close_all()
+    assert statement_timeout == ("5s" if timeouts_via == "set" else "0")

@@ -20,7 +20,7 @@ from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
 from ... import stacks
-from ...conf import AliasConfig, guard_settings, hostname
+from ...conf import TIMEOUTS_VIA, AliasConfig, guard_settings, hostname
 from ...exceptions import PoolExhausted
 from ...leaks import wrapper_collected
 from ...pool import GuardedPool, _pools, discard_pool, get_or_create_pool, pools_kept_open
@@ -145,6 +145,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if self.alias == NO_DB_ALIAS:
             return params
         config = self.guard_config
+        if config.timeouts_via not in TIMEOUTS_VIA:
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.alias!r}]['OPTIONS']['poolguard']['timeouts_via'] is "
+                f"{config.timeouts_via!r}: use 'startup' (default), 'set' or 'server'."
+            )
         params.setdefault("application_name", application_name(config, os.getpid()))
         options = session_options(config, params.get("options"))
         if options:
