@@ -91,14 +91,13 @@ def test_timeouts_by_set_run_once_per_physical_connection(make_alias):
         poolguard={"statement_timeout": 0.5, "idle_in_transaction_timeout": 20, "timeouts_via": "set"},
     )
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')")
-        backend, first = cursor.fetchone()
+        # "session": set by SET; "client" would mean the startup packet carried it.
+        cursor.execute(
+            "SELECT pg_backend_pid(), setting, source FROM pg_settings WHERE name = 'statement_timeout'"
+        )
+        backend, first, source = cursor.fetchone()
     connections[alias].close()
-    with connections["default"].cursor() as cursor:
-        # The startup packet carried no timeouts: the server's default is what a session starts with.
-        cursor.execute("SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout'")
-        [server_default] = cursor.fetchone()
-    assert first == "500ms" and server_default == "0"
+    assert (first, source) == ("500", "session")
     for _ in range(5):
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 42")
@@ -117,6 +116,9 @@ def test_timeouts_by_set_run_once_per_physical_connection(make_alias):
 def test_timeouts_by_set_without_a_pool(make_alias):
     alias = make_alias(pool={}, poolguard={"statement_timeout": 0.3, "timeouts_via": "set"})
     assert connections[alias].pool is None
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT source FROM pg_settings WHERE name = 'statement_timeout'")
+        assert cursor.fetchone() == ("session",)
     with pytest.raises(OperationalError, match="statement timeout"):
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT pg_sleep(5)")
