@@ -12,13 +12,14 @@
 - ``"server"``: nothing is sent; the server must apply them (``ALTER ROLE … SET``, a PgBouncer
   ``connect_query``). poolguard reads them back once per physical connection and logs a warning
   when they differ, which is the only way that holds behind transaction pooling.
+
+The database-tagged system check here (E012, W011, W012) reports the same at deploy time.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-import threading
 from time import monotonic
 from typing import Any
 
@@ -36,8 +37,8 @@ PROBE_TIMEOUT = 2  # s: how long the transaction-pooling probe waits to connect,
 _warned: set[str] = set()
 # Aliases already probed for transaction pooling: the probe opens one extra connection.
 _probed: set[str] = set()
-# Guards _warned and _probed: the pool's worker threads configure connections concurrently.
-_lock = threading.Lock()
+# No lock for either: pool workers racing on a new alias may both probe or both warn, which is
+# harmless, and a lock held by a worker thread at fork() would stay locked in the child.
 
 
 def timeout_settings(config: AliasConfig) -> dict[str, int]:
@@ -60,17 +61,13 @@ def configure_session(connection: Any, config: AliasConfig, connect_params: dict
     if config.timeouts_via == "startup" or not values:
         return False
     if config.timeouts_via == "set":
-        with _lock:
-            probe = config.alias not in _probed
-            _probed.add(config.alias)
+        probe = config.alias not in _probed
+        _probed.add(config.alias)
         problem = _apply_by_set(connection, config, values, connect_params if probe else None)
     else:
         problem = _verify_on_server(connection, config, values)
-    if problem is not None:
-        with _lock:
-            if config.alias in _warned:
-                return True
-            _warned.add(config.alias)
+    if problem is not None and config.alias not in _warned:
+        _warned.add(config.alias)
         logger.warning(problem)
     return True
 

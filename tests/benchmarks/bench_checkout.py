@@ -31,8 +31,11 @@ from django_poolguard.testing import database_settings
 POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
 
 
-def configure(capture_stacks: bool) -> None:
+def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
     connection = database_settings("postgres")
+    # With --timeouts-via, poolguard's alias gets a statement_timeout delivered that way: the
+    # checkout cost must not depend on it (a SET runs once per physical connection, if at all).
+    guard = {"statement_timeout": 30, "timeouts_via": timeouts_via} if timeouts_via else {}
     settings.configure(
         INSTALLED_APPS=["django_poolguard"],
         USE_TZ=True,
@@ -43,7 +46,7 @@ def configure(capture_stacks: bool) -> None:
             "poolguard": {
                 "ENGINE": "django_poolguard.backends.postgresql",
                 **connection,
-                "OPTIONS": {"pool": POOL},
+                "OPTIONS": {"pool": POOL, "poolguard": guard},
             },
             "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
         },
@@ -144,12 +147,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument(
+        "--timeouts-via",
+        choices=["startup", "set"],
+        help="give poolguard's alias a statement_timeout delivered this way (default: none)",
+    )
     args = parser.parse_args()
     if args.instructions:
         configure(capture_stacks=True)
         instructions()
         return
-    configure(capture_stacks=True)
+    configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
 
     # Column -> (alias, poolguard's CAPTURE_STACKS while measuring it).
@@ -167,6 +175,8 @@ def main() -> None:
         f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} interleaved rounds of {args.seconds:g} s"
     )
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}, {os.cpu_count()} CPUs")
+    if args.timeouts_via:
+        print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
     print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |")
     print("|---|" + "---|" * len(engines) + "---|---|")
