@@ -158,6 +158,25 @@ def test_timeouts_by_set_connect_through_transaction_pooling_and_warn(make_alias
         f"DATABASES[{alias!r}] goes through a connection pooler in transaction (or statement) mode" in warning
     )
     assert "timeouts_via to 'server'" in warning
+    [message] = check_session_timeouts(databases=[alias])
+    assert message.id == "django_poolguard.W011"
+
+
+def test_a_session_set_behind_transaction_pooling_reaches_other_clients(make_alias, pgbouncer) -> None:
+    """Why 'set' warns in transaction mode: PgBouncer lends the server connection that ran the SET
+    to the next client, which never asked for it."""
+    import psycopg
+
+    port, _ = pgbouncer()
+    alias = _alias_through(make_alias, port, timeouts_via="set")
+    connections[alias].ensure_connection()  # the pool's new connection runs the SET, then idles
+    db = connections["default"].settings_dict
+    with psycopg.connect(
+        host="127.0.0.1", port=port, dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None
+    ) as other:
+        [leaked] = other.execute("SHOW statement_timeout").fetchone() or ("",)
+    connections[alias].close()
+    assert leaked == "2s"
 
 
 def test_timeouts_by_set_hold_in_session_pooling_without_a_warning(make_alias, pgbouncer, caplog) -> None:
