@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import ENGINE, AliasConfig
+from .conf import ENGINE, TIMEOUTS_VIA, AliasConfig
 
 logger = logging.getLogger("django_poolguard")
 
@@ -179,8 +179,8 @@ def check_session_timeouts(app_configs: Any = None, databases: Any = None, **kwa
             continue
         wrapper = connections[alias]
         config = AliasConfig.from_settings_dict(alias, wrapper.settings_dict)
-        if not timeout_settings(config):
-            continue
+        if not timeout_settings(config) or config.timeouts_via not in TIMEOUTS_VIA:
+            continue  # nothing to deliver, or E011 already names the bad value
         params = {
             **wrapper.get_connection_params(),
             "autocommit": True,

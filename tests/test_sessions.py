@@ -144,3 +144,7 @@ def test_an_unknown_timeouts_via_is_refused_naming_the_setting(make_alias):
         match=rf"DATABASES\['{alias}'\]\['OPTIONS'\]\['poolguard'\]\['timeouts_via'\] is 'options'",
     ):
         connections[alias].ensure_connection()
+    # The database check leaves the bad value to E011 instead of failing on it.
+    from django_poolguard.session_timeouts import check_session_timeouts
+
+    assert check_session_timeouts(databases=[alias]) == []
