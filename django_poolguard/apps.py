@@ -11,10 +11,13 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported for their @register side effect: the system checks.
+        from django_poolguard import checks  # noqa: F401
         from django_poolguard.celery import connect_signals
+        from django_poolguard.engine import session_timeouts  # noqa: F401
         from django_poolguard.engine.context import detect_process_role, set_process_role
         from django_poolguard.engine.pool import on_pool_created
-        from django_poolguard.fleet import publish
+        from django_poolguard.fleet import budget, publish  # noqa: F401  (budget: system checks)
         from django_poolguard.watchdog.leaks import register_tasks
         from django_poolguard.watchdog.monitor import watchdog
 

@@ -24,6 +24,7 @@ from django_poolguard.rules import (
     E006,
     E008,
     E010,
+    E015,
     PG_MAX_MILLISECONDS,
     Finding,
     Fraction,
@@ -83,6 +84,9 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
 
 PG_TIMEOUT_FIX = f"Use between 0.001 and {PG_MAX_MILLISECONDS / 1000} seconds"
 
+#: How an alias's timeouts reach its sessions (``OPTIONS["poolguard"]["timeouts_via"]``).
+TIMEOUTS_VIA = ("startup", "set", "server")
+
 #: Every key of ``OPTIONS["poolguard"]``; a default of ``None`` means "not set".
 ALIAS_SETTINGS: dict[str, Setting] = {
     "workload": Setting(
@@ -98,6 +102,13 @@ ALIAS_SETTINGS: dict[str, Setting] = {
     ),
     "idle_in_transaction_timeout": Setting(
         None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
+    "timeouts_via": Setting(
+        "startup",
+        OneOf(TIMEOUTS_VIA, E015),
+        fix='Use "startup" (default: in the connection\'s startup packet), "set" (by SET once per '
+        'connection: PgBouncer in session mode) or "server" (set by the role or PgBouncer\'s '
+        "connect_query; poolguard checks them: PgBouncer in transaction mode)",
     ),
 }
 
@@ -197,6 +208,7 @@ class AliasConfig:
     hoard_threshold: float
     statement_timeout: float | None
     idle_in_transaction_timeout: float | None
+    timeouts_via: str = "startup"
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -214,6 +226,7 @@ class AliasConfig:
             hoard_threshold=float(options["hoard_threshold"]),
             statement_timeout=options["statement_timeout"],
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
+            timeouts_via=options["timeouts_via"],
         )
 
 

@@ -27,6 +27,7 @@ E010 = "django_poolguard.E010"  # POOLGUARD["DEPLOYMENT"]
 E011 = "django_poolguard.E011"  # a switch that is not True/False
 E012 = "django_poolguard.E012"  # a timeout PostgreSQL cannot take
 E013 = "django_poolguard.E013"  # a workload that is not a name
+E015 = "django_poolguard.E015"  # OPTIONS["poolguard"]["timeouts_via"]
 
 #: PostgreSQL's timeouts are integer GUCs in milliseconds: at most INT_MAX (about 24.8 days).
 PG_MAX_MILLISECONDS = 2**31 - 1

@@ -50,6 +50,11 @@ def test_the_test_settings_are_clean():
         (_databases(poolguard={"hoard_threshold": -5}), "django_poolguard.E004", "'hoard_threshold'] is -5"),
         (_databases(poolguard={"statement_timeout": "30s"}), "django_poolguard.E004", "statement_timeout"),
         (
+            _databases(poolguard={"timeouts_via": "options"}),
+            "django_poolguard.E015",
+            "'timeouts_via'] is 'options'",
+        ),
+        (
             _databases(poolguard={"leak_treshold": 10}),
             "django_poolguard.E005",
             "did you mean 'leak_threshold'",

@@ -42,10 +42,13 @@ def connection_params(alias: str) -> dict[str, Any]:
     params.pop("prepare_threshold", None)
     params["application_name"] = f"poolguard:{alias}:{hostname()}:{os.getpid()}"[:63]
     params["connect_timeout"] = CONNECT_TIMEOUT
-    # Appended: the server applies -c options in order, so this one wins over the alias's own
-    # statement_timeout while everything else the user set (search_path, role settings) still applies.
-    timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-    params["options"] = f"{params['options']} {timeout}" if params.get("options") else timeout
+    if _timeouts_via(alias) == "startup":
+        # Appended: the server applies -c options in order, so this one wins over the alias's own
+        # statement_timeout while everything else the user set (search_path, ...) still applies.
+        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        params["options"] = f"{params['options']} {timeout}" if params.get("options") else timeout
+    # Otherwise a pooler such as PgBouncer refuses "options": connect() SETs the timeout for
+    # "set" (a session of its own), and "server" leaves it to the server, as for the alias.
     params["autocommit"] = True
     return params
 
@@ -58,6 +61,8 @@ def connect(alias: str) -> psycopg.Connection[Any]:
     wrapper = connections[alias]
     connection = psycopg.connect(**connection_params(alias))
     try:
+        if _timeouts_via(alias) == "set":
+            connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         wrapper._configure_timezone(connection)  # type: ignore[attr-defined]
         # Not Django's _configure_role: it composes the statement through the wrapper's own
         # connection, which would take a slot of the pool this connection exists to bypass.
@@ -68,6 +73,13 @@ def connect(alias: str) -> psycopg.Connection[Any]:
         connection.close()
         raise
     return connection
+
+
+def _timeouts_via(alias: str) -> str:
+    from django.db import connections
+
+    config = getattr(connections[alias], "guard_config", None)
+    return config.timeouts_via if config is not None else "startup"
 
 
 @contextmanager

@@ -31,8 +31,11 @@ from django_poolguard.testing import database_settings
 POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
 
 
-def configure(capture_stacks: bool) -> None:
+def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
     connection = database_settings("postgres")
+    # With --timeouts-via, poolguard's alias gets a statement_timeout delivered that way: the
+    # checkout cost must not depend on it (a SET runs once per physical connection, if at all).
+    guard = {"statement_timeout": 30, "timeouts_via": timeouts_via} if timeouts_via else {}
     settings.configure(
         INSTALLED_APPS=["django_poolguard"],
         USE_TZ=True,
@@ -43,7 +46,7 @@ def configure(capture_stacks: bool) -> None:
             "poolguard": {
                 "ENGINE": "django_poolguard.backends.postgresql",
                 **connection,
-                "OPTIONS": {"pool": POOL},
+                "OPTIONS": {"pool": POOL, "poolguard": guard},
             },
             "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
         },
@@ -86,7 +89,7 @@ def measure(alias: str, threads: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def count_instructions(alias: str, capture: bool, checkouts: int) -> int:
+def count_instructions(alias: str, capture: bool, checkouts: int, timeouts_via: str | None = None) -> int:
     import re
     import subprocess
 
@@ -100,12 +103,13 @@ def count_instructions(alias: str, capture: bool, checkouts: int) -> int:
         str(checkouts),
         alias,
         "on" if capture else "off",
+        timeouts_via or "",
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
 
 
-def instructions() -> None:
+def instructions(timeouts_via: str | None = None) -> None:
     rows = {
         "native": ("native", True),
         "poolguard": ("poolguard", True),
@@ -113,18 +117,20 @@ def instructions() -> None:
     }
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
+    if timeouts_via:
+        print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={timeouts_via!r}")
     print()
     print("| engine | instructions per checkout | / native |")
     print("|---|---|---|")
     counts = {}
     for name, (alias, capture) in rows.items():
-        few, many = (count_instructions(alias, capture, n) for n in (500, 3000))
+        few, many = (count_instructions(alias, capture, n, timeouts_via) for n in (500, 3000))
         counts[name] = (many - few) / 2500
         print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
 
 
-def run_checkouts(checkouts: int, alias: str, capture: str) -> None:
-    configure(capture_stacks=capture == "on")
+def run_checkouts(checkouts: int, alias: str, capture: str, timeouts_via: str) -> None:
+    configure(capture_stacks=capture == "on", timeouts_via=timeouts_via or None)
     from django_poolguard.conf import guard_settings
 
     guard_settings.MONITOR_INTERVAL = 3600.0  # park the watchdog: count per-checkout work only
@@ -134,7 +140,7 @@ def run_checkouts(checkouts: int, alias: str, capture: str) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--run-checkouts"]:
-        run_checkouts(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        run_checkouts(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,12 +150,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument(
+        "--timeouts-via",
+        choices=["startup", "set"],
+        help="give poolguard's alias a statement_timeout delivered this way (default: none)",
+    )
     args = parser.parse_args()
     if args.instructions:
-        configure(capture_stacks=True)
-        instructions()
+        configure(capture_stacks=True, timeouts_via=args.timeouts_via)
+        instructions(args.timeouts_via)
         return
-    configure(capture_stacks=True)
+    configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
 
     # Column -> (alias, poolguard's CAPTURE_STACKS while measuring it).
@@ -167,6 +178,8 @@ def main() -> None:
         f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} interleaved rounds of {args.seconds:g} s"
     )
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}, {os.cpu_count()} CPUs")
+    if args.timeouts_via:
+        print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
     print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |")
     print("|---|" + "---|" * len(engines) + "---|---|")

@@ -32,8 +32,8 @@ from django_poolguard.engine.pool import (
     get_or_create_pool,
     pools_kept_open,
 )
+from django_poolguard.engine.session_timeouts import configure_session, timeout_settings
 from django_poolguard.exceptions import PoolExhausted
-from django_poolguard.rules import pg_milliseconds
 from django_poolguard.watchdog.leaks import wrapper_collected
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
@@ -49,14 +49,13 @@ def application_name(config: AliasConfig, pid: int) -> str:
 
 
 def session_options(config: AliasConfig, user_options: str | None) -> str | None:
-    """The libpq ``options`` string with the alias's timeouts, applied by the server at connect time."""
+    """The libpq ``options`` string with the alias's timeouts, applied by the server at connect time.
+
+    Only with ``timeouts_via = "startup"``; otherwise the user's options alone.
+    """
     parts = [user_options] if user_options else []
-    if config.statement_timeout is not None:
-        parts.append(f"-c statement_timeout={pg_milliseconds(config.statement_timeout)}")
-    if config.idle_in_transaction_timeout is not None:
-        parts.append(
-            f"-c idle_in_transaction_session_timeout={pg_milliseconds(config.idle_in_transaction_timeout)}"
-        )
+    if config.timeouts_via == "startup":
+        parts.extend(f"-c {name}={ms}" for name, ms in timeout_settings(config).items())
     return " ".join(parts) or None
 
 
@@ -168,6 +167,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if options:
             params["options"] = options
         return params
+
+    def _configure_connection(self, connection: Any) -> bool:
+        # Once per physical connection: from the pool's configure callback, or from
+        # init_connection_state when unpooled. Never per checkout.
+        commit: bool = super()._configure_connection(connection)  # type: ignore[misc]
+        if self.alias == NO_DB_ALIAS:
+            return commit
+        config = self.guard_config
+        if config.timeouts_via == "startup":
+            return commit
+        return configure_session(connection, config, self.get_connection_params()) or commit
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
