@@ -214,7 +214,7 @@ def test_timeouts_the_server_does_not_apply_are_reported(make_alias, pgbouncer, 
 
 @pytest.mark.parametrize("timeouts_via", ["set", "server"])
 def test_poolguards_own_connection_goes_through_pgbouncer_too(make_alias, pgbouncer, timeouts_via) -> None:
-    from django_poolguard import side_connection
+    from django_poolguard.engine import side_connection
 
     port, _ = pgbouncer(pool_mode="session")
     alias = _alias_through(make_alias, port, timeouts_via=timeouts_via)
