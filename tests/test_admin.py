@@ -677,7 +677,12 @@ def _fleet(**aliases: dict[str, Any]) -> dict[str, Any]:
     from django_poolguard.fleet.schema import Unreadable, read_entry
 
     sizes = {"min": 0, "max": 1, "size": 0, "in_use": 0, "idle": 0, "waiting": 0, "status": "healthy"}
-    raw = {"host": "web-1", "pid": 1, "role": "web", "aliases": {a: {**sizes, **d} for a, d in aliases.items()}}
+    raw = {
+        "host": "web-1",
+        "pid": 1,
+        "role": "web",
+        "aliases": {a: {**sizes, **d} for a, d in aliases.items()},
+    }
     process = read_entry(raw)
     assert not isinstance(process, Unreadable), process
     process["age_s"] = 2.0

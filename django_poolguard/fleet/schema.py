@@ -97,8 +97,8 @@ class CheckoutSnapshot(TypedDict):
 
 
 #: A :class:`HistoryPoint` as published: a list in ``HISTORY_FIELDS`` order, compact because an
-#: entry carries up to 181 of them per alias. :func:`encode_point` and :func:`decode_point` are
-#: the only code that knows the order.
+#: entry carries up to 181 of them per alias. Only :func:`encode_point` and the decoders below
+#: know the order.
 EncodedPoint = list[float]
 
 
@@ -162,9 +162,21 @@ def encode_point(point: HistoryPoint) -> EncodedPoint:
 
 
 def decode_point(value: Any) -> HistoryPoint | None:
-    """A published point as a :class:`HistoryPoint`, or ``None`` when it is not a valid one.
+    """A published point as a :class:`HistoryPoint`, or ``None`` when it is not a valid one."""
+    point = _checked_point(value)
+    return None if point is None else HistoryPoint._make(point)
 
-    One flat condition: the admin reads up to 181 points per alias and process, every refresh.
+
+def decode_history(value: Any) -> list[HistoryPoint]:
+    """The valid points of a published ``history`` (the newest ``MAX_HISTORY_POINTS``)."""
+    return [HistoryPoint._make(point) for point in _checked_history(value)]
+
+
+def _checked_point(value: Any) -> EncodedPoint | None:
+    """``value`` as a fresh encoded point when it is a valid one, else ``None``.
+
+    One flat condition, and no object built: the admin reads up to 181 points per alias and
+    process, every refresh, and keeps them encoded.
     """
     if type(value) not in (list, tuple) or len(value) != len(HISTORY_FIELDS):
         return None
@@ -183,15 +195,14 @@ def decode_point(value: Any) -> HistoryPoint | None:
         and 0 <= t <= MAX_NUMBER  # NaN fails, infinity too
         and 0 <= p95 <= MAX_NUMBER
     ):
-        return HistoryPoint(float(t), in_use, idle, waiting, size, float(p95))
+        return [float(t), in_use, idle, waiting, size, float(p95)]
     return None
 
 
-def decode_history(value: Any) -> list[HistoryPoint]:
-    """The valid points of a published ``history`` (the newest ``MAX_HISTORY_POINTS``)."""
+def _checked_history(value: Any) -> list[EncodedPoint]:
     if not isinstance(value, (list, tuple)):
         return []  # history only draws the sparkline: the process's numbers still count
-    points = (decode_point(p) for p in list(value)[-MAX_HISTORY_POINTS:])
+    points = (_checked_point(p) for p in list(value)[-MAX_HISTORY_POINTS:])
     return [p for p in points if p is not None]
 
 
@@ -398,7 +409,7 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
         checkouts = _list(data["checkouts"], f"{path}.checkouts")[:MAX_CHECKOUTS]
         pool["checkouts"] = [_checkout(c, f"{path}.checkouts[{i}]") for i, c in enumerate(checkouts)]
     if history and "history" in data:
-        pool["history"] = [encode_point(p) for p in decode_history(data["history"])]
+        pool["history"] = _checked_history(data["history"])
     return pool
 
 
