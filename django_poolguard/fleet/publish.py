@@ -39,8 +39,8 @@ from django_poolguard.fleet.schema import (
     ProcessSnapshot,
     RawEntry,
     Unreadable,
-    bounded_number,
     encode_point,
+    published_timing,
     read_entries,
 )
 
@@ -259,9 +259,7 @@ class CacheStore:
             data = found[CACHE_PREFIX + key]
             # The entry is not trusted yet: bad timing values fall back to ours, so it is
             # listed (and reported by the reader) rather than failing this loop.
-            fields = data if isinstance(data, dict) else {}
-            interval = bounded_number(fields.get("publish_interval"), 0.001, MAX_PUBLISH_INTERVAL)
-            published_at = bounded_number(fields.get("published_at"), 0.0, now + 3600.0)
+            interval, published_at = published_timing(data, now)
             age = 0.0 if published_at is None else max(0.0, now - published_at)
             # Caches may keep a key a little past its timeout (e.g. second granularity).
             if age > SILENT_INTERVALS * (interval or publish_interval()):

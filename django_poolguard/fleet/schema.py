@@ -291,6 +291,16 @@ def bounded_number(value: Any, low: float, high: float) -> float | None:
         return None
 
 
+def published_timing(raw: Any, now: float) -> tuple[float | None, float | None]:
+    """An entry's ``publish_interval`` and ``published_at`` before it is read, for a store to
+    tell whether its process is live; ``None`` for a value that is not valid (the store then
+    falls back to its own, and lists the entry so that the reader reports it)."""
+    fields = raw if isinstance(raw, dict) else {}
+    interval = bounded_number(fields.get("publish_interval"), 0.001, MAX_PUBLISH_INTERVAL)
+    published_at = bounded_number(fields.get("published_at"), 0.0, now + 3600.0)
+    return interval, published_at
+
+
 def _bound(high: float) -> str:
     return "2**53" if high == MAX_NUMBER else f"{high:g}"
 
