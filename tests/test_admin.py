@@ -673,7 +673,20 @@ def test_leak_history_is_staff_only():
 
 
 def _fleet(**aliases: dict[str, Any]) -> dict[str, Any]:
-    return {"processes": [{"host": "web-1", "pid": 1, "role": "web", "age_s": 2.0, "aliases": aliases}]}
+    """One process with these aliases, read through the schema as fleet.collect() reads entries."""
+    from django_poolguard.fleet.schema import Unreadable, read_entry
+
+    sizes = {"min": 0, "max": 1, "size": 0, "in_use": 0, "idle": 0, "waiting": 0, "status": "healthy"}
+    raw = {
+        "host": "web-1",
+        "pid": 1,
+        "role": "web",
+        "aliases": {a: {**sizes, **d} for a, d in aliases.items()},
+    }
+    process = read_entry(raw)
+    assert not isinstance(process, Unreadable), process
+    process["age_s"] = 2.0
+    return {"processes": [process]}
 
 
 def test_checkouts_are_listed_longest_first_and_capped():

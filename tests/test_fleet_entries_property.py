@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 
 from django_poolguard.engine.side_connection import close_all, connection_params
 from django_poolguard.fleet import collect, publish
-from django_poolguard.fleet.schema import MAX_NUMBER, MAX_PID, STATUSES, Unreadable, read_entry
+from django_poolguard.fleet.schema import (
+    HISTORY_FIELDS,
+    MAX_NUMBER,
+    MAX_PID,
+    STATUSES,
+    Unreadable,
+    read_entry,
+)
 from django_poolguard.management.commands import poolstats
 from django_poolguard.web import dashboard
 
@@ -183,7 +190,7 @@ def fleet_document(processes: list[Any], unreadable: list[Unreadable]) -> dict[s
     return {
         "generated_at": "2026-01-01T00:00:00+00:00",
         "publish": "database",
-        "history_fields": list(publish.HISTORY_FIELDS),
+        "history_fields": list(HISTORY_FIELDS),
         "processes": processes,
         "aliases": collect.totals(processes),
         "database": {},

@@ -14,18 +14,82 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from django.conf import settings
 
 from django_poolguard.conf import guard_settings
 from django_poolguard.fleet import activity, budget, publish
-from django_poolguard.fleet.schema import ProcessEntry, Unreadable, read_entry
-from django_poolguard.fleet.snapshots import CRITICAL, HEALTHY, WARNING, worst
+from django_poolguard.fleet.schema import (
+    CRITICAL,
+    HISTORY_FIELDS,
+    WARNING,
+    EncodedPoint,
+    HistoryPoint,
+    ProcessSnapshot,
+    Unreadable,
+    decode_history,
+    encode_point,
+    read_entry,
+)
+from django_poolguard.fleet.snapshots import worst
 
 logger = logging.getLogger("django_poolguard")
 
 TOP_SESSIONS = 10  # sessions listed in database.longest_sessions
+
+#: The per-process numbers an alias's totals add up.
+SummedKey = Literal[
+    "size",
+    "in_use",
+    "idle",
+    "waiting",
+    "max",
+    "acquired_total",
+    "timeouts_total",
+    "rejected_total",
+    "shed_total",
+    "leaks_active",
+    "leaks_total",
+    "reclaimed_total",
+]
+SUMMED: tuple[SummedKey, ...] = (
+    "size",
+    "in_use",
+    "idle",
+    "waiting",
+    "max",
+    "acquired_total",
+    "timeouts_total",
+    "rejected_total",
+    "shed_total",
+    "leaks_active",
+    "leaks_total",
+    "reclaimed_total",
+)
+
+
+class AliasTotals(TypedDict):
+    """One alias over the fleet: the ``aliases`` values of ``poolstats --json``."""
+
+    workload: str
+    processes: int
+    size: int
+    in_use: int
+    idle: int
+    waiting: int
+    max: int
+    acquire_p95_ms: float
+    acquired_total: int
+    timeouts_total: int
+    rejected_total: int
+    shed_total: int
+    leaks_active: int
+    leaks_total: int
+    reclaimed_total: int
+    utilization: float
+    status: str
+    history: NotRequired[list[EncodedPoint]]
 
 
 def default_alias() -> str:
@@ -47,15 +111,15 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
     errors: list[dict[str, str]] = []
     unreadable: list[Unreadable] = []
     db_alias = alias if alias is not None else default_alias()
-    processes: list[Any] = _processes(errors, unreadable, local_fallback=local_fallback, history=history)
+    processes = _processes(errors, unreadable, local_fallback=local_fallback, history=history)
     if alias is not None:
         processes = [
-            {**p, "aliases": {alias: p["aliases"][alias]}} for p in processes if alias in p.get("aliases", {})
+            {**p, "aliases": {alias: p["aliases"][alias]}} for p in processes if alias in p["aliases"]
         ]
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(),
         "publish": guard_settings.PUBLISH,
-        "history_fields": list(publish.HISTORY_FIELDS),
+        "history_fields": list(HISTORY_FIELDS),
         "processes": processes,
         "aliases": totals(processes, history=history),
         "database": {},
@@ -79,9 +143,9 @@ def collect(alias: str | None = None, *, history: bool = True, local_fallback: b
 
 def _processes(
     errors: list[dict[str, str]], unreadable: list[Unreadable], *, local_fallback: bool, history: bool
-) -> list[ProcessEntry]:
+) -> list[ProcessSnapshot]:
     mode = guard_settings.PUBLISH
-    processes: list[ProcessEntry] = []
+    processes: list[ProcessSnapshot] = []
     if mode is not None:
         try:
             processes, skipped = publish.read_published(history=history)
@@ -103,15 +167,16 @@ def _processes(
     return processes
 
 
-def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str, Any]:
+def totals(processes: list[ProcessSnapshot], *, history: bool = True) -> dict[str, AliasTotals]:
     """Per alias: sums over processes, the worst status, and (optionally) a fleet history."""
-    out: dict[str, Any] = {}
+    out: dict[str, AliasTotals] = {}
+    statuses: dict[str, list[str]] = {}
     for process in processes:
-        for alias, data in process.get("aliases", {}).items():
-            total = out.setdefault(
-                alias,
-                {
-                    "workload": data.get("workload"),
+        for alias, data in process["aliases"].items():
+            total = out.get(alias)
+            if total is None:
+                total = out[alias] = {
+                    "workload": data["workload"],
                     "processes": 0,
                     "size": 0,
                     "in_use": 0,
@@ -126,58 +191,48 @@ def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str
                     "leaks_active": 0,
                     "leaks_total": 0,
                     "reclaimed_total": 0,
-                    "statuses": [],
-                },
-            )
+                    "utilization": 0.0,
+                    "status": data["status"],
+                }
             total["processes"] += 1
-            for key in (
-                "size",
-                "in_use",
-                "idle",
-                "waiting",
-                "max",
-                "acquired_total",
-                "timeouts_total",
-                "rejected_total",
-                "shed_total",
-                "leaks_active",
-                "leaks_total",
-                "reclaimed_total",
-            ):
-                total[key] += int(data.get(key) or 0)
-            total["acquire_p95_ms"] = max(
-                total["acquire_p95_ms"], float(data.get("acquire_ms", {}).get("p95", 0))
-            )
-            total["statuses"].append(data.get("status", HEALTHY))
+            for key in SUMMED:
+                total[key] += data[key]
+            total["acquire_p95_ms"] = max(total["acquire_p95_ms"], data["acquire_ms"]["p95"])
+            statuses.setdefault(alias, []).append(data["status"])
     for alias, total in out.items():
         total["utilization"] = round(total["in_use"] / total["max"], 4) if total["max"] else 0.0
         # The worst process decides: one exhausted gunicorn worker is an outage for its requests.
-        total["status"] = worst(total.pop("statuses"))
+        total["status"] = worst(statuses[alias])
         if history:
             total["history"] = fleet_history(processes, alias)
     return out
 
 
-def fleet_history(processes: list[dict[str, Any]], alias: str) -> list[list[float]]:
+def fleet_history(processes: list[ProcessSnapshot], alias: str) -> list[EncodedPoint]:
     """The processes' history points of ``alias`` summed per 5 s step (p95: the worst)."""
-    step = publish.HISTORY_SECONDS / publish.HISTORY_POINTS
-    sums: dict[int, list[float]] = {}
+    step = publish.HISTORY_STEP
+    sums: dict[int, HistoryPoint] = {}
     for process in processes:
+        pool = process["aliases"].get(alias)
+        if pool is None:
+            continue
         # The newest point of each process within a step stands for that step.
-        latest = {
-            int(p[0] // step): p for p in process.get("aliases", {}).get(alias, {}).get("history") or ()
-        }
+        latest = {int(p.t // step): p for p in decode_history(pool.get("history", []))}
         for bucket, p in latest.items():
             total = sums.get(bucket)
-            if total is None:
-                sums[bucket] = [round(bucket * step, 1), p[1], p[2], p[3], p[4], p[5]]
-            else:
-                total[1] += p[1]
-                total[2] += p[2]
-                total[3] += p[3]
-                total[4] += p[4]
-                total[5] = max(total[5], p[5])
-    return [sums[bucket] for bucket in sorted(sums)]
+            sums[bucket] = (
+                p._replace(t=round(bucket * step, 1))
+                if total is None
+                else HistoryPoint(
+                    t=total.t,
+                    in_use=total.in_use + p.in_use,
+                    idle=total.idle + p.idle,
+                    waiting=total.waiting + p.waiting,
+                    max=total.max + p.max,
+                    acquire_p95_ms=max(total.acquire_p95_ms, p.acquire_p95_ms),
+                )
+            )
+    return [encode_point(sums[bucket]) for bucket in sorted(sums)]
 
 
 def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, int]) -> dict[str, Any]:

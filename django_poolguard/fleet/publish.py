@@ -11,7 +11,9 @@ watchdog publishes :func:`~django_poolguard.fleet.snapshots.process_snapshot` ev
   after 3 intervals, plus an index key listing the live processes.
 - ``PUBLISH=None``: nothing leaves the process (fleet views then show only their own).
 
-Each snapshot carries a short history per alias (the last 15 minutes) for sparklines.
+Each snapshot carries a short history per alias (the last 15 minutes) for sparklines. The
+shapes, their schema version and the history's encoding are
+:mod:`~django_poolguard.fleet.schema`'s.
 A process that has no pool yet publishes nothing: it has nothing to show, and the
 watchdog only starts with the first pool. A process that exits cleanly withdraws itself.
 """
@@ -31,10 +33,14 @@ from django_poolguard.conf import guard_settings, hostname
 from django_poolguard.fleet.schema import (
     MAX_ENTRY_CHARS,
     MAX_PUBLISH_INTERVAL,
-    ProcessEntry,
+    AliasSnapshot,
+    EncodedPoint,
+    HistoryPoint,
+    ProcessSnapshot,
     RawEntry,
     Unreadable,
-    bounded_number,
+    encode_point,
+    published_timing,
     read_entries,
 )
 
@@ -43,8 +49,7 @@ logger = logging.getLogger("django_poolguard")
 SILENT_INTERVALS = 3  # a process silent for this many of its intervals has left the fleet
 HISTORY_SECONDS = 15 * 60
 HISTORY_POINTS = 180  # one point per HISTORY_SECONDS / HISTORY_POINTS = 5 s at most
-#: The order of the values in each ``history`` point.
-HISTORY_FIELDS = ("t", "in_use", "idle", "waiting", "max", "acquire_p95_ms")
+HISTORY_STEP = HISTORY_SECONDS / HISTORY_POINTS
 CACHE_PREFIX = "poolguard:process:"
 CACHE_INDEX = "poolguard:processes"
 INDEX_TIMEOUT = 24 * 3600  # s: refreshed by every joining process; only bounds garbage
@@ -63,7 +68,7 @@ def publish_interval() -> float:
 
 
 class History:
-    """Recent ``(t, in_use, idle, waiting, max, p95)`` points per alias, at most one per step.
+    """Recent :class:`~django_poolguard.fleet.schema.HistoryPoint` s per alias, at most one per step.
 
     Between two steps the newest point is overwritten, so the last point is always current.
     """
@@ -71,31 +76,31 @@ class History:
     def __init__(self) -> None:
         # Guards _points: the watchdog records while a view or command may read.
         self._lock = threading.Lock()
-        self._points: dict[str, deque[list[float]]] = {}
+        self._points: dict[str, deque[HistoryPoint]] = {}
 
-    def record(self, alias: str, data: dict[str, Any], now: float | None = None) -> None:
+    def record(self, alias: str, data: AliasSnapshot, now: float | None = None) -> None:
         now = time() if now is None else now
-        point = [
-            round(now, 1),
-            data["in_use"],
-            data["idle"],
-            data["waiting"],
-            data["max"],
-            data["acquire_ms"]["p95"],
-        ]
-        step = HISTORY_SECONDS / HISTORY_POINTS
+        point = HistoryPoint(
+            t=round(now, 1),
+            in_use=data["in_use"],
+            idle=data["idle"],
+            waiting=data["waiting"],
+            max=data["max"],
+            acquire_p95_ms=data["acquire_ms"]["p95"],
+        )
         with self._lock:
             points = self._points.setdefault(alias, deque(maxlen=HISTORY_POINTS + 1))
-            if len(points) >= 2 and now - points[-2][0] < step:
+            if len(points) >= 2 and now - points[-2].t < HISTORY_STEP:
                 points[-1] = point
             else:
                 points.append(point)
-            while points and points[0][0] < now - HISTORY_SECONDS:
+            while points and points[0].t < now - HISTORY_SECONDS:
                 points.popleft()
 
-    def points(self, alias: str) -> list[list[float]]:
+    def points(self, alias: str) -> list[EncodedPoint]:
+        """The alias's points as published."""
         with self._lock:
-            return [list(p) for p in self._points.get(alias, ())]
+            return [encode_point(p) for p in self._points.get(alias, ())]
 
     def clear(self) -> None:
         with self._lock:
@@ -105,7 +110,7 @@ class History:
 history = History()
 
 
-def current_snapshot() -> dict[str, Any] | None:
+def current_snapshot() -> ProcessSnapshot | None:
     """This process's ``processes[]`` entry with history, or ``None`` when it has no pool."""
     from django_poolguard.engine.pool import all_pools
     from django_poolguard.fleet.snapshots import process_snapshot
@@ -152,7 +157,7 @@ class DatabaseStore:
     """Rows of ``django_poolguard_processsnapshot`` over the side connection, dated by the
     database's clock so hosts with skewed clocks agree on who is silent."""
 
-    def publish(self, data: dict[str, Any]) -> None:
+    def publish(self, data: ProcessSnapshot) -> None:
         from django_poolguard.engine.side_connection import side_cursor
 
         table = _table()
@@ -225,11 +230,11 @@ class CacheStore:
 
         return caches[guard_settings.PUBLISH_CACHE]
 
-    def publish(self, data: dict[str, Any]) -> None:
+    def publish(self, data: ProcessSnapshot) -> None:
         cache = self.cache
         key = process_key(data["host"], data["pid"])
-        data = {**data, "published_at": time()}
-        cache.set(CACHE_PREFIX + key, data, timeout=SILENT_INTERVALS * publish_interval())
+        entry: ProcessSnapshot = {**data, "published_at": time()}
+        cache.set(CACHE_PREFIX + key, entry, timeout=SILENT_INTERVALS * publish_interval())
         index = _index(cache)
         if key not in index:
             cache.set(CACHE_INDEX, sorted({*index, key}), timeout=INDEX_TIMEOUT)
@@ -254,9 +259,7 @@ class CacheStore:
             data = found[CACHE_PREFIX + key]
             # The entry is not trusted yet: bad timing values fall back to ours, so it is
             # listed (and reported by the reader) rather than failing this loop.
-            fields = data if isinstance(data, dict) else {}
-            interval = bounded_number(fields.get("publish_interval"), 0.001, MAX_PUBLISH_INTERVAL)
-            published_at = bounded_number(fields.get("published_at"), 0.0, now + 3600.0)
+            interval, published_at = published_timing(data, now)
             age = 0.0 if published_at is None else max(0.0, now - published_at)
             # Caches may keep a key a little past its timeout (e.g. second granularity).
             if age > SILENT_INTERVALS * (interval or publish_interval()):
@@ -295,7 +298,7 @@ class Published(NamedTuple):
     """What the live processes published: the readable snapshots, by (host, pid), and the
     skipped ones with why (see :mod:`~django_poolguard.fleet.schema`)."""
 
-    processes: list[ProcessEntry]
+    processes: list[ProcessSnapshot]
     unreadable: list[Unreadable]
 
 
@@ -415,5 +418,5 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _dumps(data: dict[str, Any]) -> str:
+def _dumps(data: ProcessSnapshot) -> str:
     return json.dumps(data, default=str)

@@ -1,23 +1,40 @@
-"""Published snapshots as read back: each raw entry becomes a typed :class:`ProcessEntry`, or
-an :class:`Unreadable` saying why not.
+"""The published data contract: what a process publishes for fleet views, and how readers read it.
+
+The shapes (:class:`ProcessSnapshot`, :class:`AliasSnapshot`, :class:`CheckoutSnapshot`,
+:class:`HistoryPoint`) are defined here and nowhere else: the writers
+(:mod:`~django_poolguard.fleet.snapshots`, :mod:`~django_poolguard.fleet.publish`) build them
+and every reader (``poolstats``, the admin dashboard, ``collect()``) gets them from
+:func:`read_entry`.
+
+Every published entry carries ``"schema": SCHEMA_VERSION``. Entries without it were written by
+the release before versioning (version 1, the same keys) and are read as the current shape.
+The version is raised only for a change that would mislead an older reader (a key removed or
+renamed, a meaning or unit changed); adding a key does not raise it, since readers drop keys
+they do not know. So an entry of a newer version is skipped and reported, never guessed at:
+during a rolling deploy, the older release's views list the newer processes as unreadable
+until they are upgraded too, and the newer release's views show everyone.
 
 What another process published is input, not data this process made: a row edited by hand,
 a cache shared with something else, or a newer release writing a changed shape during a
-rolling deploy. Every fleet reader (``poolstats``, the admin dashboard) goes through
-:func:`read_entry`, so one bad entry is skipped and reported while the rest of the fleet is
-still shown. The output has exactly the keys this release writes (unknown ones are
-dropped), numbers are finite, non-negative and bounded, and names are short printable
-strings. History points are checked one by one: a bad point is dropped, not the process.
+rolling deploy. So :func:`read_entry` validates each entry: one bad entry is skipped and
+reported while the rest of the fleet is still shown. The output has exactly the keys this
+release writes (unknown ones are dropped), numbers are finite, non-negative and bounded, and
+names are short printable strings. History points are checked one by one: a bad point is
+dropped, not the process.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
-from django_poolguard.fleet.snapshots import CRITICAL, HEALTHY, WARNING
+#: The version of the shapes below that this release writes, and the newest it reads.
+SCHEMA_VERSION = 2
+#: Entries without a ``"schema"`` key: the release before versioning wrote them.
+UNVERSIONED = 1
 
+HEALTHY, WARNING, CRITICAL = "healthy", "warning", "critical"
 STATUSES = (HEALTHY, WARNING, CRITICAL)
 # JSON readers (the dashboard's script, jq) hold numbers as doubles: beyond 2**53 they lose digits.
 MAX_NUMBER = 2**53
@@ -54,7 +71,22 @@ class Percentiles(TypedDict):
     p99: float
 
 
-class CheckoutEntry(TypedDict):
+class PoolState(TypedDict):
+    """A pool's sizes, utilization and status: what health checks and snapshots share."""
+
+    min: int
+    max: int
+    size: int
+    in_use: int
+    idle: int
+    waiting: int
+    utilization: float
+    status: str
+
+
+class CheckoutSnapshot(TypedDict):
+    """One connection held right now: who holds it, for how long, and where it was taken."""
+
     thread: str
     alive: bool
     held_s: float
@@ -64,18 +96,16 @@ class CheckoutEntry(TypedDict):
     stack: list[str]
 
 
-class PoolEntry(TypedDict):
+#: A :class:`HistoryPoint` as published: a list in ``HISTORY_FIELDS`` order, compact because an
+#: entry carries up to 181 of them per alias. Only :func:`encode_point` and the decoders below
+#: know the order.
+EncodedPoint = list[float]
+
+
+class AliasSnapshot(PoolState):
     """One alias of one process: the ``processes[].aliases`` values of ``poolstats --json``."""
 
     workload: str
-    min: int
-    max: int
-    size: int
-    in_use: int
-    idle: int
-    waiting: int
-    utilization: float
-    status: str
     acquire_ms: Percentiles
     held_ms: Percentiles
     acquired_total: int
@@ -90,14 +120,17 @@ class PoolEntry(TypedDict):
     connections_opened_total: int
     connection_errors_total: int
     leak_threshold: float
-    checkouts: NotRequired[list[CheckoutEntry]]
-    #: ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` points (``publish.HISTORY_FIELDS``).
-    history: NotRequired[list[list[float]]]
+    checkouts: NotRequired[list[CheckoutSnapshot]]
+    history: NotRequired[list[EncodedPoint]]
 
 
-class ProcessEntry(TypedDict):
-    """One ``processes[]`` entry of ``poolstats --json``."""
+class ProcessSnapshot(TypedDict):
+    """One process's published entry: the ``processes[]`` entries of ``poolstats --json``.
 
+    ``age_s`` and ``live`` are added by readers; ``published_at`` by the cache store.
+    """
+
+    schema: int
     host: str
     pid: int
     role: str
@@ -106,7 +139,71 @@ class ProcessEntry(TypedDict):
     published_at: NotRequired[float]
     age_s: NotRequired[float]
     live: NotRequired[bool]
-    aliases: dict[str, PoolEntry]
+    aliases: dict[str, AliasSnapshot]
+
+
+class HistoryPoint(NamedTuple):
+    """One step of an alias's recent history (the sparkline)."""
+
+    t: float  # Unix seconds
+    in_use: int
+    idle: int
+    waiting: int
+    max: int
+    acquire_p95_ms: float
+
+
+HISTORY_FIELDS: tuple[str, ...] = HistoryPoint._fields
+
+
+def encode_point(point: HistoryPoint) -> EncodedPoint:
+    """``point`` as published: ``[t, in_use, idle, waiting, max, acquire_p95_ms]``."""
+    return list(point)
+
+
+def decode_point(value: Any) -> HistoryPoint | None:
+    """A published point as a :class:`HistoryPoint`, or ``None`` when it is not a valid one."""
+    point = _checked_point(value)
+    return None if point is None else HistoryPoint._make(point)
+
+
+def decode_history(value: Any) -> list[HistoryPoint]:
+    """The valid points of a published ``history`` (the newest ``MAX_HISTORY_POINTS``)."""
+    return [HistoryPoint._make(point) for point in _checked_history(value)]
+
+
+def _checked_point(value: Any) -> EncodedPoint | None:
+    """``value`` as a fresh encoded point when it is a valid one, else ``None``.
+
+    One flat condition, and no object built: the admin reads up to 181 points per alias and
+    process, every refresh, and keeps them encoded.
+    """
+    if type(value) not in (list, tuple) or len(value) != len(HISTORY_FIELDS):
+        return None
+    t, in_use, idle, waiting, size, p95 = value
+    if (
+        type(in_use) is int
+        and type(idle) is int
+        and type(waiting) is int
+        and type(size) is int
+        and (type(t) is float or type(t) is int)
+        and (type(p95) is float or type(p95) is int)
+        and 0 <= in_use <= MAX_NUMBER
+        and 0 <= idle <= MAX_NUMBER
+        and 0 <= waiting <= MAX_NUMBER
+        and 0 <= size <= MAX_NUMBER
+        and 0 <= t <= MAX_NUMBER  # NaN fails, infinity too
+        and 0 <= p95 <= MAX_NUMBER
+    ):
+        return [float(t), in_use, idle, waiting, size, float(p95)]
+    return None
+
+
+def _checked_history(value: Any) -> list[EncodedPoint]:
+    if not isinstance(value, (list, tuple)):
+        return []  # history only draws the sparkline: the process's numbers still count
+    points = (_checked_point(p) for p in list(value)[-MAX_HISTORY_POINTS:])
+    return [p for p in points if p is not None]
 
 
 @dataclass(frozen=True)
@@ -147,7 +244,11 @@ def unreadable_count(entries: list[dict[str, Any]]) -> str:
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 
-class _Invalid(Exception):
+class _Skipped(Exception):
+    """Why an entry is skipped (the message is the reported reason)."""
+
+
+class _Invalid(_Skipped):
     def __init__(self, path: str, expected: str, value: Any) -> None:
         super().__init__(f"{path}: expected {expected}, got {excerpt(value)}")
 
@@ -188,6 +289,16 @@ def bounded_number(value: Any, low: float, high: float) -> float | None:
         return _number(value, "", low=low, high=high)
     except _Invalid:
         return None
+
+
+def published_timing(raw: Any, now: float) -> tuple[float | None, float | None]:
+    """An entry's ``publish_interval`` and ``published_at`` before it is read, for a store to
+    tell whether its process is live; ``None`` for a value that is not valid (the store then
+    falls back to its own, and lists the entry so that the reader reports it)."""
+    fields = raw if isinstance(raw, dict) else {}
+    interval = bounded_number(fields.get("publish_interval"), 0.001, MAX_PUBLISH_INTERVAL)
+    published_at = bounded_number(fields.get("published_at"), 0.0, now + 3600.0)
+    return interval, published_at
 
 
 def _bound(high: float) -> str:
@@ -246,7 +357,7 @@ def _percentiles(value: Any, path: str) -> Percentiles:
     return {"p50": p50, "p95": p95, "p99": p99}
 
 
-def _checkout(value: Any, path: str) -> CheckoutEntry:
+def _checkout(value: Any, path: str) -> CheckoutSnapshot:
     data = _object(value, path)
     stack = _list(data.get("stack", []), f"{path}.stack")[:MAX_STACK_LINES]
     # Paths are only formatted for a bad line: a fleet view reads thousands of good ones.
@@ -264,40 +375,7 @@ def _checkout(value: Any, path: str) -> CheckoutEntry:
     }
 
 
-def history_point(value: Any) -> list[float] | None:
-    """One ``[t, in_use, idle, waiting, max, acquire_p95_ms]`` point, or ``None`` when it is bad.
-
-    One flat condition: the admin reads up to 181 points per alias and process, every refresh.
-    """
-    if type(value) not in (list, tuple) or len(value) != 6:
-        return None
-    t, in_use, idle, waiting, size, p95 = value
-    if (
-        type(in_use) is int
-        and type(idle) is int
-        and type(waiting) is int
-        and type(size) is int
-        and (type(t) is float or type(t) is int)
-        and (type(p95) is float or type(p95) is int)
-        and 0 <= in_use <= MAX_NUMBER
-        and 0 <= idle <= MAX_NUMBER
-        and 0 <= waiting <= MAX_NUMBER
-        and 0 <= size <= MAX_NUMBER
-        and 0 <= t <= MAX_NUMBER  # NaN fails, infinity too
-        and 0 <= p95 <= MAX_NUMBER
-    ):
-        return [float(t), in_use, idle, waiting, size, float(p95)]
-    return None
-
-
-def _history(value: Any) -> list[list[float]]:
-    if not isinstance(value, (list, tuple)):
-        return []  # history only draws the sparkline: the process's numbers still count
-    points = (history_point(p) for p in list(value)[-MAX_HISTORY_POINTS:])
-    return [p for p in points if p is not None]
-
-
-def _pool(value: Any, path: str, history: bool) -> PoolEntry:
+def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
     data = _object(value, path)
     counts = {key: _count(data.get(key, MISSING), f"{path}.{key}") for key in POOL_COUNTS}
     totals = {key: _count(data.get(key, 0), f"{path}.{key}") for key in POOL_TOTALS}
@@ -308,7 +386,7 @@ def _pool(value: Any, path: str, history: bool) -> PoolEntry:
     if len(reasons) > MAX_ALIASES:
         raise _Invalid(f"{path}.reclaimed_by_reason", f"at most {MAX_ALIASES} reasons", reasons)
     workload = data.get("workload")
-    pool: PoolEntry = {
+    pool: AliasSnapshot = {
         "workload": "" if workload is None else _name(workload, f"{path}.workload"),
         "min": counts["min"],
         "max": counts["max"],
@@ -341,15 +419,32 @@ def _pool(value: Any, path: str, history: bool) -> PoolEntry:
         checkouts = _list(data["checkouts"], f"{path}.checkouts")[:MAX_CHECKOUTS]
         pool["checkouts"] = [_checkout(c, f"{path}.checkouts[{i}]") for i, c in enumerate(checkouts)]
     if history and "history" in data:
-        pool["history"] = _history(data["history"])
+        pool["history"] = _checked_history(data["history"])
     return pool
 
 
-def _process(data: dict[Any, Any], history: bool) -> ProcessEntry:
+def _version(data: dict[Any, Any]) -> int:
+    version = data.get("schema", UNVERSIONED)
+    if type(version) is not int or not UNVERSIONED <= version <= MAX_NUMBER:
+        raise _Invalid("schema", f"a whole number from {UNVERSIONED} to 2**53", version)
+    if version > SCHEMA_VERSION:
+        # Its keys may validate and still mean something else: not shown rather than misread.
+        raise _Skipped(
+            f"schema {version} is newer than this release reads ({SCHEMA_VERSION}): "
+            "upgrade poolguard where this view runs to show it"
+        )
+    return version
+
+
+def _process(data: dict[Any, Any], history: bool) -> ProcessSnapshot:
+    # Checked first: a newer entry is reported as newer, not as whichever key it changed.
+    _version(data)
+    # Version 1 has exactly the keys of version 2, so it is read as is, into the current shape.
     aliases = _object(data.get("aliases", MISSING), "aliases")
     if len(aliases) > MAX_ALIASES:
         raise _Invalid("aliases", f"at most {MAX_ALIASES} aliases", aliases)
-    entry: ProcessEntry = {
+    entry: ProcessSnapshot = {
+        "schema": SCHEMA_VERSION,
         "host": _name(data.get("host", MISSING), "host"),
         "pid": _count(data.get("pid", MISSING), "pid", high=MAX_PID),
         "role": _name(data.get("role", MISSING), "role"),
@@ -371,8 +466,9 @@ def _process(data: dict[Any, Any], history: bool) -> ProcessEntry:
 
 def read_entry(
     raw: Any, *, host: Any = None, pid: Any = None, history: bool = True
-) -> ProcessEntry | Unreadable:
-    """``raw`` (a published entry as stored) as a :class:`ProcessEntry`, or why it is unreadable.
+) -> ProcessSnapshot | Unreadable:
+    """``raw`` (a published entry as stored) as a :class:`ProcessSnapshot` of the current
+    version, or why it is unreadable (a newer version among the reasons).
 
     ``host`` and ``pid`` are what the store knows of the entry apart from its content (the
     row's columns, the cache key), to name an entry whose own ``host``/``pid`` are unreadable.
@@ -382,7 +478,7 @@ def read_entry(
         if not isinstance(raw, dict):
             raise _Invalid("the entry", "an object", raw)
         return _process(raw, history)
-    except _Invalid as exc:
+    except _Skipped as exc:
         reason = str(exc)
     except Exception as exc:  # a validator bug must cost one entry, never the fleet view
         reason = f"{type(exc).__name__} while reading it"
@@ -430,9 +526,9 @@ class RawEntry:
 
 def read_entries(
     raws: list[RawEntry], *, history: bool = True
-) -> tuple[list[ProcessEntry], list[Unreadable]]:
+) -> tuple[list[ProcessSnapshot], list[Unreadable]]:
     """:func:`read_entry` over what a store found: the readable entries (with ``age_s``) and the rest."""
-    entries: list[ProcessEntry] = []
+    entries: list[ProcessSnapshot] = []
     unreadable: list[Unreadable] = []
     for raw in raws:
         if raw.error is not None:

@@ -1,4 +1,5 @@
-"""This process's pools as plain data: the ``processes[].aliases`` shape of ``poolstats --json``."""
+"""This process's pools as published data: the shapes of :mod:`~django_poolguard.fleet.schema`
+(the ``processes[]`` entries of ``poolstats --json``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,41 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.engine import stacks
 from django_poolguard.engine.context import process_role
-from django_poolguard.engine.ledger import percentiles
+from django_poolguard.engine.ledger import Checkout, percentiles
 from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.fleet.schema import (
+    CRITICAL,
+    HEALTHY,
+    SCHEMA_VERSION,
+    WARNING,
+    AliasSnapshot,
+    CheckoutSnapshot,
+    Percentiles,
+    PoolState,
+    ProcessSnapshot,
+)
 
-HEALTHY, WARNING, CRITICAL = "healthy", "warning", "critical"
+__all__ = [
+    "CRITICAL",
+    "HEALTHY",
+    "WARNING",
+    "checkout_snapshot",
+    "pool_snapshot",
+    "pool_state",
+    "process_snapshot",
+    "snapshot",
+    "status",
+    "worst",
+]
+
 _SEVERITY = {HEALTHY: 0, WARNING: 1, CRITICAL: 2}
 CRITICAL_WAITING = 10  # more waiters than this with nothing idle is an outage, not a blip
 
 
-def status(state: dict[str, Any], *, cannot_connect: bool = False) -> str:
-    """healthy / warning / critical, from in-memory numbers only (see the SPEC's Health section)."""
+def status(state: PoolState, *, cannot_connect: bool = False) -> str:
+    """healthy / warning / critical, from in-memory numbers only (see the Health section of the docs)."""
     if cannot_connect or (state["idle"] == 0 and state["waiting"] > CRITICAL_WAITING):
         return CRITICAL
     if state["waiting"] > 0 or state["utilization"] >= guard_settings.ALERT_UTILIZATION:
@@ -29,7 +54,7 @@ def worst(statuses: list[str]) -> str:
     return max(statuses, key=_SEVERITY.__getitem__, default=HEALTHY)
 
 
-def cannot_connect(pool: GuardedPool, state: dict[str, Any]) -> bool:
+def cannot_connect(pool: GuardedPool, state: PoolState) -> bool:
     """The pool holds no connection at all and its last attempt to open one failed.
 
     ``size`` is not used: psycopg_pool counts a connection it keeps retrying as part of it.
@@ -37,25 +62,34 @@ def cannot_connect(pool: GuardedPool, state: dict[str, Any]) -> bool:
     return state["in_use"] == 0 and state["idle"] == 0 and pool.connect_failing
 
 
-def pool_state(pool: GuardedPool) -> dict[str, Any]:
+def pool_state(pool: GuardedPool) -> PoolState:
     """The pool's sizes plus ``utilization`` and ``status``: what health and snapshots share."""
-    state: dict[str, Any] = dict(pool.state())
-    state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
+    sizes = pool.state()
+    state: PoolState = {
+        "min": sizes["min"],
+        "max": sizes["max"],
+        "size": sizes["size"],
+        "in_use": sizes["in_use"],
+        "idle": sizes["idle"],
+        "waiting": sizes["waiting"],
+        "utilization": round(sizes["in_use"] / sizes["max"], 4) if sizes["max"] else 0.0,
+        "status": HEALTHY,
+    }
     state["status"] = status(state, cannot_connect=cannot_connect(pool, state))
     return state
 
 
 def pool_snapshot(
     pool: GuardedPool, *, with_checkouts: bool = True, stack_limit: int | None = 20
-) -> dict[str, Any]:
+) -> AliasSnapshot:
     state = pool_state(pool)
     ledger = pool.ledger
     checkouts = ledger.checkouts()
-    data: dict[str, Any] = {
+    data: AliasSnapshot = {
         "workload": pool.config.workload,
         **state,
-        "acquire_ms": percentiles(ledger.acquire_samples()),
-        "held_ms": percentiles(ledger.held_samples()),
+        "acquire_ms": _percentiles(ledger.acquire_samples()),
+        "held_ms": _percentiles(ledger.held_samples()),
         "acquired_total": ledger.acquired_total,
         "timeouts_total": ledger.timeouts_total,
         "rejected_total": ledger.rejected_total,
@@ -70,11 +104,28 @@ def pool_snapshot(
         "leak_threshold": pool.config.leak_threshold,
     }
     if with_checkouts:
-        data["checkouts"] = [c.as_dict(stack_limit) for c in checkouts]
+        data["checkouts"] = [checkout_snapshot(c, stack_limit) for c in checkouts]
     return data
 
 
-def snapshot(*, with_checkouts: bool = True, stack_limit: int | None = 20) -> dict[str, Any]:
+def checkout_snapshot(checkout: Checkout, stack_limit: int | None = 20) -> CheckoutSnapshot:
+    return {
+        "thread": checkout.holder,
+        "alive": checkout.alive,
+        "held_s": round(checkout.held, 3),
+        "wait_ms": round(checkout.wait * 1000, 3),
+        "context": checkout.label,
+        "in_transaction": checkout.tx_started is not None,
+        "stack": stacks.format_stack(checkout.stack, stack_limit),
+    }
+
+
+def _percentiles(samples: list[float]) -> Percentiles:
+    values = percentiles(samples)
+    return {"p50": values["p50"], "p95": values["p95"], "p99": values["p99"]}
+
+
+def snapshot(*, with_checkouts: bool = True, stack_limit: int | None = 20) -> dict[str, AliasSnapshot]:
     """This process's state per alias, as in ``poolstats --json`` ``processes[].aliases``."""
     return {
         alias: pool_snapshot(pool, with_checkouts=with_checkouts, stack_limit=stack_limit)
@@ -82,9 +133,10 @@ def snapshot(*, with_checkouts: bool = True, stack_limit: int | None = 20) -> di
     }
 
 
-def process_snapshot(**kwargs: Any) -> dict[str, Any]:
-    """One ``processes[]`` entry: this process's identity plus :func:`snapshot`."""
+def process_snapshot(**kwargs: Any) -> ProcessSnapshot:
+    """One ``processes[]`` entry: the schema version, this process's identity plus :func:`snapshot`."""
     return {
+        "schema": SCHEMA_VERSION,
         "host": hostname(),
         "pid": os.getpid(),
         "role": process_role(),

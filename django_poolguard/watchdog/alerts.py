@@ -22,10 +22,10 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any
 
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.pool import GuardedPool, all_pools, describe_holders
+from django_poolguard.fleet.schema import AliasSnapshot
 from django_poolguard.signals import pool_alert
 
 logger = logging.getLogger("django_poolguard")
@@ -137,7 +137,7 @@ def _may_send(watch: _PoolWatch, kind: str, now: float) -> bool:
     return last is None or now - last >= float(guard_settings.ALERT_REPEAT)
 
 
-def _send(alias: str, kind: str, message: str, state: dict[str, Any]) -> None:
+def _send(alias: str, kind: str, message: str, state: AliasSnapshot) -> None:
     logger.warning("Pool alert (%s): %s", kind, message, extra={"poolguard": {"kind": kind, "alias": alias}})
     for receiver, result in pool_alert.send_robust(sender=alias, kind=kind, message=message, state=state):
         if isinstance(result, Exception):

@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from django_poolguard.conf import hostname
-from django_poolguard.fleet.snapshots import HEALTHY, worst
+from django_poolguard.fleet.schema import (
+    EncodedPoint,
+    HistoryPoint,
+    Percentiles,
+    ProcessSnapshot,
+    Unreadable,
+    decode_history,
+    unreadable_count,
+)
+from django_poolguard.fleet.snapshots import worst
+
+if TYPE_CHECKING:
+    from django_poolguard.fleet.collect import AliasTotals
 
 logger = logging.getLogger("django_poolguard")
 
@@ -37,32 +50,16 @@ def fleet_data() -> dict[str, Any]:
     fleet = collect()
     me = (hostname(), os.getpid())
     for process in fleet["processes"]:
-        process["live"] = (process.get("host"), process.get("pid")) == me
+        process["live"] = (process["host"], process["pid"]) == me
     return fleet
 
 
-def _points(history: list[Any], now: float) -> list[dict[str, float]]:
-    """The fleet's history points (lists in ``publish.HISTORY_FIELDS`` order) of the last
-    15 minutes, as dicts with t, in_use, waiting, max and p95."""
-    from django_poolguard.fleet.publish import HISTORY_FIELDS
-
-    out = []
-    for values in history or []:
-        point = {field: float(value or 0.0) for field, value in zip(HISTORY_FIELDS, values, strict=False)}
-        if point.get("t", 0.0) >= now - HISTORY_SECONDS:
-            out.append(
-                {
-                    "t": point["t"],
-                    "in_use": point.get("in_use", 0.0),
-                    "waiting": point.get("waiting", 0.0),
-                    "max": point.get("max", 0.0),
-                    "p95": point.get("acquire_p95_ms", 0.0),
-                }
-            )
-    return out
+def _points(history: list[EncodedPoint], now: float) -> list[HistoryPoint]:
+    """The fleet's history points of the last 15 minutes."""
+    return [point for point in decode_history(history) if point.t >= now - HISTORY_SECONDS]
 
 
-def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | None:
+def sparkline(history: list[HistoryPoint], now: float) -> dict[str, Any] | None:
     """SVG points for in use (line and area), waiting and max, or None without history.
 
     The x axis spans the history there is, from one minute up to the last 15, ending now,
@@ -70,20 +67,20 @@ def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | N
     """
     if not history:
         return None
-    span = min(HISTORY_SECONDS, max(MIN_SPAN, now - history[0]["t"]))
+    span = min(HISTORY_SECONDS, max(MIN_SPAN, now - history[0].t))
     start = now - span
-    top = max(max(s["max"], s["in_use"] + s["waiting"]) for s in history) or 1.0
+    top = max(max(s.max, s.in_use + s.waiting) for s in history) or 1.0
 
-    def xy(s: dict[str, float], key: str) -> tuple[float, float]:
-        x = max(0.0, min((s["t"] - start) / span * SPARK_WIDTH, SPARK_WIDTH))
-        return x, SPARK_HEIGHT - 1 - s[key] / top * (SPARK_HEIGHT - 2)
+    def xy(s: HistoryPoint, value: float) -> tuple[float, float]:
+        x = max(0.0, min((s.t - start) / span * SPARK_WIDTH, SPARK_WIDTH))
+        return x, SPARK_HEIGHT - 1 - value / top * (SPARK_HEIGHT - 2)
 
-    def points(key: str) -> str:
-        return " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, key) for s in history))
+    def points(line: Callable[[HistoryPoint], float]) -> str:
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, line(s)) for s in history))
 
-    in_use = points("in_use")
-    first_x, _ = xy(history[0], "in_use")
-    last_x, last_y = xy(history[-1], "in_use")
+    in_use = points(lambda s: s.in_use)
+    first_x, _ = xy(history[0], history[0].in_use)
+    last_x, last_y = xy(history[-1], history[-1].in_use)
     return {
         "width": SPARK_WIDTH,
         "height": SPARK_HEIGHT,
@@ -91,41 +88,44 @@ def sparkline(history: list[dict[str, float]], now: float) -> dict[str, Any] | N
         "in_use": in_use,
         "area": f"{first_x:.1f},{SPARK_HEIGHT} {in_use} {last_x:.1f},{SPARK_HEIGHT}",
         "last": {"x": f"{last_x:.1f}", "y": f"{last_y:.1f}"},
-        "waiting": points("waiting") if any(s["waiting"] for s in history) else "",
-        "max": points("max"),
+        "waiting": points(lambda s: s.waiting) if any(s.waiting for s in history) else "",
+        "max": points(lambda s: s.max),
         "samples": len(history),
-        "peak_in_use": int(max(s["in_use"] for s in history)),
-        "peak_waiting": int(max(s["waiting"] for s in history)),
-        "peak_p95": max(s["p95"] for s in history),
+        "peak_in_use": int(max(s.in_use for s in history)),
+        "peak_waiting": int(max(s.waiting for s in history)),
+        "peak_p95": max(s.acquire_p95_ms for s in history),
     }
 
 
-def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: float) -> list[dict[str, Any]]:
+def _alias_cards(
+    processes: list[ProcessSnapshot], totals: dict[str, AliasTotals], now: float
+) -> list[dict[str, Any]]:
     """One card per alias from the fleet's per-alias totals, plus the worst process's acquire
     p50/p99 (the totals carry only p95) and the sparkline."""
     cards = []
     for alias, total in sorted(totals.items()):
-        datas = [p["aliases"][alias] for p in processes if alias in (p.get("aliases") or {})]
-        acquire = {
-            p: max((float((d.get("acquire_ms") or {}).get(p, 0.0)) for d in datas), default=0.0)
-            for p in ("p50", "p95", "p99")
+        datas = [p["aliases"][alias] for p in processes if alias in p["aliases"]]
+        acquire: Percentiles = {
+            "p50": max((d["acquire_ms"]["p50"] for d in datas), default=0.0),
+            "p95": max((d["acquire_ms"]["p95"] for d in datas), default=0.0),
+            "p99": max((d["acquire_ms"]["p99"] for d in datas), default=0.0),
         }
-        history = _points(total.get("history") or [], now)
+        history = _points(total.get("history", []), now)
         # History points are per 5 s step; the line ends at the numbers shown above it.
         history.append(
-            {
-                "t": now,
-                "in_use": total["in_use"],
-                "waiting": total["waiting"],
-                "max": total["max"],
-                "p95": acquire["p95"],
-            }
+            HistoryPoint(
+                t=now,
+                in_use=total["in_use"],
+                idle=total["idle"],
+                waiting=total["waiting"],
+                max=total["max"],
+                acquire_p95_ms=acquire["p95"],
+            )
         )
         cards.append(
             {
                 **total,
                 "alias": alias,
-                "workload": total.get("workload") or "",
                 "utilization_pct": round(100 * total["in_use"] / total["max"]) if total["max"] else 0,
                 "acquire_ms": acquire,
                 "sparkline": sparkline(history, now),
@@ -134,51 +134,49 @@ def _alias_cards(processes: list[dict[str, Any]], totals: dict[str, Any], now: f
     return cards
 
 
-def _process_rows(processes: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+def _process_rows(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:
     rows = []
-    for process in sorted(processes, key=lambda p: (str(p.get("host")), int(p.get("pid", 0)))):
-        for alias, data in sorted((process.get("aliases") or {}).items()):
+    for process in sorted(processes, key=lambda p: (p["host"], p["pid"])):
+        for alias, data in sorted(process["aliases"].items()):
             rows.append(
                 {
-                    "host": process.get("host", ""),
-                    "pid": process.get("pid", ""),
-                    "role": process.get("role", ""),
+                    "host": process["host"],
+                    "pid": process["pid"],
+                    "role": process["role"],
                     "age_s": process.get("age_s"),
-                    "live": bool(process.get("live")),
+                    "live": process.get("live", False),
                     "alias": alias,
-                    "status": data.get("status", HEALTHY),
-                    "in_use": data.get("in_use", 0),
-                    "idle": data.get("idle", 0),
-                    "waiting": data.get("waiting", 0),
-                    "max": data.get("max", 0),
-                    "p95": (data.get("acquire_ms") or {}).get("p95", 0.0),
-                    "leaks_active": data.get("leaks_active", 0),
-                    "timeouts_total": data.get("timeouts_total", 0),
+                    "status": data["status"],
+                    "in_use": data["in_use"],
+                    "idle": data["idle"],
+                    "waiting": data["waiting"],
+                    "max": data["max"],
+                    "p95": data["acquire_ms"]["p95"],
+                    "leaks_active": data["leaks_active"],
+                    "timeouts_total": data["timeouts_total"],
                 }
             )
     return rows
 
 
-def _checkouts(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
+def _checkouts(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for process in processes:
-        for alias, data in (process.get("aliases") or {}).items():
-            threshold = float(data.get("leak_threshold") or 0.0)
-            for checkout in data.get("checkouts") or []:
-                held = float(checkout.get("held_s", 0.0))
+        for alias, data in process["aliases"].items():
+            threshold = data["leak_threshold"]
+            for checkout in data.get("checkouts", []):
+                held = checkout["held_s"]
                 rows.append(
                     {
                         **checkout,
                         "alias": alias,
-                        "host": process.get("host", ""),
-                        "pid": process.get("pid", ""),
-                        "held_s": held,
+                        "host": process["host"],
+                        "pid": process["pid"],
                         "suspected_leak": bool(threshold and held >= threshold),
                         # Outside a request, task or command the context is just the thread's name.
                         "context": ""
-                        if checkout.get("context") == f"thread {checkout.get('thread')}"
-                        else checkout.get("context"),
-                        "stack": list(checkout.get("stack") or []),
+                        if checkout["context"] == f"thread {checkout['thread']}"
+                        else checkout["context"],
                     }
                 )
     rows.sort(key=lambda c: c["held_s"], reverse=True)
@@ -254,7 +252,7 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
         "generated": datetime.fromtimestamp(now, UTC),
         "status": worst([c["status"] for c in cards]),
         "cards": cards,
-        "process_rows": _process_rows(processes, now),
+        "process_rows": _process_rows(processes),
         "process_count": len(processes),
         "checkouts": checkouts[:MAX_CHECKOUTS],
         "more_checkouts": max(0, len(checkouts) - MAX_CHECKOUTS),
@@ -268,8 +266,6 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
 
 def _unreadable(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The notice about skipped snapshots: how many, and each one's host, pid and reason."""
-    from django_poolguard.fleet.schema import Unreadable, unreadable_count
-
     if not entries:
         return None
     return {"summary": unreadable_count(entries), "entries": [Unreadable(**e).describe() for e in entries]}

@@ -45,9 +45,16 @@ from django.test import Client, RequestFactory  # noqa: E402
 
 from django_poolguard.engine.side_connection import close_all  # noqa: E402
 from django_poolguard.fleet.collect import totals  # noqa: E402
+from django_poolguard.fleet.schema import ProcessSnapshot, Unreadable, read_entry  # noqa: E402
 from django_poolguard.web import dashboard  # noqa: E402
 
 STACK = [f"shop/module_{i}.py:{10 + i} in function_{i}" for i in range(20)]
+
+
+def readable(raw: dict[str, Any]) -> ProcessSnapshot:
+    entry = read_entry(raw)
+    assert not isinstance(entry, Unreadable), entry
+    return entry
 
 
 def synthetic_fleet(processes: int, aliases: int, checkouts: int) -> dict[str, Any]:
@@ -100,6 +107,8 @@ def synthetic_fleet(processes: int, aliases: int, checkouts: int) -> dict[str, A
         "database": {},
         "budget": {},
     }
+    # Read as fleet.collect() reads published entries, which fills what the synthetic ones leave out.
+    fleet["processes"] = [{**readable(p), "age_s": p["age_s"]} for p in fleet["processes"]]
     fleet["aliases"] = totals(fleet["processes"])  # as fleet.collect() adds them, with the history
     return fleet
 

@@ -15,7 +15,14 @@ from django.utils import timezone
 from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import collect
 from django_poolguard.fleet.budget import describe
-from django_poolguard.fleet.schema import Unreadable, unreadable_count, unreadable_line
+from django_poolguard.fleet.collect import AliasTotals
+from django_poolguard.fleet.schema import (
+    CheckoutSnapshot,
+    ProcessSnapshot,
+    Unreadable,
+    unreadable_count,
+    unreadable_line,
+)
 from django_poolguard.management.commands._arguments import postgres_alias, seconds
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
@@ -92,10 +99,11 @@ class Command(BaseCommand):
 
 def check_line(state: str, data: dict[str, Any]) -> str:
     """``POOLGUARD WARNING - default: 8/8 in use, 2 waiting (3 processes)``: the Nagios style."""
+    totals: dict[str, AliasTotals] = data["aliases"]
     parts = [
         f"{alias}: {t['in_use']}/{t['max']} in use, {t['waiting']} waiting "
         f"({t['processes']} process{'' if t['processes'] == 1 else 'es'}, {t['status']})"
-        for alias, t in data["aliases"].items()
+        for alias, t in totals.items()
     ]
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
     if data.get("unreadable"):
@@ -169,7 +177,9 @@ def render(data: dict[str, Any]) -> str:
     for error in data.get("errors", []):
         lines.append(f"! {error['part']} ({error['where']}) unavailable: {error['error']}")
     lines += _unreadable(data.get("unreadable") or [])
-    if data["aliases"]:
+    totals: dict[str, AliasTotals] = data["aliases"]
+    processes: list[ProcessSnapshot] = data["processes"]
+    if totals:
         rows = [
             [
                 alias,
@@ -186,7 +196,7 @@ def render(data: dict[str, Any]) -> str:
                 f"{t['leaks_active']}/{t['leaks_total']}",
                 t["status"],
             ]
-            for alias, t in data["aliases"].items()
+            for alias, t in totals.items()
         ]
         lines += _table(
             [
@@ -209,9 +219,9 @@ def render(data: dict[str, Any]) -> str:
     else:
         lines.append("No process has published a pool (none running, or PUBLISH=None in them).")
     lines.append("")
-    if data["processes"]:
+    if processes:
         rows = []
-        for process in data["processes"]:
+        for process in processes:
             for alias, a in process["aliases"].items():
                 rows.append(
                     [
@@ -249,8 +259,9 @@ def _unreadable(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def _long_checkouts(data: dict[str, Any]) -> list[str]:
-    found = []
-    for process in data["processes"]:
+    processes: list[ProcessSnapshot] = data["processes"]
+    found: list[tuple[ProcessSnapshot, str, CheckoutSnapshot]] = []
+    for process in processes:
         for alias, a in process["aliases"].items():
             for checkout in a.get("checkouts", []):
                 if checkout["held_s"] >= LONG_CHECKOUT_S:
@@ -260,9 +271,9 @@ def _long_checkouts(data: dict[str, Any]) -> list[str]:
     found.sort(key=lambda item: -item[2]["held_s"])
     lines = [f"Checkouts held {LONG_CHECKOUT_S:g} s or more (longest first):"]
     for process, alias, c in found[:MAX_CHECKOUTS]:
-        where = c["stack"][0] if c.get("stack") else "no application frame"
+        where = c["stack"][0] if c["stack"] else "no application frame"
         flags = ("" if c["alive"] else " [holder thread dead]") + (
-            " [in transaction]" if c.get("in_transaction") else ""
+            " [in transaction]" if c["in_transaction"] else ""
         )
         lines.append(
             f"  {c['held_s']:>7.1f} s  {alias} on {process['host']}:{process['pid']}  thread {c['thread']}  "
