@@ -10,15 +10,16 @@ from .conf import guard_settings, hostname
 from .context import process_role
 from .ledger import percentiles
 from .pool import GuardedPool, all_pools
+from .slots import broken_recently
 
 HEALTHY, WARNING, CRITICAL = "healthy", "warning", "critical"
 _SEVERITY = {HEALTHY: 0, WARNING: 1, CRITICAL: 2}
 CRITICAL_WAITING = 10  # more waiters than this with nothing idle is an outage, not a blip
 
 
-def status(state: dict[str, Any], *, cannot_connect: bool = False) -> str:
-    """healthy / warning / critical, from in-memory numbers only (see the SPEC's Health section)."""
-    if cannot_connect or (state["idle"] == 0 and state["waiting"] > CRITICAL_WAITING):
+def status(state: dict[str, Any], *, cannot_connect: bool = False, slots_broken: bool = False) -> str:
+    """healthy / warning / critical, from in-memory numbers only (see docs/health.md)."""
+    if cannot_connect or slots_broken or (state["idle"] == 0 and state["waiting"] > CRITICAL_WAITING):
         return CRITICAL
     if state["waiting"] > 0 or state["utilization"] >= guard_settings.ALERT_UTILIZATION:
         return WARNING
@@ -41,7 +42,9 @@ def pool_state(pool: GuardedPool) -> dict[str, Any]:
     """The pool's sizes plus ``utilization`` and ``status``: what health and snapshots share."""
     state: dict[str, Any] = dict(pool.state())
     state["utilization"] = round(state["in_use"] / state["max"], 4) if state["max"] else 0.0
-    state["status"] = status(state, cannot_connect=cannot_connect(pool, state))
+    state["status"] = status(
+        state, cannot_connect=cannot_connect(pool, state), slots_broken=broken_recently(pool)
+    )
     return state
 
 
