@@ -89,7 +89,7 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         alias=pool.config.alias,
         workload=pool.config.workload,
         kind=kind,
-        thread=checkout.thread.name,
+        thread=checkout.holder,
         thread_alive=_alive(checkout.thread),
         context=checkout.label,
         held=round(checkout.held, 3),
