@@ -127,8 +127,9 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
 
     # --- Slots seen from outside ------------------------------------------------------------
     # psycopg_pool's private state is read and repaired only in the methods below (checked
-    # against psycopg_pool 3.2 and 3.3): _lock, _nconns, _pool, _waiting, _growing, run_task,
-    # schedule_task, and the AddConnection/ReturnConnection tasks. tests/test_slots.py asserts
+    # against psycopg_pool 3.2 and 3.3): _lock, _nconns, _pool, _waiting (its WaitingClients' conn,
+    # error, fail() and _cond), _growing, _tasks.mutex, run_task, schedule_task, _maybe_grow_pool,
+    # _close_connection, and the AddConnection/ReturnConnection tasks. tests/test_slots.py asserts
     # they still exist.
 
     def run_task(self, task: MaintenanceTask) -> None:
@@ -172,6 +173,24 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             returning=sum(1 for task in transit if isinstance(task, ReturnConnection)),
             growing_lost=growing and not any(getattr(task, "growing", False) for task in transit),
         )
+
+    def abandoned_waiters(self) -> list[Any]:
+        """Queued clients nobody waits on any more: still unserved, but no thread sleeps on them.
+
+        An exception that strikes a checkout after psycopg_pool queued it and outside the wait itself
+        leaves its ``WaitingClient`` queued; the next connection returned would be handed to it and
+        lost. A real waiter sleeps in its condition (``_cond._waiters``) until served or timed out.
+        """
+        return [
+            client
+            for client in list(self._waiting)
+            if client.conn is None and client.error is None and not client._cond._waiters  # type: ignore[attr-defined]
+        ]
+
+    def fail_waiters(self, clients: list[Any]) -> None:
+        """Mark abandoned clients as failed, so psycopg_pool skips them when handing connections out."""
+        for client in clients:
+            client.fail(PoolTimeout("abandoned: the checkout was interrupted while it queued"))
 
     def restore_slots(self, missing: int, growing_lost: bool) -> None:
         """Open a new connection for each of ``missing`` lost slots, as psycopg_pool does for a

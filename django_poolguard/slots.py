@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic, sleep
 
 from .monitor import monitor_interval, watchdog
@@ -36,6 +36,7 @@ TASK_NAME = "slots"
 SAMPLES = 20  # counts taken before a missing slot is believed for this scan
 SAMPLE_GAP = 0.002  # s between counts: lets checkouts caught mid-way finish
 LOCK_TIMEOUT = 1.0  # s a scan waits for the pool's lock before calling it stuck
+ABANDONED_AFTER = 1.0  # s a queued client must go unwaited-on before it is taken off the queue
 CRITICAL_FOR = 60.0  # s the alias's health stays critical after a violation
 
 
@@ -49,6 +50,8 @@ class _Watch:
     locked: int = 0  # consecutive scans that could not take the pool's lock
     stalled: int = 0  # consecutive scans with clients waiting, no checkout, and a connection to give
     acquired: int = -1  # the ledger's acquired_total at the previous scan
+    # Queued clients nobody waits on, by id: (client, when first seen).
+    abandoned: dict[int, tuple[object, float]] = field(default_factory=dict)
 
 
 _watches: weakref.WeakKeyDictionary[GuardedPool, _Watch] = weakref.WeakKeyDictionary()
@@ -109,6 +112,20 @@ def _check_pool(alias: str, pool: GuardedPool) -> None:
     count, missing, surplus, growing_lost = sampled
 
     faults: list[str] = []  # one violation per scan, however many ways it shows
+    now = monotonic()
+    abandoned: dict[int, tuple[object, float]] = {}
+    for client in pool.abandoned_waiters():
+        seen = watch.abandoned.get(id(client))
+        abandoned[id(client)] = (client, seen[1] if seen is not None and seen[0] is client else now)
+    # Abandoned for a whole second: a live thread gets from the queue into its wait in microseconds.
+    still = [client for client, since in abandoned.values() if now - since >= ABANDONED_AFTER]
+    if still:
+        pool.fail_waiters(still)
+        faults.append(
+            f"{len(still)} queued checkout(s) were abandoned: an exception interrupted them after they "
+            "queued, and each would have swallowed the next connection returned. Took them off the queue"
+        )
+    watch.abandoned = {key: seen for key, seen in abandoned.items() if now - seen[1] < ABANDONED_AFTER}
     if missing and watch.missing:
         lost = min(missing, watch.missing)
         faults.append(
