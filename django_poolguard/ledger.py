@@ -27,6 +27,7 @@ class Checkout:
         "__weakref__",
         "connection",
         "context",
+        "dropped_seen",
         "hoard_reported",
         "last_used",
         "reported",
@@ -53,6 +54,7 @@ class Checkout:
         self.reported: float | None = None  # when the watchdog reported it as a leak
         self.hoard_reported: float | None = None
         self.returned: float | None = None  # when it came back, for "returned after N s" reports
+        self.dropped_seen = False  # the watchdog saw its wrapper no longer holding it (leaks._orphaned)
 
     @property
     def held(self) -> float:
@@ -127,7 +129,8 @@ class Ledger:
         self.leaks_total = 0
         self.hoards_total = 0
         self.invariant_violations_total = 0  # slot check faults: lost slots, surplus, wedged pool (slots.py)
-        self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
+        # "thread_exited" / "wrapper_collected" / "connection_dropped" -> count
+        self.reclaimed_by_reason: dict[str, int] = {}
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
 

@@ -190,3 +190,33 @@ def test_psycopg_pool_still_has_the_private_state_poolguard_repairs():
         assert hasattr(pool._tasks, "mutex"), "the task queue's lock is probed by the slot check"
     finally:
         pool.close()
+
+
+def test_a_connection_its_wrapper_let_go_of_is_reclaimed(make_alias, fast_watchdog):
+    from django_poolguard import leaks
+
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 1})
+    wrapper = connections[alias]
+    wrapper.ensure_connection()
+    pool = get_pool(alias)
+    # What BaseDatabaseWrapper.close() leaves when an exception strikes inside _close() before the
+    # connection went back: its finally clause clears the attribute anyway.
+    wrapper.connection = None
+    leaks.scan()
+    leaks.scan()
+    assert pool.ledger.reclaimed_by_reason == {"connection_dropped": 1}
+    held = hold_all(alias, 2, timeout=2)
+    for connection in held:
+        pool.putconn(connection)
+
+
+def test_a_wrapper_holding_its_connection_is_left_alone(make_alias, fast_watchdog):
+    from django_poolguard import leaks
+
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 1})
+    connections[alias].ensure_connection()
+    pool = get_pool(alias)
+    for _ in range(3):
+        leaks.scan()
+    assert pool.ledger.reclaimed_total == 0 and len(pool.ledger) == 1
+    connections[alias].close()
