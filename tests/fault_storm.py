@@ -94,11 +94,21 @@ def configure(engine: str, application_name: str) -> None:
 
 
 def landed_in(exc: BaseException) -> str:
-    """The package of the innermost frame the exception struck in."""
+    """Whose code the exception struck: the innermost poolguard or psycopg_pool frame it passed
+    through (it is raised a few bytecodes after the throw, often in a callee), else the package of
+    the innermost frame."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    ours, innermost = None, "storm"
+    while tb is not None:
+        package = _package(tb.tb_frame.f_code.co_filename)
+        if package in ("django_poolguard", "psycopg_pool"):
+            ours = package
+        innermost = package
         tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return ours or innermost
+
+
+def _package(filename: str) -> str:
     for package in ("django_poolguard", "psycopg_pool", "psycopg", "django", "threading"):
         if f"/{package}/" in filename or filename.endswith(f"/{package}.py"):
             return package

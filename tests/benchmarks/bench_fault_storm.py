@@ -46,7 +46,8 @@ def main() -> None:
                 print(
                     f"  {kind:5} {engine:9} seed {outcome.seed:3}: {LABELS[outcome.outcome]:9} "
                     f"landed={sum(outcome.landed.values()):3} repairs={outcome.violations} "
-                    f"reclaimed={outcome.reclaimed}{' replaced' if outcome.replaced else ''}",
+                    f"reclaimed={outcome.reclaimed}{' replaced' if outcome.replaced else ''}"
+                    f"{'' if outcome.agree or outcome.outcome != 'fine' else f' DISAGREE {outcome.counts}'}",
                     file=sys.stderr,
                     flush=True,
                 )
