@@ -220,3 +220,34 @@ def test_a_wrapper_holding_its_connection_is_left_alone(make_alias, fast_watchdo
         leaks.scan()
     assert pool.ledger.reclaimed_total == 0 and len(pool.ledger) == 1
     connections[alias].close()
+
+
+def test_a_pool_that_stops_handing_out_idle_connections_is_replaced(make_alias, caplog):
+    from psycopg_pool.pool import WaitingClient
+
+    caplog.set_level(logging.INFO, logger="django_poolguard")
+    alias = make_alias(pool={"min_size": 1, "max_size": 1, "timeout": 1})
+    pool = open_pool(alias)
+    pool.wait(5)
+    # A client queued while the pool holds an idle connection it never hands over: what a pool whose
+    # hand-over was broken mid-way looks like from outside.
+    client: WaitingClient = WaitingClient()
+    with pool._lock:
+        pool._waiting.append(client)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.wait(10)
+        except psycopg_pool.PoolClosed as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    assert wait_until(lambda: pool.waiting() == 1 and client._cond._waiters)
+    for _ in range(3):
+        slots.check()
+    assert get_pool(alias) is not pool
+    assert "not one checkout succeeded" in caplog.text and "1 idle connection(s)" in caplog.text
+    waiter.join(5)
+    assert not waiter.is_alive() and errors, "closing the replaced pool failed its waiting client"
