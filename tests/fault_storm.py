@@ -10,7 +10,7 @@ pool of ``SIZE`` connections. KIND is the fault thrown at it while threads churn
 - ``gc``: Django connection objects are dropped and garbage-collected inside a transaction.
 
 Then it tries, for ``RECOVERY`` seconds, to hold every connection of the pool at once from fresh
-threads, and prints one JSON line (:class:`Outcome`): ``fine`` (all held), ``lost`` (the pool
+threads (each running ``SELECT 1`` on it), and prints one JSON line (:class:`Outcome`): ``fine`` (all held), ``lost`` (the pool
 times out: a slot is gone for good) or ``wedged`` (threads stuck inside the pool for good). When
 all are held it also compares the pool's ``get_stats()``, poolguard's ledger and
 ``pg_stat_activity``. The process ends with ``os._exit``: a wedged pool could hang a normal exit.
@@ -275,7 +275,8 @@ def hold_everything(outcome: Outcome, application_name: str) -> None:
             from django.db import connections
 
             try:
-                connections["default"].ensure_connection()
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT 1")  # held and working: a dead session does not count
                 results.append("held")
                 held.wait(POOL_TIMEOUT + 5)
                 release.wait(30)
