@@ -185,6 +185,11 @@ def test_psycopg_pool_still_has_the_private_state_poolguard_repairs():
 
     assert issubclass(AddConnection, MaintenanceTask) and issubclass(ReturnConnection, MaintenanceTask)
     assert "growing" in AddConnection.__init__.__code__.co_varnames
+    from psycopg_pool.pool import WaitingClient
+
+    client: WaitingClient = WaitingClient()
+    assert client.conn is None and client.error is None and callable(client.fail)
+    assert client._cond._waiters is not None, "abandoned queued clients are told apart by their waiters"
     pool.open()
     try:
         assert hasattr(pool._tasks, "mutex"), "the task queue's lock is probed by the slot check"
