@@ -256,3 +256,25 @@ def test_a_pool_that_stops_handing_out_idle_connections_is_replaced(make_alias, 
     assert "not one checkout succeeded" in caplog.text and "1 idle connection(s)" in caplog.text
     waiter.join(5)
     assert not waiter.is_alive() and errors, "closing the replaced pool failed its waiting client"
+
+
+def test_a_queued_client_nobody_waits_on_is_taken_off_the_queue(make_alias, caplog):
+    from psycopg_pool.pool import WaitingClient
+
+    caplog.set_level(logging.INFO, logger="django_poolguard")
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 1})
+    pool = open_pool(alias)
+    held = pool.getconn(2)
+    # What an exception striking a checkout after psycopg_pool queued it (outside the wait) leaves.
+    abandoned: WaitingClient = WaitingClient()
+    with pool._lock:
+        pool._waiting.append(abandoned)
+    slots.check()
+    time.sleep(slots.ABANDONED_AFTER)
+    slots.check()
+    assert abandoned.error is not None and abandoned.conn is None
+    assert "queued checkout(s) were abandoned" in caplog.text
+    assert pool.ledger.invariant_violations_total == 1
+    pool.putconn(held)  # goes back to the pool, not to the abandoned client
+    again = pool.getconn(1)
+    pool.putconn(again)
