@@ -18,12 +18,14 @@ class PoolGuardConfig(AppConfig):
         from django_poolguard.engine.context import detect_process_role, set_process_role
         from django_poolguard.engine.pool import on_pool_created
         from django_poolguard.fleet import budget, publish  # noqa: F401  (budget: system checks)
+        from django_poolguard.watchdog import slots
         from django_poolguard.watchdog.leaks import register_tasks
         from django_poolguard.watchdog.monitor import watchdog
 
         set_process_role(*detect_process_role())
         on_pool_created(lambda pool: watchdog.ensure_started())
         register_tasks()  # leak scan, LeakEvent writer, alerts
+        slots.register()  # the slot check: lost connections recovered, wedged pools replaced
         connect_signals()  # a no-op unless Celery is installed
         publish.register()
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra

@@ -25,7 +25,7 @@ from django.db import connections
 
 from django_poolguard.backends.postgresql.base import DatabaseWrapper
 from django_poolguard.conf import ENGINE
-from django_poolguard.engine.context import reset_context, set_context, set_process_role
+from django_poolguard.engine.context import bounded, reset_context, set_context, set_process_role
 from django_poolguard.engine.pool import all_pools, close_all_pools, keep_pools_open
 from django_poolguard.escaping import escape_controls
 from django_poolguard.integrations.workloads import WORKER, alias_for, enter, leave, web_alias
@@ -115,13 +115,13 @@ def adopt_thread_checkouts(label: str, since: float) -> int:
         for checkout in pool.ledger.checkouts():
             if checkout.context is not None or checkout.started < since or checkout.thread is current:
                 continue
-            checkout.context = f"{label} (thread {checkout.thread.name})"
+            checkout.context = bounded(f"{label} (thread {checkout.holder})")
             found += 1
             logger.warning(
                 "%s ended while thread %r it started still holds a connection of alias %r, acquired at "
                 "%s. Close it in that thread (connections.close_all() in a finally block).",
                 label,
-                checkout.thread.name,
+                checkout.holder,
                 alias,
                 checkout.origin or "an unknown place",
             )

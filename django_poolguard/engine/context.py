@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+LABEL_CHARS = 200  # a label names a place; a megabyte task id or path only bloats messages and logs
+
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("poolguard_context", default=None)
 _process_label: str | None = None
 _process_role: str = "web"
@@ -22,10 +24,15 @@ def current_context() -> str | None:
     return _current.get() or _process_label
 
 
+def bounded(label: str, limit: int = LABEL_CHARS) -> str:
+    """``label`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
 @contextmanager
 def checkout_context(label: str) -> Iterator[None]:
     """Attribute the checkouts made inside the block to ``label``."""
-    token = _current.set(label)
+    token = _current.set(bounded(label))
     try:
         yield
     finally:
@@ -34,7 +41,7 @@ def checkout_context(label: str) -> Iterator[None]:
 
 def set_context(label: str | None) -> contextvars.Token[str | None]:
     """Set the label until ``reset_context(token)``; for integrations driven by signals."""
-    return _current.set(label)
+    return _current.set(None if label is None else bounded(label))
 
 
 def reset_context(token: contextvars.Token[str | None]) -> None:
@@ -49,7 +56,7 @@ def process_role() -> str:
 def set_process_role(role: str, label: str | None = None) -> None:
     global _process_role, _process_label
     _process_role = role
-    _process_label = label
+    _process_label = None if label is None else bounded(label)
 
 
 def detect_process_role(argv: list[str] | None = None) -> tuple[str, str | None]:

@@ -14,6 +14,7 @@ from time import monotonic
 from typing import Any
 
 from django_poolguard.engine import stacks
+from django_poolguard.engine.context import bounded
 
 RING_SIZE = 4096  # samples kept for percentiles; a power of two so the index is a mask
 _MASK = RING_SIZE - 1
@@ -26,6 +27,7 @@ class Checkout:
         "__weakref__",
         "connection",
         "context",
+        "dropped_seen",
         "hoard_reported",
         "last_used",
         "reported",
@@ -52,6 +54,7 @@ class Checkout:
         self.reported: float | None = None  # when the watchdog reported it as a leak
         self.hoard_reported: float | None = None
         self.returned: float | None = None  # when it came back, for "returned after N s" reports
+        self.dropped_seen = False  # the watchdog saw its wrapper no longer holding it (leaks._orphaned)
 
     @property
     def held(self) -> float:
@@ -63,12 +66,13 @@ class Checkout:
 
     @property
     def holder(self) -> str:
-        return self.thread.name
+        """The holder thread's name, bounded: any code may name a thread."""
+        return bounded(self.thread.name)
 
     @property
     def label(self) -> str:
         """The context, or the thread for checkouts made outside any request, task or command."""
-        return self.context or f"thread {self.thread.name}"
+        return self.context or f"thread {self.holder}"
 
     @property
     def origin(self) -> str | None:
@@ -76,7 +80,7 @@ class Checkout:
 
     def as_dict(self, stack_limit: int | None = 20) -> dict[str, Any]:
         return {
-            "thread": self.thread.name,
+            "thread": self.holder,
             "alive": self.thread.is_alive(),
             "held_s": round(self.held, 3),
             "wait_ms": round(self.wait * 1000, 3),
@@ -124,7 +128,9 @@ class Ledger:
         self.shed_total = 0  # requests the middleware answered 503 because of this pool
         self.leaks_total = 0
         self.hoards_total = 0
-        self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
+        self.invariant_violations_total = 0  # slot check faults: lost slots, surplus, wedged pool (slots.py)
+        # "thread_exited" / "wrapper_collected" / "connection_dropped" -> count
+        self.reclaimed_by_reason: dict[str, int] = {}
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
 

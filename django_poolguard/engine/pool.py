@@ -7,17 +7,21 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
 
 from django_poolguard.conf import AliasConfig, guard_settings
 from django_poolguard.engine import stacks
-from django_poolguard.engine.context import current_context
+from django_poolguard.engine.context import bounded, current_context
 from django_poolguard.engine.ledger import Ledger
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted, PoolQueueFull
@@ -34,6 +38,18 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.pid = os.getpid()
         self.created = monotonic()
         self.connect_failing = False  # the last connection attempt failed: the database is unreachable
+        self.last_connect_error: str | None = None  # why it failed, password-free (see connect_error_text)
+        # Rebuilds this pool's like (set by get_or_create_pool): how a wedged pool is replaced.
+        self.factory: Callable[[], GuardedPool] | None = None
+        # Connections in transit inside psycopg_pool: AddConnection tasks (being opened, or waiting
+        # to retry) and ReturnConnection tasks (being reset), from submission until their run ends.
+        # Set add/discard are atomic under the GIL: no lock, and only maintenance paths touch it.
+        self._transit: set[MaintenanceTask] = set()
+        # Every connection this pool opened and that still exists: a connection handed to a waiting
+        # client is in neither the pool nor the ledger for a moment, but it is here; a lost one,
+        # dropped with the exception that interrupted it, is not.
+        self._opened_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.slots_broken_at: float | None = None  # when the slot check last found (and fixed) a fault
         super().__init__(*args, **kwargs)
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
@@ -51,18 +67,27 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             raise self._exhausted(started, queue_full=True) from exc
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
-        waited = monotonic() - started
-        stack = (
-            stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
-            if guard_settings.CAPTURE_STACKS
-            else ()
-        )
-        self.ledger.add(connection, waited, stack, current_context())
+        try:
+            waited = monotonic() - started
+            stack = (
+                stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
+                if guard_settings.CAPTURE_STACKS
+                else ()
+            )
+            self.ledger.add(connection, waited, stack, current_context())
+        except BaseException:
+            # Nobody will ever return a connection the ledger does not know: give it back now,
+            # whatever interrupted us (a bad setting, a Celery soft time limit, Ctrl-C).
+            self.ledger.remove(connection)
+            super().putconn(connection)
+            raise
         return connection
 
     def putconn(self, conn: Any) -> None:
-        self.ledger.remove(conn)
-        super().putconn(conn)
+        try:
+            self.ledger.remove(conn)
+        finally:
+            super().putconn(conn)
 
     def state(self) -> dict[str, int]:
         """Sizes read without the pool's lock: a consistent-enough view for monitoring."""
@@ -93,11 +118,104 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         # Runs on the pool's worker threads (or a caller growing the pool), never per checkout.
         try:
             connection = super()._connect(timeout)
-        except Exception:
+        except Exception as exc:
             self.connect_failing = True
+            self.last_connect_error = connect_error_text(exc)
             raise
         self.connect_failing = False
+        self._opened_connections.add(connection)
         return connection
+
+    # --- Slots seen from outside ------------------------------------------------------------
+    # psycopg_pool's private state is read and repaired only in the methods below (checked
+    # against psycopg_pool 3.2 and 3.3): _lock, _nconns, _pool, _waiting (its WaitingClients' conn,
+    # error, fail() and _cond), _growing, _tasks.mutex, run_task, schedule_task, _maybe_grow_pool,
+    # _close_connection, and the AddConnection/ReturnConnection tasks. tests/test_slots.py asserts
+    # they still exist.
+
+    def run_task(self, task: MaintenanceTask) -> None:
+        if isinstance(task, (AddConnection, ReturnConnection)):
+            self._transit.add(task)
+            task = _TransitTask(self, task)
+        super().run_task(task)
+
+    def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        if isinstance(task, AddConnection):  # a reconnection attempt waiting for its backoff delay
+            self._transit.add(task)
+        super().schedule_task(task, delay)
+
+    def count_slots(self, lock_timeout: float) -> SlotCount | None:
+        """One consistent count of the pool's slots, or None if its locks stayed taken ``lock_timeout`` s.
+
+        Taken under the pool's lock so size, idle and the tasks in transit agree; checkouts and returns
+        between psycopg_pool and the ledger at this instant still show as missing (callers sample again).
+        The task queue's lock is probed too: a thread that died holding it blocks every connection
+        psycopg_pool would open, and whoever asks it to.
+        """
+        if not self._tasks.mutex.acquire(timeout=lock_timeout):
+            return None
+        self._tasks.mutex.release()
+        if not self._lock.acquire(timeout=lock_timeout):
+            return None
+        try:
+            size = self._nconns
+            idle = len(self._pool)
+            growing = self._growing
+            transit = list(self._transit)
+        finally:
+            self._lock.release()
+        in_use = len(self.ledger)
+        return SlotCount(
+            size=size,
+            idle=idle,
+            in_use=in_use,
+            live=sum(1 for connection in list(self._opened_connections) if not connection.closed),
+            opening=sum(1 for task in transit if isinstance(task, AddConnection)),
+            returning=sum(1 for task in transit if isinstance(task, ReturnConnection)),
+            growing_lost=growing and not any(getattr(task, "growing", False) for task in transit),
+        )
+
+    def abandoned_waiters(self) -> list[Any]:
+        """Queued clients nobody waits on any more: still unserved, but no thread sleeps on them.
+
+        An exception that strikes a checkout after psycopg_pool queued it and outside the wait itself
+        leaves its ``WaitingClient`` queued; the next connection returned would be handed to it and
+        lost. A real waiter sleeps in its condition (``_cond._waiters``) until served or timed out.
+        """
+        return [
+            client
+            for client in list(self._waiting)
+            if client.conn is None and client.error is None and not client._cond._waiters  # type: ignore[attr-defined]
+        ]
+
+    def fail_waiters(self, clients: list[Any]) -> None:
+        """Mark abandoned clients as failed, so psycopg_pool skips them when handing connections out."""
+        for client in clients:
+            client.fail(PoolTimeout("abandoned: the checkout was interrupted while it queued"))
+
+    def restore_slots(self, missing: int, growing_lost: bool) -> None:
+        """Open a new connection for each of ``missing`` lost slots, as psycopg_pool does for a
+        broken one; and let the pool grow again if the task that was growing it was lost."""
+        with self._lock:
+            if growing_lost and self._growing:
+                self._growing = False
+        for _ in range(missing):
+            self.run_task(AddConnection(self))
+        if growing_lost:
+            with self._lock:
+                if self._waiting:
+                    self._maybe_grow_pool()
+
+    def discard_surplus(self, surplus: int) -> int:
+        """Close up to ``surplus`` idle connections the pool does not count (a lost one came back)."""
+        closing = []
+        with self._lock:
+            while surplus > 0 and self._pool:
+                closing.append(self._pool.pop())
+                surplus -= 1
+        for connection in closing:
+            self._close_connection(connection)
+        return len(closing)
 
     def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
         waited = monotonic() - started
@@ -107,9 +225,14 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         if queue_full:
             head = f"pool {self.config.alias!r} refused a checkout: {state['waiting']} requests already waiting (max_waiting={self.max_waiting}; {in_use})"
         elif state["in_use"] < state["max"] and self.connection_errors():
+            cause = (
+                f"; the last one failed with: {self.last_connect_error}"
+                if self.last_connect_error
+                else ": is the database reachable?"
+            )
             head = (
                 f"pool {self.config.alias!r} could not get a connection after {waited:.1f} s "
-                f"({in_use}; {self.connection_errors()} failed connection attempts: is the database reachable?)"
+                f"({in_use}; {self.connection_errors()} failed connection attempts{cause})"
             )
         else:
             head = f"pool {self.config.alias!r} exhausted after {waited:.1f} s ({in_use})"
@@ -117,6 +240,78 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         message = f"{head}: {holders}" if holders else head
         error_class = PoolQueueFull if queue_full else PoolExhausted
         return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+
+
+@dataclass(frozen=True)
+class SlotCount:
+    """Where a pool's connections are. Invariant: ``size == idle + in_use + opening + returning``."""
+
+    size: int  # connections psycopg_pool counts as its own (open, or being opened)
+    idle: int
+    in_use: int  # ledger entries
+    live: int  # connections the pool opened that still exist and are open, wherever they are
+    opening: int  # being opened, or waiting to retry opening
+    returning: int  # being reset by a worker before going back
+    growing_lost: bool  # psycopg_pool thinks it is growing, but no task is doing it: it never will again
+
+    @property
+    def unaccounted(self) -> int:
+        """``size - idle - in_use - opening - returning``; below zero: connections it does not count."""
+        return self.size - self.idle - self.in_use - self.opening - self.returning
+
+    @property
+    def missing(self) -> int:
+        """Slots lost for good: unaccounted for, and no open connection left to fill them.
+
+        A connection being handed to a waiting client is unaccounted for a moment but still exists;
+        a lost one was dropped with the exception that interrupted it (or closed).
+        """
+        return max(0, min(self.unaccounted, self.size - self.opening - self.returning - self.live))
+
+    @property
+    def surplus(self) -> int:
+        """Connections idle or checked out beyond what psycopg_pool counts (a lost one came back)."""
+        return max(0, -self.unaccounted)
+
+
+class _TransitTask(MaintenanceTask):
+    """Runs a tracked task and marks it arrived, however its run ends (or is discarded)."""
+
+    def __init__(self, pool: GuardedPool, task: MaintenanceTask) -> None:
+        super().__init__(pool)
+        self.task = task
+
+    def run(self) -> None:
+        try:
+            self.task.run()
+        finally:
+            pool = self.pool()
+            if pool is not None:
+                pool._transit.discard(self.task)  # type: ignore[attr-defined]
+
+    def _run(self, pool: Any) -> None:  # pragma: no cover  (run() is overridden)
+        self.task.run()
+
+
+_FATAL = re.compile(r"\b(FATAL|ERROR|PANIC):\s.*", re.DOTALL)
+_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+CONNECT_ERROR_CHARS = 300
+
+
+def connect_error_text(exc: BaseException) -> str:
+    """What the server said about a failed connection attempt, with no password in it.
+
+    libpq prefixes the server's reason with the address it tried ("connection to server at ... failed:
+    FATAL: ..."); the reason is what an engineer needs. Anything shaped like a password is masked,
+    whatever the message.
+    """
+    text = " ".join(str(exc).split())
+    match = _FATAL.search(text)
+    if match:
+        text = match.group(0)
+    text = _URL_SECRET.sub(r"\1********@", _SECRET.sub(r"\1********", text))
+    return f"{type(exc).__name__}: {bounded(text, CONNECT_ERROR_CHARS)}"
 
 
 _PLUMBING: frozenset[int] = frozenset()
@@ -192,6 +387,7 @@ def get_or_create_pool(alias: str, factory: Callable[[], GuardedPool]) -> Guarde
         pool = _pools.get(alias)
         if pool is None:
             pool = _pools[alias] = factory()
+            pool.factory = factory
             created = True
         else:
             created = False
@@ -214,6 +410,42 @@ def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | N
         if current is None or (pool is not None and current is not pool):
             return None
         return _pools.pop(alias)
+
+
+def replace_pool(alias: str, pool: GuardedPool) -> GuardedPool | None:
+    """Put a fresh pool in place of ``pool`` (if it still serves ``alias``) and close the old one in
+    the background: a wedged pool's lock may never come back, and nobody must wait for it.
+
+    Returns the new pool, or None when ``pool`` was no longer current or could not be rebuilt (then
+    the alias is simply forgotten and its next checkout builds a new pool).
+    """
+    replacement: GuardedPool | None = None
+    with _pools_lock:
+        if _pools.get(alias) is not pool:
+            return None
+        del _pools[alias]
+        if pool.factory is not None:
+            try:
+                replacement = _pools[alias] = pool.factory()
+                replacement.factory = pool.factory
+            except Exception:
+                logger.exception(
+                    "Building a new pool for alias %r failed; the next checkout will try.", alias
+                )
+    if replacement is not None:
+        for hook in list(_pool_created_hooks):
+            hook(replacement)
+    threading.Thread(
+        target=_close_replaced, args=(pool,), name=f"poolguard-close-{alias}"[:60], daemon=True
+    ).start()
+    return replacement
+
+
+def _close_replaced(pool: GuardedPool) -> None:
+    try:
+        pool.close(timeout=1.0)
+    except Exception:
+        logger.exception("Closing the replaced pool of alias %r failed.", pool.config.alias)
 
 
 def all_pools() -> dict[str, GuardedPool]:
@@ -312,4 +544,5 @@ __all__ = [
     "keep_pools_open",
     "on_pool_created",
     "pools_kept_open",
+    "replace_pool",
 ]

@@ -23,6 +23,7 @@ from django_poolguard.fleet.schema import (
     PoolState,
     ProcessSnapshot,
 )
+from django_poolguard.watchdog.slots import broken_recently
 
 __all__ = [
     "CRITICAL",
@@ -41,9 +42,9 @@ _SEVERITY = {HEALTHY: 0, WARNING: 1, CRITICAL: 2}
 CRITICAL_WAITING = 10  # more waiters than this with nothing idle is an outage, not a blip
 
 
-def status(state: PoolState, *, cannot_connect: bool = False) -> str:
+def status(state: PoolState, *, cannot_connect: bool = False, slots_broken: bool = False) -> str:
     """healthy / warning / critical, from in-memory numbers only (see the Health section of the docs)."""
-    if cannot_connect or (state["idle"] == 0 and state["waiting"] > CRITICAL_WAITING):
+    if cannot_connect or slots_broken or (state["idle"] == 0 and state["waiting"] > CRITICAL_WAITING):
         return CRITICAL
     if state["waiting"] > 0 or state["utilization"] >= guard_settings.ALERT_UTILIZATION:
         return WARNING
@@ -75,7 +76,9 @@ def pool_state(pool: GuardedPool) -> PoolState:
         "utilization": round(sizes["in_use"] / sizes["max"], 4) if sizes["max"] else 0.0,
         "status": HEALTHY,
     }
-    state["status"] = status(state, cannot_connect=cannot_connect(pool, state))
+    state["status"] = status(
+        state, cannot_connect=cannot_connect(pool, state), slots_broken=broken_recently(pool)
+    )
     return state
 
 

@@ -97,6 +97,12 @@ connections_opened = Counter(
     "Physical connections the pool opened to PostgreSQL.",
     ["alias"],
 )
+invariant_violations = Counter(
+    "poolguard_pool_invariant_violations_total",
+    "Times the pool's connections did not add up (size = idle + in use + opening + returning) on two "
+    "checks in a row, or the pool was wedged and replaced; each was repaired.",
+    ["alias"],
+)
 connection_errors = Counter(
     "poolguard_connection_errors_total",
     "Failed attempts to open a connection.",
@@ -112,6 +118,7 @@ _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...
     (leaks_detected, {"kind": "hoard"}, lambda pool: pool.ledger.hoards_total),
     (connections_opened, {}, lambda pool: pool.connections_opened()),
     (connection_errors, {}, lambda pool: pool.connection_errors()),
+    (invariant_violations, {}, lambda pool: pool.ledger.invariant_violations_total),
 )
 
 

@@ -44,6 +44,7 @@ logger = logging.getLogger("django_poolguard")
 TASK_NAME = "leaks"
 LEAK, HOARD, RECLAIMED = "leak", "hoard", "reclaimed"
 THREAD_EXITED, WRAPPER_COLLECTED = "thread_exited", "wrapper_collected"
+CONNECTION_DROPPED = "connection_dropped"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class LeakReport:
     host: str
     pid: int
     idle: float | None = None  # hoard: s idle inside the transaction
-    reason: str | None = None  # reclaimed: "thread_exited" or "wrapper_collected"
+    reason: str | None = None  # reclaimed: "thread_exited", "wrapper_collected" or "connection_dropped"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,7 +95,7 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         alias=pool.config.alias,
         workload=pool.config.workload,
         kind=kind,
-        thread=checkout.thread.name,
+        thread=checkout.holder,
         thread_alive=_alive(checkout.thread),
         context=checkout.label,
         held=round(checkout.held, 3),
@@ -182,6 +183,15 @@ def _orphaned(checkout: Checkout) -> str | None:
         return THREAD_EXITED  # the root cause, even when its thread-local wrapper is gone as well
     if ref is not None and wrapper is None:
         return WRAPPER_COLLECTED
+    if wrapper is not None and wrapper.connection is not checkout.connection:
+        # The wrapper let go of it without returning it (its close() was interrupted after Django
+        # cleared the attribute). Also true for a microsecond while a checkout is being made, hence
+        # two scans in a row.
+        if checkout.dropped_seen:
+            return CONNECTION_DROPPED
+        checkout.dropped_seen = True
+        return None
+    checkout.dropped_seen = False
     return None
 
 
@@ -300,11 +310,12 @@ def _announce_hoard(report: LeakReport, transaction_age: float) -> None:
 
 
 def _announce_reclaim(report: LeakReport) -> None:
-    why = (
-        "the thread exited without returning it"
-        if report.reason == THREAD_EXITED
-        else "its Django connection object was garbage-collected without closing it"
-    )
+    why = {
+        THREAD_EXITED: "the thread exited without returning it",
+        WRAPPER_COLLECTED: "its Django connection object was garbage-collected without closing it",
+        CONNECTION_DROPPED: "its Django connection object let go of it without returning it (an "
+        "exception interrupted close())",
+    }.get(report.reason or "", "nobody could return it any more")
     logger.warning(
         "Reclaimed a connection on %r from %s: %s after %.1f s (taken at %s). The slot is back in "
         "the pool; close connections at the end of that code path (django.db.connections.close_all() "
