@@ -137,6 +137,11 @@ def scan() -> None:
                 logger.exception("poolguard could not scan pool %r for leaks", pool.config.alias)
 
 
+def suspected_leak(held: float, leak_threshold: float) -> bool:
+    """A checkout held this long is a suspected leak: the watchdog reports it, the dashboard marks it."""
+    return held > leak_threshold
+
+
 def _scan_pool(pool: GuardedPool) -> None:
     reported = _reported.setdefault(pool, {})
     now = monotonic()
@@ -157,7 +162,7 @@ def _scan_pool(pool: GuardedPool) -> None:
                 reported.pop(id(checkout), None)
                 reclaim(pool, checkout, reason)
                 continue
-        if checkout.reported is None and now - checkout.started > leak_threshold:
+        if checkout.reported is None and suspected_leak(now - checkout.started, leak_threshold):
             report = _report(pool, checkout, LEAK)
             checkout.reported = now
             reported[id(checkout)] = (checkout, report)
