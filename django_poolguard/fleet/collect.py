@@ -1,5 +1,5 @@
 """The fleet view as data: every live process's pools, totals per alias, the database's
-sessions and the connection budget — the ``poolstats --json`` shape of the SPEC.
+sessions and the connection budget — the ``poolstats --json`` shape.
 
 Readers (``poolstats``, the admin dashboard) call :func:`collect`. Everything is read
 over poolguard's side connection or the cache, never a slot of a pool, because the fleet

@@ -96,7 +96,7 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         workload=pool.config.workload,
         kind=kind,
         thread=checkout.holder,
-        thread_alive=_alive(checkout.thread),
+        thread_alive=checkout.alive,
         context=checkout.label,
         held=round(checkout.held, 3),
         stack=tuple(stacks.format_stack(raw)),
@@ -181,7 +181,7 @@ def _orphaned(checkout: Checkout) -> str | None:
     """Why nobody can return this checkout any more, or None while its holder may still do it."""
     ref = checkout.wrapper_ref
     wrapper = ref() if ref is not None else None
-    if not _alive(checkout.thread):
+    if not checkout.alive:
         if wrapper is not None and wrapper.allow_thread_sharing:
             # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
             return None
@@ -198,15 +198,6 @@ def _orphaned(checkout: Checkout) -> str | None:
         return None
     checkout.dropped_seen = False
     return None
-
-
-def _alive(thread: threading.Thread) -> bool:
-    # Threads started outside ``threading`` (mod_wsgi, some C extensions) are "dummy" threads
-    # whose liveness Python cannot know: count them as alive, never reclaim by thread.
-    try:
-        return thread.is_alive()
-    except Exception:
-        return True
 
 
 def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
