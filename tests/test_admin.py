@@ -456,6 +456,7 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "hunter2" not in out.getvalue() and "c2VjcmV0LWhhc2g" not in out.getvalue()
 
 
+@pytest.mark.timing
 def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
     hog = holders(alias, name="hog")
@@ -491,6 +492,7 @@ class AdminRouter:
     db_for_write = db_for_read
 
 
+@pytest.mark.timing
 def test_with_its_own_pool_the_admin_stays_reachable_when_default_is_exhausted(make_alias, holders, settings):
     AdminRouter.alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 5})
     settings.DATABASE_ROUTERS = [f"{__name__}.AdminRouter"]

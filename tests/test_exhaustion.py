@@ -29,6 +29,7 @@ def test_timeout_raises_pool_exhausted_naming_holders(make_alias, holders):
     assert error.waited >= 0.5
 
 
+@pytest.mark.timing
 def test_full_wait_queue_fails_at_once(make_alias, holders):
     import time
 

@@ -120,6 +120,7 @@ def test_other_errors_stay_500():
     assert response.status_code == 500
 
 
+@pytest.mark.timing
 @override_settings(MIDDLEWARE=GUARDED)
 def test_full_wait_queue_is_shed_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5, "max_waiting": 1})
