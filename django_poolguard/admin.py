@@ -246,7 +246,7 @@ def _find_session(alias: str, pid: int) -> dict[str, Any] | None:
     for session in activity.sessions(alias):
         if session["pid"] == pid:
             session["started"] = time.time() - float(session["connected_s"] or 0.0)
-            session["age_s"] = dashboard.session_age(session)
+            session["age_s"] = activity.session_age(session)
             return session
     return None
 

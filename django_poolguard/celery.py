@@ -24,7 +24,7 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard.backends.postgresql.base import DatabaseWrapper
-from django_poolguard.conf import ENGINE
+from django_poolguard.conf import is_guarded, pool_max_size
 from django_poolguard.engine.context import bounded, reset_context, set_context, set_process_role
 from django_poolguard.engine.pool import all_pools, close_all_pools, keep_pools_open
 from django_poolguard.escaping import escape_controls
@@ -193,12 +193,9 @@ def concurrency_problem(worker: Any) -> str | None:
     """The message for a worker that can run more tasks at once than its alias has connections."""
     alias = alias_for(WORKER) or web_alias()
     settings_dict = connections.settings[alias]
-    if settings_dict.get("ENGINE") != ENGINE:
+    max_size = pool_max_size(settings_dict) if is_guarded(settings_dict) else None
+    if max_size is None:
         return None
-    pool = (settings_dict.get("OPTIONS") or {}).get("pool")
-    if not pool:
-        return None
-    max_size = 4 if pool is True else pool.get("max_size") or pool.get("min_size", 4)
     concurrency = worker_task_concurrency(worker)
     if concurrency <= max_size:
         return None

@@ -16,11 +16,12 @@ from django.utils.module_loading import import_string
 from django_poolguard.conf import (
     ALIAS_SETTINGS,
     DEFAULTS,
-    ENGINE,
     GLOBAL_SETTINGS,
     alias_findings,
     global_findings,
+    is_guarded,
     pool_findings,
+    pool_options,
     workloads_opening,
 )
 from django_poolguard.rules import E010, Finding, find, shown, unknown_keys
@@ -31,7 +32,7 @@ E014 = "django_poolguard.E014"
 
 def _guarded_aliases() -> Iterable[tuple[str, dict[str, Any]]]:
     for alias, settings_dict in settings.DATABASES.items():
-        if settings_dict.get("ENGINE") == ENGINE:
+        if is_guarded(settings_dict):
             yield alias, settings_dict
 
 
@@ -214,7 +215,7 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     pooled = {
         workload
         for alias, settings_dict in _guarded_aliases()
-        if (settings_dict.get("OPTIONS") or {}).get("pool")
+        if pool_options(settings_dict)
         for workload in workloads_opening(alias, _workload_label(alias, settings_dict), workloads)
     }
     known = sorted(pooled | {str(w) for w in (workloads if isinstance(workloads, dict) else ())})

@@ -49,6 +49,23 @@ logger = logging.getLogger("django_poolguard")
 #: The ``ENGINE`` of an alias poolguard guards.
 ENGINE = "django_poolguard.backends.postgresql"
 
+
+def is_guarded(settings_dict: dict[str, Any]) -> bool:
+    """Whether an alias is served by poolguard's engine (with or without a pool)."""
+    return settings_dict.get("ENGINE") == ENGINE
+
+
+def is_postgresql(settings_dict: dict[str, Any]) -> bool:
+    """Whether an alias connects to PostgreSQL, through poolguard's engine or another one;
+    these share the server's connection budget."""
+    return "postgresql" in str(settings_dict.get("ENGINE", ""))
+
+
+def pool_options(settings_dict: dict[str, Any]) -> Any:
+    """The alias's ``OPTIONS["pool"]`` as written: ``True``, a dict, or falsy without a pool."""
+    return (settings_dict.get("OPTIONS") or {}).get("pool")
+
+
 #: Every key of ``settings.POOLGUARD``: its default, what it accepts, and the fix for a bad value.
 GLOBAL_SETTINGS: dict[str, Setting] = {
     "MONITOR_INTERVAL": Setting(1.0, Seconds()),
@@ -258,6 +275,19 @@ def pool_arguments() -> set[str]:
     # The engine passes these itself; setting them in OPTIONS["pool"] would clash. ("check" is
     # allowed: it overrides CONN_HEALTH_CHECKS, as in Django >= 6.1.)
     return names - {"conninfo", "open", "configure", "connection_class"}
+
+
+def pool_max_size(settings_dict: dict[str, Any]) -> int | None:
+    """The alias's ``max_size`` as psycopg_pool will apply it; ``None`` without a pool."""
+    pool = pool_options(settings_dict)
+    if not pool:
+        return None
+    if pool is True:
+        pool = {}
+    max_size = pool.get("max_size")
+    if max_size is None:  # psycopg_pool: max_size defaults to min_size
+        max_size = pool.get("min_size", POOL_ARGUMENTS["min_size"].default)
+    return int(max_size)
 
 
 def pool_findings(alias: str, pool: Any) -> list[Finding]:

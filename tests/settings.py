@@ -65,7 +65,7 @@ DATABASES = {
         },
         "TEST": {"NAME": TEST_DATABASE},
     },
-    # Same database, its own bounded pool for Celery tasks (the SPEC's layout).
+    # Same database, its own bounded pool for Celery tasks (the documented web/worker layout).
     "worker": {
         "ENGINE": "django_poolguard.backends.postgresql",
         **_connection,

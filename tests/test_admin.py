@@ -23,6 +23,7 @@ from django.utils import timezone
 from django_poolguard.engine.pool import get_pool
 from django_poolguard.engine.side_connection import close_all
 from django_poolguard.models import LeakEvent
+from tests.waiting import queue_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -455,23 +456,12 @@ def test_password_literals_in_session_sql_are_redacted(sleeping_session):
         assert "hunter2" not in out.getvalue() and "c2VjcmV0LWhhc2g" not in out.getvalue()
 
 
+@pytest.mark.timing
 def test_an_exhausted_pool_is_shown_at_once_with_its_holder_and_waiters(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
     hog = holders(alias, name="hog")
-
-    def wait_for_a_connection() -> None:
-        try:
-            connections[alias].ensure_connection()
-        finally:
-            connections[alias].close()
-
-    waiters = [threading.Thread(target=wait_for_a_connection, daemon=True) for _ in range(2)]
-    for waiter in waiters:
-        waiter.start()
+    waiters = queue_waiters(alias, 2, within=5)
     client = client_for(make_user("root", superuser=True))
-    deadline = time.monotonic() + 5
-    while get_pool(alias).state()["waiting"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
 
     started = time.monotonic()
     page = client.get(DASHBOARD).content.decode()
@@ -502,6 +492,7 @@ class AdminRouter:
     db_for_write = db_for_read
 
 
+@pytest.mark.timing
 def test_with_its_own_pool_the_admin_stays_reachable_when_default_is_exhausted(make_alias, holders, settings):
     AdminRouter.alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 5})
     settings.DATABASE_ROUTERS = [f"{__name__}.AdminRouter"]

@@ -12,21 +12,20 @@ from django.db import connections
 from django_poolguard import signals as poolguard_signals
 from django_poolguard.exceptions import PoolExhausted
 from django_poolguard.watchdog.monitor import watchdog
+from tests.waiting import queue_waiters
 from tests.watching import recording, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def fast_watchdog(settings, caplog):
+def quick_alerts(fast_watchdog, settings):
     settings.POOLGUARD = {
         **settings.POOLGUARD,
-        "MONITOR_INTERVAL": 0.1,
         "ALERT_UTILIZATION": 0.5,
         "ALERT_AFTER": 0.5,
         "ALERT_REPEAT": 60,
     }
-    caplog.set_level(logging.INFO, logger="django_poolguard")
 
 
 def alert_logs(caplog, kind: str, alias: str) -> list[str]:
@@ -83,6 +82,24 @@ def test_waiting_and_exhaustion_alert(make_alias, holders, caplog):
     assert "1 checkout(s) timed out or were refused" in exhausted["message"]
     assert exhausted["state"]["timeouts_total"] == 1
     assert alert_logs(caplog, "waiting", alias) and alert_logs(caplog, "exhaustion", alias)
+
+
+def test_refusals_by_a_full_wait_queue_raise_the_exhaustion_alert(make_alias, holders, caplog):
+    # A timeout long enough that nothing times out: the refusal alone must raise the alert.
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 30, "max_waiting": 1})
+    hog = holders(alias, name="slow-report")
+    with recording(alias) as signals:
+        [waiter] = queue_waiters(alias, 1, within=5)
+        with pytest.raises(PoolExhausted) as refused:
+            connections[alias].ensure_connection()
+        assert refused.value.queue_full
+        exhausted = signals.wait("pool_alert", kind="exhaustion")
+    hog.release()
+    waiter.join(10)
+    assert "1 checkout(s) timed out or were refused" in exhausted["message"]
+    assert "0 timeouts and 1 refusals by a full wait queue" in exhausted["message"]
+    assert exhausted["state"]["rejected_total"] == 1 and exhausted["state"]["timeouts_total"] == 0
+    assert alert_logs(caplog, "exhaustion", alias)
 
 
 def test_leaks_alert_and_later_ones_are_summed_into_the_next_alert(make_alias, holders, settings):

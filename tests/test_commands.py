@@ -346,3 +346,27 @@ def test_poolstats_shows_times_in_the_project_time_zone(settings: Any) -> None:
     header = out.getvalue().splitlines()[0]
     assert "Poolguard fleet at" in header
     assert "UTC" not in header and ("CST" in header or "CDT" in header), header
+
+
+def test_longest_sessions_put_an_open_transaction_before_a_long_idle_connection():
+    # One age and one order for every view of the sessions: the admin's, poolactivity's and poolstats'.
+    from django_poolguard.fleet import activity, collect
+
+    with (
+        psycopg.connect(**connection_params("default")) as idle,
+        psycopg.connect(**connection_params("default")) as holding,
+    ):
+        idle.execute("SELECT 1")
+        time.sleep(1.5)  # idle for 1.5 s since its last query
+        holding.autocommit = False
+        holding.execute("SELECT 1")  # a transaction open for a moment: it holds a connection
+        sessions = activity.sessions("default")
+        pids = [s["pid"] for s in collect.database_side("default", sessions, {
+            "max_connections": 100, "superuser_reserved_connections": 3, "server_connections": 0,
+        })["longest_sessions"]]  # fmt: skip
+        assert pids.index(holding.info.backend_pid) < pids.index(idle.info.backend_pid), pids
+        ages = {s["pid"]: activity.session_age(s) for s in sessions}
+        assert ages[idle.info.backend_pid] >= 1.5 > ages[holding.info.backend_pid]
+        assert activity.matches(
+            sessions[[s["pid"] for s in sessions].index(idle.info.backend_pid)], older_than=1.5
+        )

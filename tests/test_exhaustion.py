@@ -6,7 +6,7 @@ import pytest
 from django.db import OperationalError, connections
 
 from django_poolguard import PoolExhausted
-from tests.waiting import wait_for_connection
+from tests.waiting import queue_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,19 +29,15 @@ def test_timeout_raises_pool_exhausted_naming_holders(make_alias, holders):
     assert error.waited >= 0.5
 
 
+@pytest.mark.timing
 def test_full_wait_queue_fails_at_once(make_alias, holders):
-    import threading
     import time
 
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 3, "max_waiting": 1})
-    holders(alias, name="slow-report")
-    waiter = threading.Thread(target=lambda: wait_for_connection(alias), name="waiter", daemon=True)
-    waiter.start()
-    deadline = time.monotonic() + 5
     from django_poolguard.engine.pool import get_pool
 
-    while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    holders(alias, name="slow-report")
+    [waiter] = queue_waiters(alias, 1, within=5)
 
     started = time.monotonic()
     with pytest.raises(PoolExhausted) as caught:

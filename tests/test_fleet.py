@@ -90,10 +90,12 @@ def run_fleet_scenario(fleet: Fleet) -> None:
     assert str(worker.pid) in text and "task reports.export[worker]" in text and "Budget:" in text
 
 
+@pytest.mark.timing
 def test_fleet_published_to_database(make_fleet: Callable[..., Fleet]) -> None:
     run_fleet_scenario(make_fleet(POOLGUARD_FLEET_PUBLISH="database"))
 
 
+@pytest.mark.timing
 def test_fleet_published_to_redis_cache(make_fleet: Callable[..., Fleet]) -> None:
     url = redis_url()
     if url is None:

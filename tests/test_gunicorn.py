@@ -61,6 +61,7 @@ def shed_total(metrics_text: str) -> float:
     )
 
 
+@pytest.mark.timing
 def test_a_burst_is_served_or_shed_never_failed(server):
     # Warm up: one connection per worker would be opened anyway; this only checks the site works.
     assert get(server.port, "/hold/?s=0")[0] == 200

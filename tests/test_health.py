@@ -55,6 +55,7 @@ def test_full_pool_is_a_warning_and_still_200(make_alias, holders):
     assert response.json()["status"] == "warning"
 
 
+@pytest.mark.timing
 def test_exhausted_pool_with_a_queue_is_critical_and_answered_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 10})
     holder = holders(alias, name="report")

@@ -17,6 +17,7 @@ from django_poolguard.engine.context import (
     set_context,
 )
 from django_poolguard.engine.pool import get_pool
+from django_poolguard.fleet.snapshots import checkout_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,7 +54,7 @@ def test_a_huge_task_id_and_thread_name_keep_pool_exhausted_small(make_alias):
         assert pool is not None
         for checkout in pool.ledger.checkouts():
             assert len(checkout.label) <= LABEL_CHARS + len("thread ")
-            assert len(checkout.as_dict()["thread"]) <= LABEL_CHARS
+            assert len(checkout_snapshot(checkout)["thread"]) <= LABEL_CHARS
     finally:
         release.set()
 

@@ -8,6 +8,7 @@ from django.db import connections
 import django_poolguard
 from django_poolguard.engine.context import checkout_context
 from django_poolguard.engine.pool import get_pool
+from django_poolguard.fleet.snapshots import checkout_snapshot
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,7 +24,7 @@ def test_checkout_records_holder_context_and_application_stack(make_alias):
         run_report_query(alias)
 
     [checkout] = get_pool(alias).ledger.checkouts()
-    entry = checkout.as_dict()
+    entry = checkout_snapshot(checkout)
     assert entry["thread"] == "MainThread"
     assert entry["alive"] is True
     assert entry["context"] == "GET /api/report"
@@ -83,7 +84,7 @@ def test_stack_capture_can_be_switched_off(make_alias, settings):
     run_report_query(alias)
     [checkout] = get_pool(alias).ledger.checkouts()
     assert checkout.stack == ()
-    assert checkout.as_dict()["stack"] == []
+    assert checkout_snapshot(checkout)["stack"] == []
     connections[alias].close()
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the SPEC table on the default registry, fed by the watchdog, monotonic."""
+"""Prometheus metrics: the documented table on the default registry, fed by the watchdog, monotonic."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SPEC_TABLE = {
+DOCUMENTED_METRICS = {
     # name: (type, labels)
     "poolguard_pool_connections": ("gauge", {"alias", "state"}),
     "poolguard_pool_max_connections": ("gauge", {"alias"}),
@@ -42,10 +42,10 @@ def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_the_spec_table_is_registered_with_its_types_and_labels():
+def test_the_documented_metrics_are_registered_with_its_types_and_labels():
     metrics.export()
     families = {family.name: family for family in REGISTRY.collect() if family.name.startswith("poolguard_")}
-    for name, (kind, labels) in SPEC_TABLE.items():
+    for name, (kind, labels) in DOCUMENTED_METRICS.items():
         assert name in families, f"{name} is missing"
         assert families[name].type == kind, name
         collector = REGISTRY._names_to_collectors[name if kind != "counter" else name + "_total"]

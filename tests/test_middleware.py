@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from django.test import AsyncClient, Client, override_settings
 
 from django_poolguard import PoolExhausted, middleware
 from django_poolguard.engine.pool import get_pool
-from tests.waiting import wait_for_connection
+from tests.waiting import queue_waiters
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -121,15 +120,12 @@ def test_other_errors_stay_500():
     assert response.status_code == 500
 
 
+@pytest.mark.timing
 @override_settings(MIDDLEWARE=GUARDED)
 def test_full_wait_queue_is_shed_at_once(make_alias, holders):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5, "max_waiting": 1})
     holders(alias, name="slow-report")
-    waiter = threading.Thread(target=wait_for_connection, args=(alias,), daemon=True)
-    waiter.start()
-    deadline = time.monotonic() + 5
-    while get_pool(alias).state()["waiting"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    [waiter] = queue_waiters(alias, 1, within=5)
 
     started = time.monotonic()
     response = Client().get("/query/", {"alias": alias})

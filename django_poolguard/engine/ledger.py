@@ -62,7 +62,12 @@ class Checkout:
 
     @property
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        """Whether the holder thread runs. Threads started outside ``threading`` (mod_wsgi, some
+        C extensions) are "dummy" threads whose liveness Python cannot know: alive, never reclaimed."""
+        try:
+            return self.thread.is_alive()
+        except Exception:
+            return True
 
     @property
     def holder(self) -> str:
@@ -77,17 +82,6 @@ class Checkout:
     @property
     def origin(self) -> str | None:
         return stacks.origin(self.stack)
-
-    def as_dict(self, stack_limit: int | None = 20) -> dict[str, Any]:
-        return {
-            "thread": self.holder,
-            "alive": self.thread.is_alive(),
-            "held_s": round(self.held, 3),
-            "wait_ms": round(self.wait * 1000, 3),
-            "context": self.label,
-            "in_transaction": self.tx_started is not None,
-            "stack": stacks.format_stack(self.stack, stack_limit),
-        }
 
 
 class AtomicCounter:

@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from django_poolguard.conf import ENGINE, AliasConfig, alias_findings
+from django_poolguard.conf import AliasConfig, alias_findings, is_guarded
 from django_poolguard.rules import pg_milliseconds
 
 logger = logging.getLogger("django_poolguard")
@@ -176,7 +176,7 @@ def check_session_timeouts(app_configs: Any = None, databases: Any = None, **kwa
 
     messages: list[Any] = []
     for alias in databases or ():
-        if (settings.DATABASES.get(alias) or {}).get("ENGINE") != ENGINE:
+        if not is_guarded(settings.DATABASES.get(alias) or {}):
             continue
         wrapper = connections[alias]
         if alias_findings(alias, wrapper.settings_dict):

@@ -32,6 +32,11 @@ WHERE a.datname = current_database()
 ORDER BY a.xact_start NULLS LAST, a.backend_start
 """
 
+#: The server's connection limits, the first two figures of every connection budget.
+SERVER_LIMITS_SQL = (
+    "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+)
+
 COLUMNS = (
     "pid",
     "user",
@@ -75,13 +80,29 @@ def sessions(alias: str = "default") -> list[dict[str, Any]]:
     return out
 
 
+def session_age(session: dict[str, Any]) -> float:
+    """How long a session has been doing what it does: the transaction, else the running
+    query, else the idle time; the figure "older than" filters on and "longest first" sorts by."""
+    keys: tuple[str, ...] = ("transaction_s", "query_s", "state_s", "connected_s")
+    if session["state"] == "idle":
+        keys = ("state_s", "connected_s")
+    for key in keys:
+        if session.get(key) is not None:
+            return float(session[key])
+    return 0.0
+
+
+def longest_first(session: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key: busy sessions first (they hold something), each group by :func:`session_age`."""
+    return (session["state"] in (None, "idle"), -session_age(session))
+
+
 def server_settings(alias: str = "default") -> dict[str, int]:
     """``max_connections``, ``superuser_reserved_connections`` and the server-wide session count."""
     with side_cursor(alias) as cursor:
         cursor.execute(
-            "SELECT current_setting('max_connections')::int, "
-            "current_setting('superuser_reserved_connections')::int, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE COALESCE(backend_type, 'client backend') = 'client backend')::int"
+            SERVER_LIMITS_SQL + ", (SELECT count(*) FROM pg_stat_activity "
+            "WHERE COALESCE(backend_type, 'client backend') = 'client backend')::int"
         )
         max_connections, superuser_reserved, connections = cursor.fetchone()  # type: ignore[misc]
     return {
@@ -98,18 +119,13 @@ def matches(
     state: str | None = None,
     workload: str | None = None,
 ) -> bool:
-    """The ``poolactivity`` filters. ``older_than`` counts from the transaction start, else the
-    query start, else the session start: what has been holding the connection that long."""
+    """The ``poolactivity`` filters; ``older_than`` compares :func:`session_age`."""
     if state is not None and (session["state"] or "") != state:
         return False
     if workload is not None and session["workload"] != workload:
         return False
-    if older_than is not None:
-        age = session["transaction_s"] or session["query_s"] or session["connected_s"] or 0.0
-        if session["state"] == "idle":
-            age = session["state_s"] or 0.0
-        if age < older_than:
-            return False
+    if older_than is not None and session_age(session) < older_than:
+        return False
     return True
 
 

@@ -26,12 +26,19 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from django_poolguard.conf import AliasConfig, pool_findings, setting_as_written, workloads_opening
+from django_poolguard.conf import (
+    AliasConfig,
+    is_postgresql,
+    pool_findings,
+    pool_max_size,
+    pool_options,
+    setting_as_written,
+    workloads_opening,
+)
 
 SIDE_CONNECTIONS_PER_PROCESS = 1
 TIGHT_FRACTION = 0.9  # W001 when the fleet can use more than 90 % of the ceiling
 OVER, TIGHT, OK = "over", "tight", "ok"
-PSYCOPG_DEFAULT_MIN_SIZE = 4  # psycopg_pool's min_size; max_size defaults to min_size
 
 
 @dataclass(frozen=True)
@@ -123,19 +130,6 @@ def compute(
 # --- From the settings -----------------------------------------------------------------------
 
 
-def pool_max_size(settings_dict: dict[str, Any]) -> int | None:
-    """The alias's ``max_size`` as psycopg_pool will apply it; ``None`` without a pool."""
-    pool = (settings_dict.get("OPTIONS") or {}).get("pool")
-    if not pool:
-        return None
-    if pool is True:
-        return PSYCOPG_DEFAULT_MIN_SIZE
-    max_size = pool.get("max_size")
-    if max_size is None:
-        max_size = pool.get("min_size", PSYCOPG_DEFAULT_MIN_SIZE)
-    return int(max_size)
-
-
 def _server(settings_dict: dict[str, Any]) -> tuple[str, str]:
     return (str(settings_dict.get("HOST") or ""), str(settings_dict.get("PORT") or "5432"))
 
@@ -151,9 +145,9 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
     server = _server(settings.DATABASES[alias])
     pools: dict[str, dict[str, int]] = {}
     for name, settings_dict in settings.DATABASES.items():
-        if "postgresql" not in str(settings_dict.get("ENGINE", "")) or _server(settings_dict) != server:
+        if not is_postgresql(settings_dict) or _server(settings_dict) != server:
             continue
-        findings = pool_findings(name, (settings_dict.get("OPTIONS") or {}).get("pool"))
+        findings = pool_findings(name, pool_options(settings_dict))
         if findings:
             raise findings[0].error()
         max_size = pool_max_size(settings_dict)
@@ -219,13 +213,11 @@ def _read_server(alias: str) -> dict[str, int] | None:
     import psycopg
 
     from django_poolguard.engine.side_connection import connect
+    from django_poolguard.fleet.activity import SERVER_LIMITS_SQL
 
     try:
         with connect(alias) as connection:
-            row = connection.execute(
-                "SELECT current_setting('max_connections')::int, "
-                "current_setting('superuser_reserved_connections')::int"
-            ).fetchone()
+            row = connection.execute(SERVER_LIMITS_SQL).fetchone()
     except psycopg.Error:
         return None  # the database's own checks and the first query will say it is unreachable
     assert row is not None
@@ -237,7 +229,7 @@ def budget_messages(aliases: list[str]) -> list[Any]:
     seen: set[tuple[str, str, str]] = set()
     for alias in aliases:
         settings_dict = settings.DATABASES.get(alias) or {}
-        if "postgresql" not in str(settings_dict.get("ENGINE", "")):
+        if not is_postgresql(settings_dict):
             continue
         server_key = (*_server(settings_dict), str(settings_dict.get("NAME")))
         if server_key in seen:  # default and worker on one server: one budget

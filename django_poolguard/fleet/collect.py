@@ -1,5 +1,5 @@
 """The fleet view as data: every live process's pools, totals per alias, the database's
-sessions and the connection budget — the ``poolstats --json`` shape of the SPEC.
+sessions and the connection budget — the ``poolstats --json`` shape.
 
 Readers (``poolstats``, the admin dashboard) call :func:`collect`. Everything is read
 over poolguard's side connection or the cache, never a slot of a pool, because the fleet
@@ -18,7 +18,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from django.conf import settings
 
-from django_poolguard.conf import guard_settings
+from django_poolguard.conf import guard_settings, is_postgresql
 from django_poolguard.fleet import activity, budget, publish
 from django_poolguard.fleet.schema import (
     CRITICAL,
@@ -94,7 +94,7 @@ class AliasTotals(TypedDict):
 
 def default_alias() -> str:
     """``default`` when it is a PostgreSQL alias, else the first one that is."""
-    candidates = [a for a, s in settings.DATABASES.items() if "postgresql" in str(s.get("ENGINE", ""))]
+    candidates = [a for a, s in settings.DATABASES.items() if is_postgresql(s)]
     if "default" in candidates or not candidates:
         return "default"
     return candidates[0]
@@ -248,10 +248,9 @@ def database_side(alias: str, sessions: list[dict[str, Any]], server: dict[str, 
     running = [s for s in sessions if s["state"] == "active" and s["query_s"] is not None and not s["own"]]
     oldest = max(in_transaction, key=lambda s: s["transaction_s"], default=None)
     longest = max(running, key=lambda s: s["query_s"], default=None)
-    longest_sessions = sorted(
-        (s for s in sessions if not s["own"]),
-        key=lambda s: -(s["transaction_s"] or s["query_s"] or 0.0),
-    )[:TOP_SESSIONS]
+    longest_sessions = sorted((s for s in sessions if not s["own"]), key=activity.longest_first)[
+        :TOP_SESSIONS
+    ]
     return {
         "alias": alias,
         "max_connections": server["max_connections"],

@@ -5,7 +5,8 @@ state and counters and raises an alert when
 
 - ``utilization``: in-use / max has stayed at or above ``ALERT_UTILIZATION`` for ``ALERT_AFTER`` s;
 - ``waiting``: a client is waiting for a connection while all of them are in use;
-- ``exhaustion``: checkouts timed out or were refused (``timeouts_total``/``shed_total`` grew);
+- ``exhaustion``: checkouts timed out or were refused at once by a full wait queue
+  (``timeouts_total``/``rejected_total`` grew);
 - ``leak``: new leaks, hoards or reclaimed connections since the last check.
 
 An alert is a WARNING on the ``django_poolguard`` logger naming the top holders, and the
@@ -32,7 +33,6 @@ logger = logging.getLogger("django_poolguard")
 
 TASK_NAME = "alerts"
 UTILIZATION, WAITING, EXHAUSTION, LEAK = "utilization", "waiting", "exhaustion", "leak"
-KINDS = (UTILIZATION, WAITING, EXHAUSTION, LEAK)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class _PoolWatch:
     """What the previous checks saw of one pool."""
 
     busy_since: float | None = None  # when utilization last rose to the threshold
-    failures_seen: int = 0  # timeouts_total + shed_total already alerted on
+    failures_seen: int = 0  # timeouts_total + rejected_total already alerted on
     leaks_seen: tuple[int, int, int] = (0, 0, 0)  # leaks, hoards, reclaimed already alerted on
     last_sent: dict[str, float] = field(default_factory=dict)
 
@@ -99,14 +99,15 @@ def _check_pool(pool: GuardedPool) -> None:
             )
         )
 
-    failures = ledger.timeouts_total + ledger.shed_total
+    # Every refused checkout is a timeout or a rejection; a 503 the middleware sheds is one of them.
+    failures = ledger.timeouts_total + ledger.rejected_total
     if failures > watch.failures_seen and _may_send(watch, EXHAUSTION, now):
         due.append(
             (
                 EXHAUSTION,
                 f"pool {alias!r} was exhausted: {failures - watch.failures_seen} checkout(s) timed out "
                 f"or were refused since the last alert ({ledger.timeouts_total} timeouts and "
-                f"{ledger.shed_total} refusals in total)",
+                f"{ledger.rejected_total} refusals by a full wait queue in total)",
             )
         )
         watch.failures_seen = failures
@@ -157,4 +158,4 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["KINDS", "check"]
+__all__ = ["check"]

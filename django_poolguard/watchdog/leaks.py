@@ -96,7 +96,7 @@ def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> L
         workload=pool.config.workload,
         kind=kind,
         thread=checkout.holder,
-        thread_alive=_alive(checkout.thread),
+        thread_alive=checkout.alive,
         context=checkout.label,
         held=round(checkout.held, 3),
         stack=tuple(stacks.format_stack(raw)),
@@ -137,6 +137,11 @@ def scan() -> None:
                 logger.exception("poolguard could not scan pool %r for leaks", pool.config.alias)
 
 
+def suspected_leak(held: float, leak_threshold: float) -> bool:
+    """A checkout held this long is a suspected leak: the watchdog reports it, the dashboard marks it."""
+    return held > leak_threshold
+
+
 def _scan_pool(pool: GuardedPool) -> None:
     reported = _reported.setdefault(pool, {})
     now = monotonic()
@@ -157,7 +162,7 @@ def _scan_pool(pool: GuardedPool) -> None:
                 reported.pop(id(checkout), None)
                 reclaim(pool, checkout, reason)
                 continue
-        if checkout.reported is None and now - checkout.started > leak_threshold:
+        if checkout.reported is None and suspected_leak(now - checkout.started, leak_threshold):
             report = _report(pool, checkout, LEAK)
             checkout.reported = now
             reported[id(checkout)] = (checkout, report)
@@ -176,7 +181,7 @@ def _orphaned(checkout: Checkout) -> str | None:
     """Why nobody can return this checkout any more, or None while its holder may still do it."""
     ref = checkout.wrapper_ref
     wrapper = ref() if ref is not None else None
-    if not _alive(checkout.thread):
+    if not checkout.alive:
         if wrapper is not None and wrapper.allow_thread_sharing:
             # Another thread may legitimately use this wrapper (LiveServerTestCase, some ASGI setups).
             return None
@@ -193,15 +198,6 @@ def _orphaned(checkout: Checkout) -> str | None:
         return None
     checkout.dropped_seen = False
     return None
-
-
-def _alive(thread: threading.Thread) -> bool:
-    # Threads started outside ``threading`` (mod_wsgi, some C extensions) are "dummy" threads
-    # whose liveness Python cannot know: count them as alive, never reclaim by thread.
-    try:
-        return thread.is_alive()
-    except Exception:
-        return True
 
 
 def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:

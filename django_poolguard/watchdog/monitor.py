@@ -72,10 +72,6 @@ class Watchdog:
                 task.next_run = 0.0
         self._wake.set()
 
-    def unregister(self, name: str) -> None:
-        with self._lock:
-            self._tasks.pop(name, None)
-
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()

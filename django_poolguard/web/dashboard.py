@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
-from django_poolguard.conf import hostname
+from django_poolguard.conf import hostname, is_guarded
 from django_poolguard.fleet.schema import (
     EncodedPoint,
     HistoryPoint,
@@ -29,6 +29,7 @@ from django_poolguard.fleet.schema import (
     unreadable_count,
 )
 from django_poolguard.fleet.snapshots import worst
+from django_poolguard.watchdog.leaks import suspected_leak
 
 if TYPE_CHECKING:
     from django_poolguard.fleet.collect import AliasTotals
@@ -172,7 +173,8 @@ def _checkouts(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:
                         "alias": alias,
                         "host": process["host"],
                         "pid": process["pid"],
-                        "suspected_leak": bool(threshold and held >= threshold),
+                        # Entries published without a leak_threshold read as 0: no verdict for them.
+                        "suspected_leak": bool(threshold) and suspected_leak(held, threshold),
                         # Outside a request, task or command the context is just the thread's name.
                         "context": ""
                         if checkout["context"] == f"thread {checkout['thread']}"
@@ -187,29 +189,17 @@ def session_databases() -> list[str]:
     """One poolguard alias per distinct database (host, port, name), in settings order."""
     seen: dict[tuple[Any, ...], str] = {}
     for alias, settings_dict in connections.settings.items():
-        if not str(settings_dict.get("ENGINE", "")).startswith("django_poolguard."):
+        if not is_guarded(settings_dict):
             continue
         key = (settings_dict.get("HOST"), settings_dict.get("PORT"), settings_dict.get("NAME"))
         seen.setdefault(key, alias)
     return list(seen.values())
 
 
-def session_age(session: dict[str, Any]) -> float:
-    """How long a session has been doing what it does: the transaction, else the running
-    query, else the idle time; the figure "longest first" sorts by."""
-    keys: tuple[str, ...] = ("transaction_s", "query_s", "state_s", "connected_s")
-    if session["state"] == "idle":
-        keys = ("state_s", "connected_s")
-    for key in keys:
-        if session.get(key) is not None:
-            return float(session[key])
-    return 0.0
-
-
 def _sessions() -> list[dict[str, Any]]:
     import psycopg
 
-    from django_poolguard.fleet.activity import sessions
+    from django_poolguard.fleet.activity import longest_first, session_age, sessions
 
     groups = []
     for alias in session_databases():
@@ -223,8 +213,7 @@ def _sessions() -> list[dict[str, Any]]:
         for row in rows:
             row["age_s"] = session_age(row)
             row["busy"] = row["state"] not in (None, "idle")
-        # Busy sessions first (they hold something), each group longest first.
-        rows.sort(key=lambda r: (not r["busy"], -r["age_s"]))
+        rows.sort(key=longest_first)
         groups.append(
             {
                 "alias": alias,

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import connections
 
-from django_poolguard.conf import ENGINE
+from django_poolguard.conf import is_guarded, pool_options
 from django_poolguard.engine.pool import all_pools
 from django_poolguard.fleet.snapshots import CRITICAL, pool_state, worst
 
@@ -21,7 +21,7 @@ def guarded_aliases() -> list[str]:
     return [
         alias
         for alias, settings_dict in connections.settings.items()
-        if settings_dict.get("ENGINE") == ENGINE and (settings_dict.get("OPTIONS") or {}).get("pool")
+        if is_guarded(settings_dict) and pool_options(settings_dict)
     ]
 
 

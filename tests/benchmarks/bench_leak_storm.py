@@ -1,9 +1,9 @@
 """A dead-thread leak storm: Django's own pool vs poolguard.
 
-One thread per second runs a query and exits without closing its connection (the thread /
-thread-pool leak of the SPEC) against a pool of ``max_size=5``, for 60 s. Meanwhile the main
+One thread per second runs a query and exits without closing its connection (a thread /
+thread-pool leak) against a pool of ``max_size=5``, for 60 s. Meanwhile the main
 thread runs a query every 100 ms and returns its connection properly, as a request would.
-Before the storm, each process replays the SPEC's reproduction on a separate ``max_size=3``
+Before the storm, each process replays the three-dead-threads reproduction on a separate ``max_size=3``
 pool: three threads query and exit, then a fourth query. Two configurations of the same code,
 each in its own process:
 
@@ -119,7 +119,7 @@ def leak_one_connection(failures: list[str], alias: str = "default") -> None:
 
 
 def three_dead_threads() -> dict[str, Any]:
-    """The SPEC's reproduction: three threads query and exit on a max_size=3 pool; then a 4th query."""
+    """Three dead threads: three threads query and exit on a max_size=3 pool; then a 4th query."""
     from django.db import connections
 
     failures: list[str] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import CommandError
 
+from django_poolguard.conf import is_postgresql
+
 
 def postgres_alias(value: str | None, argument: str = "--alias") -> str:
     """A PostgreSQL alias of ``DATABASES``; the default one when ``value`` is ``None``."""
@@ -15,7 +17,7 @@ def postgres_alias(value: str | None, argument: str = "--alias") -> str:
         raise CommandError(
             f"{argument}: unknown database alias {alias!r}; DATABASES has {', '.join(sorted(settings.DATABASES))}."
         )
-    if "postgresql" not in str(settings.DATABASES[alias].get("ENGINE", "")):
+    if not is_postgresql(settings.DATABASES[alias]):
         raise CommandError(f"{argument}: alias {alias!r} is not a PostgreSQL database.")
     return alias
 

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import activity
 from django_poolguard.management.commands._arguments import postgres_alias, seconds
+from django_poolguard.management.commands._tables import table
 
 logger = logging.getLogger("django_poolguard")
 
@@ -185,10 +186,7 @@ def render(sessions: list[dict[str, Any]]) -> str:
                 query,
             ]
         )
-    # Session SQL, user and application names are anyone's text: shown, never obeyed by the terminal.
-    cells = [headers] + [[escape_controls(str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = table(headers, rows)
     lines.append(
         f"{len(sessions)} session(s); * = superuser (skipped by --cancel/--terminate unless --include-superusers)"
     )

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_poolguard.fleet import budget
 from django_poolguard.management.commands._arguments import postgres_alias
+from django_poolguard.management.commands._tables import table
 
 POSTGRES_DEFAULT_SUPERUSER_RESERVED = 3
 
@@ -110,9 +111,7 @@ def render(data: dict[str, Any]) -> str:
         ]
         for name, w in data["workloads"].items()
     ]
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines += table(headers, rows)
     lines.append("")
     over = data["planned"] - data["ceiling"]
     if data["status"] == budget.OVER:

@@ -24,6 +24,7 @@ from django_poolguard.fleet.schema import (
     unreadable_line,
 )
 from django_poolguard.management.commands._arguments import postgres_alias, seconds
+from django_poolguard.management.commands._tables import table
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
 MAX_CHECKOUTS = 20
@@ -142,15 +143,6 @@ def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
-# --- The table -------------------------------------------------------------------------------
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [headers] + [[escape_controls(str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-
-
 def _ms(value: Any) -> str:
     return f"{float(value or 0):.1f} ms"
 
@@ -198,7 +190,7 @@ def render(data: dict[str, Any]) -> str:
             ]
             for alias, t in totals.items()
         ]
-        lines += _table(
+        lines += table(
             [
                 "ALIAS",
                 "WORKLOAD",
@@ -236,7 +228,7 @@ def render(data: dict[str, Any]) -> str:
                         a["status"],
                     ]
                 )
-        lines += _table(
+        lines += table(
             ["HOST", "PID", "ROLE", "ALIAS", "USE/IDLE/WAIT/MAX", "ACQ P95", "LEAKS", "SEEN", "STATUS"], rows
         )
         lines.append("")
@@ -294,7 +286,7 @@ def _database(db: dict[str, Any]) -> list[str]:
         f"  by state: {states}",
     ]
     rows = [[r["application_name"] or "(none)", r["state"], r["count"]] for r in db["by_application"]]
-    lines += ["  " + line for line in _table(["APPLICATION", "STATE", "SESSIONS"], rows)]
+    lines += ["  " + line for line in table(["APPLICATION", "STATE", "SESSIONS"], rows)]
     for label, key, age in (
         ("oldest transaction", "oldest_transaction", "transaction_s"),
         ("longest query", "longest_query", "query_s"),
