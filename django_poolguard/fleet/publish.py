@@ -20,7 +20,6 @@ watchdog only starts with the first pool. A process that exits cleanly withdraws
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -358,17 +357,6 @@ def withdraw() -> None:
         pass
 
 
-def _publish_task() -> None:
-    publish_now()
-
-
-def _withdraw_at_exit() -> None:
-    from django_poolguard.watchdog.monitor import watchdog
-
-    watchdog.stop(2.0)  # first, so it cannot publish again after we left
-    withdraw()
-
-
 def _log_error(exc: Exception) -> None:
     import psycopg
 
@@ -397,25 +385,13 @@ def _log_error(exc: Exception) -> None:
     )
 
 
-def register() -> None:
-    """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
-    from django_poolguard.watchdog.monitor import watchdog
-
-    watchdog.register("publish", _publish_task, interval=publish_interval)
-    # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
-    atexit.unregister(_withdraw_at_exit)
-    atexit.register(_withdraw_at_exit)
-
-
-def _reset_after_fork() -> None:
-    # The child is a new process: it publishes under its own pid, and must not withdraw the parent.
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): it publishes under its own pid, and must not
+    withdraw the parent."""
     global _publish_lock
     _publish_lock = threading.Lock()
     _published.clear()
     history.clear()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _dumps(data: ProcessSnapshot) -> str:

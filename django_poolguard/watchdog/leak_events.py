@@ -17,17 +17,14 @@ raised: the log already carries every report.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from django_poolguard.watchdog.leaks import LeakReport
+from django_poolguard.watchdog.reports import LeakReport
 
 logger = logging.getLogger("django_poolguard")
 
@@ -219,8 +216,8 @@ def _row(pending: _Pending) -> tuple[Any, ...]:
     )
 
 
-def _flush_at_exit() -> None:
-    # A short management command may end between a report and the next watchdog pass.
+def flush_at_exit() -> None:
+    """At shutdown (the runtime calls this): a short command may end between a report and the next pass."""
     if _pending:
         try:
             flush()
@@ -228,16 +225,14 @@ def _flush_at_exit() -> None:
             pass
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent writes its own events."""
     global _lock, _flush_lock, _dropped
     _lock = threading.Lock()
     _flush_lock = threading.Lock()
-    _pending.clear()  # the parent writes its own
+    _pending.clear()
     _retry_at.clear()
     _dropped = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)
-
-__all__ = ["flush", "record", "target_database"]
+__all__ = ["TASK_NAME", "flush", "flush_at_exit", "record", "reset_after_fork", "target_database"]
