@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from django.core.signals import setting_changed
 
@@ -28,6 +29,9 @@ from django_poolguard.engine import side_connection
 from django_poolguard.fleet import publish
 from django_poolguard.watchdog import alerts, leak_events, leaks, slots
 from django_poolguard.watchdog.monitor import Watchdog, monitor_interval
+
+if TYPE_CHECKING:
+    from django_poolguard.integrations.metrics import Exporter
 
 logger = logging.getLogger("django_poolguard")
 
@@ -42,7 +46,7 @@ class Runtime:
 
     def __init__(self) -> None:
         self.watchdog = Watchdog()
-        self.exporter: object | None = None  # metrics.Exporter, when prometheus_client is installed
+        self.exporter: Exporter | None = None  # when prometheus_client is installed
         self.started = False  # tasks added (AppConfig.ready); a runtime without the app only guards forks
 
     # --- Tasks --------------------------------------------------------------------------------
@@ -69,9 +73,9 @@ class Runtime:
         self.add_task("publish", publish.publish_now, every=publish.publish_interval)
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
             # Imported here: prometheus_client is optional, and importing metrics needs it.
-            from django_poolguard.integrations.metrics import Exporter
+            from django_poolguard.integrations.metrics import Exporter as MetricsExporter
 
-            exporter = self.exporter = Exporter()
+            exporter = self.exporter = MetricsExporter()
             self.add_task("metrics", exporter.export)
         pools.on_pool_created(self._pool_created)
         pools.registry.wrapper_collected = self._wrapper_collected
@@ -110,11 +114,8 @@ class Runtime:
         alerts.reset_after_fork()
         slots.reset_after_fork()
         if self.exporter is not None:
-            # Imported here: prometheus_client is optional (see start()).
-            from django_poolguard.integrations.metrics import Exporter
-
             # The child starts with no pools, and the lock may have been held by the parent's watchdog.
-            exporter = self.exporter = Exporter()
+            exporter = self.exporter = type(self.exporter)()
             self.add_task("metrics", exporter.export)
         publish.reset_after_fork()
 

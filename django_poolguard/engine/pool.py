@@ -578,7 +578,8 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
             if isinstance(wrapper, registry.wrapper_classes):  # only ours hand out GuardedPool connections
-                wrapper.forget_connection()
+                wrapper.forget_connection()  # type: ignore[attr-defined]  # the backend's method
+
 
 __all__ = [
     "GuardedPool",

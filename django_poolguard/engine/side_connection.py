@@ -110,7 +110,6 @@ def reset_after_fork() -> None:
     _connections.clear()
 
 
-
 def close_all() -> None:
     with _lock:
         for connection in _connections.values():

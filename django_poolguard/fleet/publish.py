@@ -29,6 +29,8 @@ from time import monotonic, time
 from typing import Any, NamedTuple
 
 from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.engine.pool import all_pools
+from django_poolguard.engine.side_connection import side_cursor
 from django_poolguard.fleet.schema import (
     MAX_ENTRY_CHARS,
     MAX_PUBLISH_INTERVAL,
@@ -42,6 +44,7 @@ from django_poolguard.fleet.schema import (
     published_timing,
     read_entries,
 )
+from django_poolguard.fleet.snapshots import process_snapshot
 
 logger = logging.getLogger("django_poolguard")
 
@@ -111,9 +114,6 @@ history = History()
 
 def current_snapshot() -> ProcessSnapshot | None:
     """This process's ``processes[]`` entry with history, or ``None`` when it has no pool."""
-    from django_poolguard.engine.pool import all_pools
-    from django_poolguard.fleet.snapshots import process_snapshot
-
     if not all_pools():
         return None
     data = process_snapshot()
@@ -131,12 +131,13 @@ def snapshot_alias() -> str:
     """The database alias holding the ``ProcessSnapshot`` table (the router decides)."""
     from django.db import router
 
-    from django_poolguard.models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot  # not at import: models need the app (W011)
 
     return router.db_for_write(ProcessSnapshot) or "default"
 
 
 def _table() -> str:
+    # The models need the app registry: this module is imported without the app too (W011).
     from django_poolguard.models import ProcessSnapshot
 
     return ProcessSnapshot._meta.db_table
@@ -157,8 +158,6 @@ class DatabaseStore:
     database's clock so hosts with skewed clocks agree on who is silent."""
 
     def publish(self, data: ProcessSnapshot) -> None:
-        from django_poolguard.engine.side_connection import side_cursor
-
         table = _table()
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(
@@ -181,14 +180,10 @@ class DatabaseStore:
             )
 
     def withdraw(self, key: str) -> None:
-        from django_poolguard.engine.side_connection import side_cursor
-
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(f"DELETE FROM {_table()} WHERE key = %s", [key])
 
     def read(self) -> list[RawEntry]:
-        from django_poolguard.engine.side_connection import side_cursor
-
         with side_cursor(snapshot_alias()) as cursor:
             # As text, parsed row by row: one unparsable row (say, an integer of 5000 digits,
             # which Python's json refuses) must not fail the fetch of all the others.

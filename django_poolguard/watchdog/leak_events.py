@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from time import monotonic
 from typing import Any
 
+from django_poolguard.engine.side_connection import side_cursor
 from django_poolguard.watchdog.reports import LeakReport
 
 logger = logging.getLogger("django_poolguard")
@@ -77,7 +78,7 @@ def target_database() -> str:
     """The database alias LeakEvent rows are written to, as the project's routers decide."""
     from django.db import router
 
-    from django_poolguard.models import LeakEvent
+    from django_poolguard.models import LeakEvent  # not at import: models need the app (W011)
 
     return router.db_for_write(LeakEvent) or "default"
 
@@ -132,8 +133,6 @@ def flush() -> int:
 
 def _write(database: str, batch: list[tuple[tuple[str, str, str, str], _Pending]]) -> int:
     from django.db import connections
-
-    from django_poolguard.engine.side_connection import side_cursor
 
     try:
         vendor = connections[database].vendor
@@ -190,7 +189,7 @@ def _merge_back(key: tuple[str, str, str, str], pending: _Pending) -> None:
 def _statement() -> Any:
     from psycopg import sql
 
-    from django_poolguard.models import LeakEvent
+    from django_poolguard.models import LeakEvent  # not at import: models need the app (W011)
 
     return sql.SQL(_UPSERT).format(
         table=sql.Identifier(LeakEvent._meta.db_table), int_max=sql.Literal(INT_MAX)
