@@ -78,11 +78,8 @@ class Runtime:
             exporter = self.exporter = MetricsExporter()
             self.add_task("metrics", exporter.export)
         pools.on_pool_created(self._pool_created)
-        pools.registry.wrapper_collected = self._wrapper_collected
-        if self.watchdog.stop not in pools.registry.stop_background:
-            pools.registry.stop_background.append(self.watchdog.stop)
-        if pools.all_pools():  # pools made before the app was ready (a command's early query)
-            self.watchdog.ensure_started()
+        pools.registry.wrapper_collected.append(self._wrapper_collected)
+        pools.registry.stop_background.append(self.watchdog.stop)
 
     def _pool_created(self, pool: pools.GuardedPool) -> None:
         self.watchdog.ensure_started()
@@ -95,10 +92,14 @@ class Runtime:
         """Undo :meth:`start`: no task runs and nothing calls back into this runtime any more."""
         self.watchdog.stop()
         pools.forget_pool_created(self._pool_created)
-        if pools.registry.wrapper_collected == self._wrapper_collected:
-            pools.registry.wrapper_collected = None
-        if self.watchdog.stop in pools.registry.stop_background:
-            pools.registry.stop_background.remove(self.watchdog.stop)
+        registry, mine = pools.registry, (self, self.watchdog)
+        # Rebuilt, not mutated: a garbage-collector callback may be iterating the old list.
+        registry.wrapper_collected = [
+            hook for hook in registry.wrapper_collected if getattr(hook, "__self__", None) not in mine
+        ]
+        registry.stop_background = [
+            hook for hook in registry.stop_background if getattr(hook, "__self__", None) not in mine
+        ]
         self.started = False
 
     # --- Lifecycle ----------------------------------------------------------------------------

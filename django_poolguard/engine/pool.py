@@ -389,8 +389,8 @@ class Registry:
     # The backend's own connection-opening functions, left out of acquire stacks with Django's.
     plumbing: tuple[Callable[..., Any], ...] = ()
     # Called (from a weakref callback, inside the garbage collector) when a checkout's wrapper is
-    # collected: the runtime asks for a leak scan soon. Must take no lock and do no I/O.
-    wrapper_collected: Callable[[], None] | None = None
+    # collected: the runtime asks for a leak scan soon. Each must take no lock and do no I/O.
+    wrapper_collected: list[Callable[[], None]] = field(default_factory=list)
     # Called before the test database is dropped: the runtime stops the watchdog, so nothing
     # reopens a connection while the sessions are being closed.
     stop_background: list[Callable[[], None]] = field(default_factory=list)
@@ -410,11 +410,9 @@ def register_backend(wrapper_class: type, *plumbing: Callable[..., Any]) -> None
 
 def wrapper_collected(ref: weakref.ref[Any]) -> None:
     """Weakref callback of a checkout's wrapper: ask for a leak scan soon. No lock, no I/O (runs in GC)."""
-    hook = registry.wrapper_collected
-    if hook is None:
-        return  # no watchdog in this process (the app is not installed)
     try:
-        hook()
+        for hook in registry.wrapper_collected:  # none when the app is not installed: no watchdog
+            hook()
     except Exception:  # at interpreter shutdown module globals may already be gone
         pass
 
