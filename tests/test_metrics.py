@@ -14,7 +14,6 @@ from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
 from django_poolguard.engine.pool import discard_pool, get_pool
-from django_poolguard.integrations import metrics
 from django_poolguard.runtime import get_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +42,7 @@ def value(name: str, **labels: str) -> float:
 
 
 def test_the_spec_table_is_registered_with_its_types_and_labels():
-    metrics.export()
+    get_runtime().exporter.export()
     families = {family.name: family for family in REGISTRY.collect() if family.name.startswith("poolguard_")}
     for name, (kind, labels) in SPEC_TABLE.items():
         assert name in families, f"{name} is missing"
