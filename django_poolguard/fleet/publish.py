@@ -137,8 +137,7 @@ def snapshot_alias() -> str:
 
 
 def _table() -> str:
-    # The models need the app registry: this module is imported without the app too (W011).
-    from django_poolguard.models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot  # not at import: models need the app (W011)
 
     return ProcessSnapshot._meta.db_table
 
