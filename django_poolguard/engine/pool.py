@@ -369,7 +369,7 @@ _pools: dict[str, GuardedPool] = {}
 # Serializes pool creation so concurrent first checkouts on one alias build a single pool.
 _pools_lock = threading.Lock()
 # Pools and connections inherited from a parent process. Their sockets now point at /dev/null
-# (see _after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
+# (see after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
 _inherited: list[Any] = []
 _pool_created_hooks: list[Callable[[GuardedPool], None]] = []
 
