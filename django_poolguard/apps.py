@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
-
 from django.apps import AppConfig
 
 
@@ -11,24 +9,14 @@ class PoolGuardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Imported for their @register side effect: the system checks.
-        from django_poolguard import checks  # noqa: F401
-        from django_poolguard.celery import connect_signals
-        from django_poolguard.engine import session_timeouts  # noqa: F401
-        from django_poolguard.engine.context import detect_process_role, set_process_role
-        from django_poolguard.engine.pool import on_pool_created
-        from django_poolguard.fleet import budget, publish  # noqa: F401  (budget: system checks)
-        from django_poolguard.watchdog import slots
-        from django_poolguard.watchdog.leaks import register_tasks
-        from django_poolguard.watchdog.monitor import watchdog
+        # Imported here, as Django requires of apps.py: nothing may load at import time, and these
+        # reach settings and the app registry, which are ready only now.
+        from django_poolguard import checks, runtime  # noqa: F401  (checks: @register side effect)
+        from django_poolguard.celery import connect_signals  # Celery's signals, when installed
+        from django_poolguard.engine import session_timeouts  # noqa: F401  (its system checks)
+        from django_poolguard.engine.context import detect_process_role, set_process_role  # see above
+        from django_poolguard.fleet import budget  # noqa: F401  (its system checks)
 
         set_process_role(*detect_process_role())
-        on_pool_created(lambda pool: watchdog.ensure_started())
-        register_tasks()  # leak scan, LeakEvent writer, alerts
-        slots.register()  # the slot check: lost connections recovered, wedged pools replaced
+        runtime.start()  # the watchdog's tasks, one fork handler, one exit hook
         connect_signals()  # a no-op unless Celery is installed
-        publish.register()
-        if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
-            from django_poolguard.integrations import metrics
-
-            metrics.install()

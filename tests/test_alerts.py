@@ -11,7 +11,7 @@ from django.db import connections
 
 from django_poolguard import signals as poolguard_signals
 from django_poolguard.exceptions import PoolExhausted
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.runtime import get_runtime
 from tests.waiting import queue_waiters
 from tests.watching import recording, wait_until
 
@@ -40,7 +40,7 @@ def test_sustained_utilization_alerts_once_naming_the_holders(make_alias, holder
     alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 3})
     with recording(alias) as signals:
         holder = holders(alias, name="report-builder")
-        watchdog.run_once(force=True)
+        get_runtime().watchdog.run_once(force=True)
         assert signals.of("pool_alert", kind="utilization") == [], "not sustained for ALERT_AFTER yet"
 
         alert = signals.wait("pool_alert", kind="utilization")
@@ -49,7 +49,7 @@ def test_sustained_utilization_alerts_once_naming_the_holders(make_alias, holder
         assert "in Holder.hold_connection" in alert["message"]
         assert alert["state"]["in_use"] == 1 and alert["state"]["max"] == 2
         for _ in range(5):
-            watchdog.run_once(force=True)
+            get_runtime().watchdog.run_once(force=True)
         assert len(signals.of("pool_alert", kind="utilization")) == 1, "rate-limited by ALERT_REPEAT"
         holder.release()
     assert len(alert_logs(caplog, "utilization", alias)) == 1

@@ -13,7 +13,7 @@ from django.db import DataError, connections, transaction
 
 import django_poolguard
 from django_poolguard.models import LeakEvent
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.runtime import get_runtime
 from tests.testapp.models import Item
 from tests.watching import recording, wait_until
 
@@ -79,7 +79,7 @@ def test_each_hoarding_transaction_is_reported_once(make_alias):
 
     with recording(alias) as signals:
         in_thread(two_slow_transactions).join(10)
-        watchdog.run_once(force=True)
+        get_runtime().watchdog.run_once(force=True)
     hoards = signals.of("leak_detected", kind="hoard")
     assert len(hoards) == 2
     assert hoards[0]["event"].fingerprint == hoards[1]["event"].fingerprint
@@ -128,6 +128,6 @@ def test_long_query_and_busy_transaction_are_not_hoarding(make_alias):
             idle_outside_a_transaction,
         ):
             in_thread(target).join(10)
-        watchdog.run_once(force=True)
+        get_runtime().watchdog.run_once(force=True)
     assert signals.of("leak_detected", kind="hoard") == []
     assert django_poolguard.snapshot()[alias]["hoards_total"] == 0

@@ -21,7 +21,7 @@ from django.db import connections
 
 import django_poolguard
 from django_poolguard.models import LeakEvent
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.runtime import get_runtime
 from tests.watching import recording, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
@@ -78,7 +78,7 @@ def test_thread_pool_worker_that_never_closes_is_reported_once(make_alias, caplo
 
             # Reported once, not on every scan; the snapshot counts it as active.
             for _ in range(3):
-                watchdog.run_once(force=True)
+                get_runtime().watchdog.run_once(force=True)
             assert len(signals.of("leak_detected", kind="leak")) == 1
             state = django_poolguard.snapshot()[alias]
             assert (state["leaks_active"], state["leaks_total"]) == (1, 1)

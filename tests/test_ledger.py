@@ -100,11 +100,11 @@ def test_ledger_stays_bounded_by_checked_out_connections(make_alias):
 
 
 def test_first_pool_starts_the_watchdog(make_alias):
-    from django_poolguard.watchdog.monitor import watchdog
+    from django_poolguard.runtime import get_runtime
 
     alias = make_alias()
     run_report_query(alias)
-    assert watchdog.running
+    assert get_runtime().watchdog.running
     connections[alias].close()
 
 

@@ -14,8 +14,7 @@ from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
 from django_poolguard.engine.pool import discard_pool, get_pool
-from django_poolguard.integrations import metrics
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.runtime import get_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +42,7 @@ def value(name: str, **labels: str) -> float:
 
 
 def test_the_documented_metrics_are_registered_with_its_types_and_labels():
-    metrics.export()
+    get_runtime().exporter.export()
     families = {family.name: family for family in REGISTRY.collect() if family.name.startswith("poolguard_")}
     for name, (kind, labels) in DOCUMENTED_METRICS.items():
         assert name in families, f"{name} is missing"
@@ -60,7 +59,7 @@ def test_the_watchdog_exports_gauges_histograms_and_counters(make_alias, holders
         connections[alias].close()
     holders(alias, name="report")
     holders(alias, name="report")
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
 
     assert value("poolguard_pool_connections", alias=alias, state="in_use") == 2
     assert value("poolguard_pool_connections", alias=alias, state="idle") == get_pool(alias).state()["idle"]
@@ -72,7 +71,7 @@ def test_the_watchdog_exports_gauges_histograms_and_counters(make_alias, holders
         value("poolguard_connections_opened_total", alias=alias) == get_pool(alias).connections_opened() >= 2
     )
 
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     assert value("poolguard_acquire_seconds_count", alias=alias) == 7, "each sample is observed once"
 
 
@@ -82,8 +81,8 @@ def test_shed_requests_and_timeouts_are_counted_once_and_served_on_metrics(make_
     holders(alias)
     client = Client()
     assert [client.get("/query/", {"alias": alias}).status_code for _ in range(3)] == [503] * 3
-    watchdog.run_once(force=True)
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
 
     assert value("poolguard_requests_shed_total", alias=alias) == 3
     assert value("poolguard_acquire_timeouts_total", alias=alias) == 3
@@ -98,17 +97,17 @@ def test_counters_keep_counting_up_when_the_pool_is_reopened(make_alias):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
     connections[alias].ensure_connection()
     connections[alias].close()
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     opened = value("poolguard_connections_opened_total", alias=alias)
     assert opened >= 1
 
     discard_pool(alias).close()
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     assert value("poolguard_pool_max_connections", alias=alias) == 0, "a closed pool's gauges drop to zero"
 
     connections[alias].ensure_connection()
     connections[alias].close()
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     assert value("poolguard_connections_opened_total", alias=alias) == opened + 1
     assert value("poolguard_pool_max_connections", alias=alias) == 1
 
@@ -120,7 +119,7 @@ def test_leak_and_reclaim_counters_follow_the_ledger(make_alias):
     ledger.count("leaks_total", 2)
     ledger.count("hoards_total")
     ledger.count_reclaimed("thread_exited")
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     connections[alias].close()
 
     assert value("poolguard_leaks_detected_total", alias=alias, kind="leak") == 2
@@ -144,12 +143,12 @@ def test_the_app_works_without_prometheus_client():
         import django
         django.setup()
         from django.db import connections
-        from django_poolguard.watchdog.monitor import watchdog
+        from django_poolguard.runtime import get_runtime
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT 1")
         connections["default"].close()
-        watchdog.run_once(force=True)
-        assert "metrics" not in watchdog._tasks, watchdog._tasks
+        get_runtime().watchdog.run_once(force=True)
+        assert "metrics" not in get_runtime().task_names(), get_runtime().task_names()
         assert "django_poolguard.integrations.metrics" not in sys.modules
         print("ok")
         """
@@ -168,7 +167,7 @@ def test_the_watchdog_thread_exports_by_itself(make_alias):
 
     alias = make_alias()
     connections[alias].ensure_connection()
-    watchdog.ensure_started()
+    get_runtime().watchdog.ensure_started()
     deadline = time.monotonic() + 5
     while (
         value("poolguard_pool_connections", alias=alias, state="in_use") != 1 and time.monotonic() < deadline

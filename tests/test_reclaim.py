@@ -12,7 +12,7 @@ from django.db import connections
 import django_poolguard
 from django_poolguard.exceptions import PoolExhausted
 from django_poolguard.models import LeakEvent
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.runtime import get_runtime
 from tests.watching import recording, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
@@ -86,7 +86,7 @@ def test_without_reclaim_dead_threads_exhaust_the_pool(make_alias, settings):
     alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 0.5})
     for n in range(2):
         run_and_exit(alias, f"worker-{n}")
-    watchdog.run_once(force=True)
+    get_runtime().watchdog.run_once(force=True)
     with pytest.raises(PoolExhausted) as excinfo:
         query(alias)
     # The error still names the dead holders and the place that leaked.
@@ -158,7 +158,7 @@ def test_shared_wrapper_is_not_reclaimed_when_its_creator_exits(make_alias):
     thread.start()
     thread.join()
     for _ in range(3):
-        watchdog.run_once(force=True)
+        get_runtime().watchdog.run_once(force=True)
     wrapper = kept["wrapper"]
     assert wrapper.connection is not None
     assert django_poolguard.snapshot()[alias]["reclaimed_total"] == 0

@@ -100,9 +100,9 @@ def test_a_slot_lost_inside_psycopg_pool_is_recovered(make_alias, caplog):
     assert health()["aliases"][alias]["status"] == "critical"
     from prometheus_client import REGISTRY
 
-    from django_poolguard.integrations import metrics
+    from django_poolguard.runtime import get_runtime
 
-    metrics.export()
+    get_runtime().exporter.export()
     assert REGISTRY.get_sample_value("poolguard_pool_invariant_violations_total", {"alias": alias}) >= 1
     held = hold_all(alias, 2, timeout=5)
     assert len(pool.ledger) == 2

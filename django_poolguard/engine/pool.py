@@ -4,7 +4,6 @@ process's registry of pools (one per alias), which never crosses ``fork()``.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
@@ -12,7 +11,7 @@ import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
@@ -27,6 +26,8 @@ from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted, PoolQueueFull
 
 logger = logging.getLogger("django_poolguard")
+
+SLOTS_CRITICAL_FOR = 60.0  # s the alias's health stays critical after the slot check found a fault
 
 
 class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
@@ -51,6 +52,11 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self._opened_connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.slots_broken_at: float | None = None  # when the slot check last found (and fixed) a fault
         super().__init__(*args, **kwargs)
+
+    def slots_broken_recently(self) -> bool:
+        """The slot check found a fault here within ``SLOTS_CRITICAL_FOR`` s (health is critical)."""
+        at = self.slots_broken_at
+        return at is not None and monotonic() - at < SLOTS_CRITICAL_FOR
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
@@ -320,7 +326,7 @@ _PLUMBING: frozenset[int] = frozenset()
 def _plumbing_codes() -> frozenset[int]:
     """Django's connection-opening frames, the same under every checkout: not worth recording."""
     global _PLUMBING
-    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.base.base import BaseDatabaseWrapper  # Django's, not ours: no circle
     from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
     from django.utils.asyncio import async_unsafe
 
@@ -331,12 +337,7 @@ def _plumbing_codes() -> frozenset[int]:
             if function is not None:
                 functions.append(function)
                 functions.append(getattr(function, "__wrapped__", function))
-    try:
-        from django_poolguard.backends.postgresql.base import DatabaseWrapper as GuardedWrapper
-
-        functions.append(GuardedWrapper.get_new_connection)
-    except ImportError:  # pragma: no cover
-        pass
+    functions.extend(registry.plumbing)  # the backend's own (see register_backend)
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
@@ -368,11 +369,58 @@ _pools: dict[str, GuardedPool] = {}
 # Serializes pool creation so concurrent first checkouts on one alias build a single pool.
 _pools_lock = threading.Lock()
 # Pools and connections inherited from a parent process. Their sockets now point at /dev/null
-# (see _after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
+# (see after_fork_in_child); they are kept referenced so nothing tries to tidy them up.
 _inherited: list[Any] = []
 _pool_created_hooks: list[Callable[[GuardedPool], None]] = []
-# Set in processes that own their pools until exit (Celery workers): see keep_pools_open().
-_keep_open = False
+
+
+@dataclass
+class Registry:
+    """What the layers above tell the engine, which imports none of them: the engine points down only.
+
+    The backend registers its wrapper class (:func:`register_backend`); the process runtime
+    (:mod:`django_poolguard.runtime`) registers what wakes and stops the watchdog.
+    """
+
+    # Set in processes that own their pools until exit (Celery workers): see keep_pools_open().
+    keep_open: bool = False
+    # The backend's DatabaseWrapper classes: after fork, their inherited connections are forgotten.
+    wrapper_classes: tuple[type, ...] = ()
+    # The backend's own connection-opening functions, left out of acquire stacks with Django's.
+    plumbing: tuple[Callable[..., Any], ...] = ()
+    # Called (from a weakref callback, inside the garbage collector) when a checkout's wrapper is
+    # collected: the runtime asks for a leak scan soon. Each must take no lock and do no I/O.
+    wrapper_collected: list[Callable[[], None]] = field(default_factory=list)
+    # Called before the test database is dropped: the runtime stops the watchdog, so nothing
+    # reopens a connection while the sessions are being closed.
+    stop_background: list[Callable[[], None]] = field(default_factory=list)
+
+
+registry = Registry()
+
+
+def register_backend(wrapper_class: type, *plumbing: Callable[..., Any]) -> None:
+    """Tell the pool registry about the ENGINE's wrapper class and its connection-opening functions."""
+    global _PLUMBING
+    if wrapper_class not in registry.wrapper_classes:
+        registry.wrapper_classes = (*registry.wrapper_classes, wrapper_class)
+    registry.plumbing = (*registry.plumbing, *(f for f in plumbing if f not in registry.plumbing))
+    _PLUMBING = frozenset()  # recomputed at the next checkout
+
+
+def wrapper_collected(ref: weakref.ref[Any]) -> None:
+    """Weakref callback of a checkout's wrapper: ask for a leak scan soon. No lock, no I/O (runs in GC)."""
+    try:
+        for hook in registry.wrapper_collected:  # none when the app is not installed: no watchdog
+            hook()
+    except Exception:  # at interpreter shutdown module globals may already be gone
+        pass
+
+
+def stop_background() -> None:
+    """Stop whatever works on the pools in the background (before the test database is dropped)."""
+    for stop in list(registry.stop_background):
+        stop()
 
 
 def get_pool(alias: str) -> GuardedPool | None:
@@ -401,6 +449,12 @@ def on_pool_created(hook: Callable[[GuardedPool], None]) -> None:
     """Call ``hook(pool)`` for every pool created from now on (the watchdog starts this way)."""
     if hook not in _pool_created_hooks:
         _pool_created_hooks.append(hook)
+
+
+def forget_pool_created(hook: Callable[[GuardedPool], None]) -> None:
+    """Stop calling ``hook`` for new pools (a runtime being dropped)."""
+    if hook in _pool_created_hooks:
+        _pool_created_hooks.remove(hook)
 
 
 def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | None:
@@ -460,12 +514,11 @@ def keep_pools_open(keep: bool = True) -> None:
     pool into one new connection per task (celery#10554); :mod:`django_poolguard.celery` calls this
     in each worker process and closes the pools itself with :func:`close_all_pools` at shutdown.
     """
-    global _keep_open
-    _keep_open = keep
+    registry.keep_open = keep
 
 
 def pools_kept_open() -> bool:
-    return _keep_open
+    return registry.keep_open
 
 
 def close_all_pools(timeout: float = 5.0) -> None:
@@ -500,7 +553,8 @@ def silence_inherited(connection: Any) -> None:
     _inherited.append(connection)
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """In a forked child: forget the parent's pools without touching the parent's sessions."""
     inherited = list(_pools.values())
     _pools.clear()
     for pool in inherited:
@@ -515,34 +569,34 @@ def _after_fork_in_child() -> None:
 
 def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
     """The forking thread's Django wrappers may hold a parent connection: drop it."""
-    from django.db import connections
-
-    from django_poolguard.backends.postgresql.base import DatabaseWrapper
+    from django.db import connections  # after fork only; django.db is below the engine
 
     for wrapper in connections.all(initialized_only=True):
         connection = getattr(wrapper, "connection", None)
         if connection is not None and getattr(connection, "_pool", None) in inherited:
             silence_inherited(connection)
-            if isinstance(wrapper, DatabaseWrapper):  # only ours hand out GuardedPool connections
-                wrapper.forget_connection()
+            if isinstance(wrapper, registry.wrapper_classes):  # only ours hand out GuardedPool connections
+                wrapper.forget_connection()  # type: ignore[attr-defined]  # the backend's method
 
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-# At exit, close the pools while the interpreter still works: left to psycopg_pool's __del__,
-# each pool joins its threads with a 5 s timeout during shutdown (20 s exits on Python 3.13).
-atexit.register(close_all_pools, 1.0)
 
 __all__ = [
     "GuardedPool",
     "PoolClosed",
+    "Registry",
+    "after_fork_in_child",
     "all_pools",
     "close_all_pools",
     "describe_holders",
     "discard_pool",
+    "forget_pool_created",
     "get_or_create_pool",
     "get_pool",
     "keep_pools_open",
     "on_pool_created",
     "pools_kept_open",
+    "register_backend",
+    "registry",
     "replace_pool",
+    "stop_background",
+    "wrapper_collected",
 ]

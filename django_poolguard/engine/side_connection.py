@@ -101,15 +101,13 @@ def side_cursor(alias: str = "default") -> Iterator[psycopg.Cursor[Any]]:
             raise
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent's connections are silenced, not closed."""
     global _lock
     _lock = threading.RLock()
     for connection in _connections.values():
         silence_inherited(connection)
     _connections.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def close_all() -> None:

@@ -35,6 +35,8 @@ from django_poolguard.conf import (
     setting_as_written,
     workloads_opening,
 )
+from django_poolguard.engine.side_connection import connect
+from django_poolguard.fleet.activity import SERVER_LIMITS_SQL, server_settings
 
 SIDE_CONNECTIONS_PER_PROCESS = 1
 TIGHT_FRACTION = 0.9  # W001 when the fleet can use more than 90 % of the ceiling
@@ -180,8 +182,6 @@ def for_alias(alias: str = "default", *, server: dict[str, int] | None = None) -
     """The budget of ``alias``'s server. ``server`` (from :func:`activity.server_settings`)
     is read over the side connection when not given; raises ``psycopg.Error``."""
     if server is None:
-        from django_poolguard.fleet.activity import server_settings
-
         server = server_settings(alias)
     data = compute(
         max_connections=server["max_connections"],
@@ -211,9 +211,6 @@ def _read_server(alias: str) -> dict[str, int] | None:
     """Server limits over a one-shot connection: checks run in ``migrate`` and friends,
     which should not keep a side connection open afterwards."""
     import psycopg
-
-    from django_poolguard.engine.side_connection import connect
-    from django_poolguard.fleet.activity import SERVER_LIMITS_SQL
 
     try:
         with connect(alias) as connection:

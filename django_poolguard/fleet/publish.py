@@ -20,7 +20,6 @@ watchdog only starts with the first pool. A process that exits cleanly withdraws
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from time import monotonic, time
 from typing import Any, NamedTuple
 
 from django_poolguard.conf import guard_settings, hostname
+from django_poolguard.engine.pool import all_pools
+from django_poolguard.engine.side_connection import side_cursor
 from django_poolguard.fleet.schema import (
     MAX_ENTRY_CHARS,
     MAX_PUBLISH_INTERVAL,
@@ -43,6 +44,7 @@ from django_poolguard.fleet.schema import (
     published_timing,
     read_entries,
 )
+from django_poolguard.fleet.snapshots import process_snapshot
 
 logger = logging.getLogger("django_poolguard")
 
@@ -112,9 +114,6 @@ history = History()
 
 def current_snapshot() -> ProcessSnapshot | None:
     """This process's ``processes[]`` entry with history, or ``None`` when it has no pool."""
-    from django_poolguard.engine.pool import all_pools
-    from django_poolguard.fleet.snapshots import process_snapshot
-
     if not all_pools():
         return None
     data = process_snapshot()
@@ -132,13 +131,13 @@ def snapshot_alias() -> str:
     """The database alias holding the ``ProcessSnapshot`` table (the router decides)."""
     from django.db import router
 
-    from django_poolguard.models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot  # not at import: models need the app (W011)
 
     return router.db_for_write(ProcessSnapshot) or "default"
 
 
 def _table() -> str:
-    from django_poolguard.models import ProcessSnapshot
+    from django_poolguard.models import ProcessSnapshot  # not at import: models need the app (W011)
 
     return ProcessSnapshot._meta.db_table
 
@@ -158,8 +157,6 @@ class DatabaseStore:
     database's clock so hosts with skewed clocks agree on who is silent."""
 
     def publish(self, data: ProcessSnapshot) -> None:
-        from django_poolguard.engine.side_connection import side_cursor
-
         table = _table()
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(
@@ -182,14 +179,10 @@ class DatabaseStore:
             )
 
     def withdraw(self, key: str) -> None:
-        from django_poolguard.engine.side_connection import side_cursor
-
         with side_cursor(snapshot_alias()) as cursor:
             cursor.execute(f"DELETE FROM {_table()} WHERE key = %s", [key])
 
     def read(self) -> list[RawEntry]:
-        from django_poolguard.engine.side_connection import side_cursor
-
         with side_cursor(snapshot_alias()) as cursor:
             # As text, parsed row by row: one unparsable row (say, an integer of 5000 digits,
             # which Python's json refuses) must not fail the fetch of all the others.
@@ -358,17 +351,6 @@ def withdraw() -> None:
         pass
 
 
-def _publish_task() -> None:
-    publish_now()
-
-
-def _withdraw_at_exit() -> None:
-    from django_poolguard.watchdog.monitor import watchdog
-
-    watchdog.stop(2.0)  # first, so it cannot publish again after we left
-    withdraw()
-
-
 def _log_error(exc: Exception) -> None:
     import psycopg
 
@@ -397,25 +379,13 @@ def _log_error(exc: Exception) -> None:
     )
 
 
-def register() -> None:
-    """Called once from ``AppConfig.ready``: publish every ``PUBLISH_INTERVAL`` via the watchdog."""
-    from django_poolguard.watchdog.monitor import watchdog
-
-    watchdog.register("publish", _publish_task, interval=publish_interval)
-    # Registered after the watchdog's own exit hook, so it runs first (atexit is LIFO).
-    atexit.unregister(_withdraw_at_exit)
-    atexit.register(_withdraw_at_exit)
-
-
-def _reset_after_fork() -> None:
-    # The child is a new process: it publishes under its own pid, and must not withdraw the parent.
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): it publishes under its own pid, and must not
+    withdraw the parent."""
     global _publish_lock
     _publish_lock = threading.Lock()
     _published.clear()
     history.clear()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _dumps(data: ProcessSnapshot) -> str:

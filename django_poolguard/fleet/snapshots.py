@@ -23,7 +23,6 @@ from django_poolguard.fleet.schema import (
     PoolState,
     ProcessSnapshot,
 )
-from django_poolguard.watchdog.slots import broken_recently
 
 __all__ = [
     "CRITICAL",
@@ -77,7 +76,7 @@ def pool_state(pool: GuardedPool) -> PoolState:
         "status": HEALTHY,
     }
     state["status"] = status(
-        state, cannot_connect=cannot_connect(pool, state), slots_broken=broken_recently(pool)
+        state, cannot_connect=cannot_connect(pool, state), slots_broken=pool.slots_broken_recently()
     )
     return state
 

@@ -4,7 +4,7 @@ django-prometheus's ``/metrics`` (or any exporter of the default registry) serve
 module needs the ``prometheus`` extra; the app imports it only when ``prometheus_client`` is
 installed.
 
-Nothing here runs on the checkout path: the watchdog calls :func:`export` every
+Nothing here runs on the checkout path: the watchdog calls the runtime's :class:`Exporter`'s ``export`` every
 ``MONITOR_INTERVAL``, which sets the gauges from the pools' state, observes the acquire and
 hold times recorded since the last run (``Ledger.samples_since``) and adds the growth of the
 ledger's counters. Under gunicorn or Celery prefork with ``PROMETHEUS_MULTIPROC_DIR`` each
@@ -14,7 +14,6 @@ process writes its own files: counters and histograms are summed, and the gauges
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -209,25 +208,4 @@ class Exporter:
                 connections_reclaimed.labels(alias=alias, reason=reason).inc(grown)
 
 
-exporter = Exporter()
-
-
-def _after_fork_in_child() -> None:
-    # The child starts with no pools, and the lock may have been held by the parent's watchdog.
-    global exporter
-    exporter = Exporter()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def export() -> None:
-    """Bring the metrics up to date with this process's pools (the watchdog's ``metrics`` task)."""
-    exporter.export()
-
-
-def install() -> None:
-    """Register the export as a watchdog task; the app calls this when prometheus_client is installed."""
-    from django_poolguard.watchdog.monitor import watchdog
-
-    watchdog.register("metrics", export)
+__all__ = ["Exporter"]

@@ -18,7 +18,6 @@ summed into the next one.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from time import monotonic
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.pool import GuardedPool, all_pools, describe_holders
 from django_poolguard.fleet.schema import AliasSnapshot
+from django_poolguard.fleet.snapshots import pool_snapshot
 from django_poolguard.signals import pool_alert
 
 logger = logging.getLogger("django_poolguard")
@@ -61,8 +61,6 @@ def check() -> None:
 
 
 def _check_pool(pool: GuardedPool) -> None:
-    from django_poolguard.fleet.snapshots import pool_snapshot
-
     watch = _watches.get(pool)
     if watch is None:
         watch = _watches[pool] = _PoolWatch()
@@ -150,12 +148,11 @@ def _send(alias: str, kind: str, message: str, state: AliasSnapshot) -> None:
             )
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent's watches and lock are not ours."""
     global _check_lock
     _check_lock = threading.Lock()
     _watches.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-__all__ = ["check"]
+__all__ = ["TASK_NAME", "check", "reset_after_fork"]

@@ -17,17 +17,15 @@ raised: the log already carries every report.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from django_poolguard.watchdog.leaks import LeakReport
+from django_poolguard.engine.side_connection import side_cursor
+from django_poolguard.watchdog.reports import LeakReport
 
 logger = logging.getLogger("django_poolguard")
 
@@ -80,7 +78,7 @@ def target_database() -> str:
     """The database alias LeakEvent rows are written to, as the project's routers decide."""
     from django.db import router
 
-    from django_poolguard.models import LeakEvent
+    from django_poolguard.models import LeakEvent  # not at import: models need the app (W011)
 
     return router.db_for_write(LeakEvent) or "default"
 
@@ -135,8 +133,6 @@ def flush() -> int:
 
 def _write(database: str, batch: list[tuple[tuple[str, str, str, str], _Pending]]) -> int:
     from django.db import connections
-
-    from django_poolguard.engine.side_connection import side_cursor
 
     try:
         vendor = connections[database].vendor
@@ -193,7 +189,7 @@ def _merge_back(key: tuple[str, str, str, str], pending: _Pending) -> None:
 def _statement() -> Any:
     from psycopg import sql
 
-    from django_poolguard.models import LeakEvent
+    from django_poolguard.models import LeakEvent  # not at import: models need the app (W011)
 
     return sql.SQL(_UPSERT).format(
         table=sql.Identifier(LeakEvent._meta.db_table), int_max=sql.Literal(INT_MAX)
@@ -219,8 +215,8 @@ def _row(pending: _Pending) -> tuple[Any, ...]:
     )
 
 
-def _flush_at_exit() -> None:
-    # A short management command may end between a report and the next watchdog pass.
+def flush_at_exit() -> None:
+    """At shutdown (the runtime calls this): a short command may end between a report and the next pass."""
     if _pending:
         try:
             flush()
@@ -228,16 +224,14 @@ def _flush_at_exit() -> None:
             pass
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent writes its own events."""
     global _lock, _flush_lock, _dropped
     _lock = threading.Lock()
     _flush_lock = threading.Lock()
-    _pending.clear()  # the parent writes its own
+    _pending.clear()
     _retry_at.clear()
     _dropped = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)
-
-__all__ = ["flush", "record", "target_database"]
+__all__ = ["TASK_NAME", "flush", "flush_at_exit", "record", "reset_after_fork", "target_database"]

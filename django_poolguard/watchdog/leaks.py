@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import weakref
-from dataclasses import asdict, dataclass
 from time import monotonic
 from typing import Any
 
@@ -34,10 +33,9 @@ from django_poolguard.conf import guard_settings, hostname
 from django_poolguard.engine import stacks
 from django_poolguard.engine.ledger import Checkout
 from django_poolguard.engine.pool import GuardedPool, all_pools
-from django_poolguard.escaping import escape_controls
 from django_poolguard.signals import connection_reclaimed, leak_detected, leak_resolved
 from django_poolguard.watchdog import leak_events
-from django_poolguard.watchdog.monitor import watchdog
+from django_poolguard.watchdog.reports import LeakReport
 
 logger = logging.getLogger("django_poolguard")
 
@@ -45,48 +43,6 @@ TASK_NAME = "leaks"
 LEAK, HOARD, RECLAIMED = "leak", "hoard", "reclaimed"
 THREAD_EXITED, WRAPPER_COLLECTED = "thread_exited", "wrapper_collected"
 CONNECTION_DROPPED = "connection_dropped"
-
-
-@dataclass(frozen=True)
-class LeakReport:
-    """What the watchdog found about one checkout; the ``event`` of poolguard's signals."""
-
-    alias: str
-    workload: str
-    kind: str  # "leak", "hoard" or "reclaimed"
-    thread: str
-    thread_alive: bool
-    context: str
-    held: float  # s the connection had been held when reported
-    stack: tuple[str, ...]  # acquire stack (where the transaction began, for a hoard), app frames first
-    origin: str | None  # the innermost application frame of ``stack``
-    fingerprint: str  # same place in the code -> same fingerprint; LeakEvent's de-duplication key
-    host: str
-    pid: int
-    idle: float | None = None  # hoard: s idle inside the transaction
-    reason: str | None = None  # reclaimed: "thread_exited", "wrapper_collected" or "connection_dropped"
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["stack"] = list(self.stack)
-        return data
-
-    @property
-    def holder(self) -> str:
-        """``thread X for GET /path``, or just ``thread X`` outside any request, task or command.
-
-        Escaped for the log line it goes into: paths, task ids and thread names come from outside.
-        """
-        if self.context == f"thread {self.thread}":
-            return escape_controls(self.context)
-        return escape_controls(f"thread {self.thread} for {self.context}")
-
-    @property
-    def where(self) -> str:
-        return self.origin or "no application frame"
-
-    def formatted_stack(self) -> str:
-        return "\n".join(f"    {line}" for line in self.stack) or "    (stack capture is off: CAPTURE_STACKS)"
 
 
 def _report(pool: GuardedPool, checkout: Checkout, kind: str, **extra: Any) -> LeakReport:
@@ -250,14 +206,6 @@ def _detach(wrapper: Any, connection: Any) -> None:
         wrapper.forget_connection()
 
 
-def wrapper_collected(ref: weakref.ref[Any]) -> None:
-    """Weakref callback of a checkout's wrapper: ask for a scan soon. No lock, no I/O (runs in GC)."""
-    try:
-        watchdog.nudge(TASK_NAME)
-    except Exception:  # at interpreter shutdown module globals may already be gone
-        pass
-
-
 # --- Reporting -----------------------------------------------------------------------------
 
 
@@ -343,24 +291,11 @@ def _resolved(checkout: Checkout, report: LeakReport) -> None:
     _send(leak_resolved, report.alias, event=report, held=round(held, 3))
 
 
-# --- Wiring ---------------------------------------------------------------------------------
-
-
-def register_tasks() -> None:
-    """Register the leak scan, the LeakEvent writer and the alerts with the watchdog, in that order."""
-    from django_poolguard.watchdog import alerts
-
-    watchdog.register(TASK_NAME, scan)
-    watchdog.register(leak_events.TASK_NAME, leak_events.flush)
-    watchdog.register(alerts.TASK_NAME, alerts.check)
-
-
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent reports its own leaks."""
     global _scan_lock
     _scan_lock = threading.Lock()
-    _reported.clear()  # the parent reports its own leaks
+    _reported.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-__all__ = ["LeakReport", "reclaim", "register_tasks", "scan"]
+__all__ = ["TASK_NAME", "LeakReport", "reclaim", "reset_after_fork", "scan"]

@@ -1,22 +1,20 @@
 """The watchdog: one daemon thread per process that runs poolguard's periodic work.
 
-Leak scans, dead-holder reclaim, alerts, publishing and metrics register themselves as
-tasks with their own interval. The thread starts with the first pool, restarts in a forked
-child on its first pool, and stops at interpreter exit. A task never runs on a request
+The process runtime (:mod:`django_poolguard.runtime`) owns it and adds the tasks (leak scans,
+dead-holder reclaim, alerts, the slot check, publishing, metrics), each with its own interval.
+The thread starts with the first pool, restarts in a forked child on its first pool, and the
+runtime stops it at interpreter exit. A task never runs on a request
 thread, and a failing task is logged and retried next interval, never raised.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
-
-from django.core.signals import setting_changed
 
 from django_poolguard.conf import guard_settings
 
@@ -54,6 +52,11 @@ class Watchdog:
         with self._lock:
             self._tasks[name] = Task(name, run, interval)
         self._wake.set()
+
+    def task_names(self) -> list[str]:
+        """The tasks in the order each pass runs them (the order they were first registered)."""
+        with self._lock:
+            return list(self._tasks)
 
     def nudge(self, name: str) -> None:
         """Make task ``name`` due now; the thread runs it within ``MAX_SLEEP``.
@@ -123,7 +126,7 @@ class Watchdog:
             self._wake.wait(delay)
             self._wake.clear()
 
-    def _after_fork_in_child(self) -> None:
+    def reset_after_fork(self) -> None:
         # The parent's thread does not exist here; the child's first pool starts a new one.
         self._thread = None
         self._lock = threading.Lock()
@@ -132,15 +135,4 @@ class Watchdog:
         self._pid = os.getpid()
 
 
-watchdog = Watchdog()
-
-
-def _settings_changed(*, setting: str, **kwargs: object) -> None:
-    # override_settings(POOLGUARD=...) takes effect at once, not after the old interval.
-    if setting == "POOLGUARD":
-        watchdog.wake()
-
-
-setting_changed.connect(_settings_changed, dispatch_uid="django_poolguard.watchdog.monitor.settings_changed")
-os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
-atexit.register(watchdog.stop, 2.0)
+__all__ = ["MAX_SLEEP", "Task", "Watchdog", "monitor_interval"]

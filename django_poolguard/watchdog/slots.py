@@ -21,14 +21,12 @@ connections or room to grow, is wedged: it is replaced by a fresh pool (its wait
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass, field
 from time import monotonic, sleep
 
-from django_poolguard.engine.pool import GuardedPool, SlotCount, all_pools, replace_pool
-from django_poolguard.watchdog.monitor import monitor_interval, watchdog
+from django_poolguard.engine.pool import SLOTS_CRITICAL_FOR, GuardedPool, SlotCount, all_pools, replace_pool
 
 logger = logging.getLogger("django_poolguard")
 
@@ -37,7 +35,7 @@ SAMPLES = 20  # counts taken before a missing slot is believed for this scan
 SAMPLE_GAP = 0.002  # s between counts: lets checkouts caught mid-way finish
 LOCK_TIMEOUT = 1.0  # s a scan waits for the pool's lock before calling it stuck
 ABANDONED_AFTER = 1.0  # s a queued client must go unwaited-on before it is taken off the queue
-CRITICAL_FOR = 60.0  # s the alias's health stays critical after a violation
+CRITICAL_FOR = SLOTS_CRITICAL_FOR  # s the alias's health stays critical after a violation
 
 
 @dataclass
@@ -199,22 +197,11 @@ def _replace(alias: str, pool: GuardedPool, why: str) -> None:
     )
 
 
-def broken_recently(pool: GuardedPool) -> bool:
-    """The slot check found a fault in this pool within ``CRITICAL_FOR`` seconds (health is critical)."""
-    at = pool.slots_broken_at
-    return at is not None and monotonic() - at < CRITICAL_FOR
-
-
-def register() -> None:
-    watchdog.register(TASK_NAME, check, monitor_interval)
-
-
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child (the runtime calls this): the parent's scans and lock are not ours."""
     global _check_lock
     _check_lock = threading.Lock()
     _watches.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-__all__ = ["CRITICAL_FOR", "broken_recently", "check", "register"]
+__all__ = ["CRITICAL_FOR", "TASK_NAME", "check", "reset_after_fork"]

@@ -14,11 +14,13 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import connections
 
 from django_poolguard.conf import hostname, is_guarded
+from django_poolguard.fleet.activity import longest_first, session_age, sessions
+from django_poolguard.fleet.collect import AliasTotals, collect, totals
 from django_poolguard.fleet.schema import (
     EncodedPoint,
     HistoryPoint,
@@ -30,9 +32,6 @@ from django_poolguard.fleet.schema import (
 )
 from django_poolguard.fleet.snapshots import worst
 from django_poolguard.watchdog.leaks import suspected_leak
-
-if TYPE_CHECKING:
-    from django_poolguard.fleet.collect import AliasTotals
 
 logger = logging.getLogger("django_poolguard")
 
@@ -46,8 +45,6 @@ MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 def fleet_data() -> dict[str, Any]:
     """The fleet (``poolstats --json`` shape); this process's own entry is live, not as last published."""
-    from django_poolguard.fleet.collect import collect
-
     fleet = collect()
     me = (hostname(), os.getpid())
     for process in fleet["processes"]:
@@ -199,8 +196,6 @@ def session_databases() -> list[str]:
 def _sessions() -> list[dict[str, Any]]:
     import psycopg
 
-    from django_poolguard.fleet.activity import longest_first, session_age, sessions
-
     groups = []
     for alias in session_databases():
         try:
@@ -231,8 +226,6 @@ def build(fleet: dict[str, Any] | None = None, *, with_sessions: bool = True) ->
     now = datetime.now(UTC).timestamp()
     processes = list(fleet.get("processes") or [])
     if "aliases" not in fleet:  # a fleet given without its totals (tests, callers of build())
-        from django_poolguard.fleet.collect import totals
-
         fleet = {**fleet, "aliases": totals(processes)}
     cards = _alias_cards(processes, fleet["aliases"], now)
     checkouts = _checkouts(processes)

@@ -216,9 +216,9 @@ def bench_end_to_end(rounds: int) -> list[tuple[str, int, float, float]]:
     finally:
         connections.close_all()
         close_all()
-        from django_poolguard.watchdog.monitor import watchdog
+        from django_poolguard.runtime import get_runtime
 
-        watchdog.stop()
+        get_runtime().watchdog.stop()
         close_all()
         with psycopg.connect(**admin_params, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')

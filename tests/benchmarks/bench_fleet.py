@@ -149,9 +149,9 @@ def main() -> None:
         for thread in threads:
             thread.join(5)
         from django_poolguard.engine.side_connection import close_all
-        from django_poolguard.watchdog.monitor import watchdog
+        from django_poolguard.runtime import get_runtime
 
-        watchdog.stop()
+        get_runtime().watchdog.stop()
         close_all()
         connections["default"].close_pool()
         connection.creation.destroy_test_db(old_name, verbosity=0)

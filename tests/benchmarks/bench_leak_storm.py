@@ -201,10 +201,10 @@ def run_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     if config == "poolguard":
         from django_poolguard import snapshot
         from django_poolguard.models import LeakEvent
+        from django_poolguard.runtime import get_runtime
         from django_poolguard.watchdog import leak_events
-        from django_poolguard.watchdog.monitor import watchdog
 
-        watchdog.run_once(force=True)
+        get_runtime().watchdog.run_once(force=True)
         leak_events.flush()
         state = snapshot(with_checkouts=False)["default"]
         three["reclaimed"] = snapshot(with_checkouts=False)["three"]["reclaimed_total"]

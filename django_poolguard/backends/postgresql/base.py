@@ -31,10 +31,11 @@ from django_poolguard.engine.pool import (
     discard_pool,
     get_or_create_pool,
     pools_kept_open,
+    register_backend,
+    wrapper_collected,
 )
 from django_poolguard.engine.session_timeouts import configure_session, timeout_settings
 from django_poolguard.exceptions import PoolExhausted
-from django_poolguard.watchdog.leaks import wrapper_collected
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 _CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
@@ -141,12 +142,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         )
         if not apps.is_installed("django_poolguard"):
             logger.warning("%s %s (system check %s)", without_app(self.alias), FIX, W011)
+        # Imported here: the runtime sits above the engine (it knows every layer). With the app it
+        # exists since AppConfig.ready(); without it (W011) this first pool creates it, for its fork
+        # handler and exit hook.
+        from django_poolguard.runtime import get_runtime
+
+        get_runtime()
         return pool
 
     def close_pool(self) -> None:
         if pools_kept_open():
-            # A Celery worker owns its pools until it exits (see pool.keep_pools_open): give back
-            # this thread's connection, as the caller (Celery's fixup, after each task) intends.
+            # A Celery worker owns its pools until it exits (see pool.keep_pools_open): Celery's
+            # Django fixup calls close_pool() after every task in a prefork child, which would make
+            # every task open a new connection. Give back this thread's connection, as the caller
+            # intends, and keep the pool; the runtime closes it at exit.
             self.close()
             return
         pool = discard_pool(self.alias)
@@ -232,5 +241,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
+
+# The pool registry forgets our wrappers' inherited connections after fork, and acquire stacks
+# leave out this connection-opening frame, without the engine importing the backend.
+register_backend(DatabaseWrapper, DatabaseWrapper.get_new_connection)
 
 __all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]

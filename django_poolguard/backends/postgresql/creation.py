@@ -9,6 +9,9 @@ from typing import Any
 
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
 
+from django_poolguard.engine.pool import all_pools, discard_pool, stop_background
+from django_poolguard.engine.side_connection import close_all
+
 OWN_OPTIONS = ("pool", "poolguard")
 
 
@@ -31,13 +34,9 @@ class DatabaseCreation(PostgresCreation):
         # DROP DATABASE needs every session gone, and Django only closes the primary's pool:
         # close the mirrors' pools (a worker alias) and poolguard's side connections (published
         # snapshots, leak events), stopping the watchdog first so it cannot reopen one in between.
-        from django.db import connections
+        from django.db import connections  # at teardown, as Django's own creation does
 
-        from django_poolguard.engine.pool import all_pools, discard_pool
-        from django_poolguard.engine.side_connection import close_all
-        from django_poolguard.watchdog.monitor import watchdog
-
-        watchdog.stop()
+        stop_background()
         close_all()
         for alias, pool in all_pools().items():
             if alias == self.connection.alias:

@@ -6,12 +6,11 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from django_poolguard.conf import is_postgresql
+from django_poolguard.fleet.collect import default_alias
 
 
 def postgres_alias(value: str | None, argument: str = "--alias") -> str:
     """A PostgreSQL alias of ``DATABASES``; the default one when ``value`` is ``None``."""
-    from django_poolguard.fleet.collect import default_alias
-
     alias = default_alias() if value is None else value
     if alias not in settings.DATABASES:
         raise CommandError(

@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from django_poolguard.fleet import budget
+from django_poolguard.fleet.activity import server_settings
 from django_poolguard.management.commands._arguments import postgres_alias
 from django_poolguard.management.commands._tables import table
 
@@ -49,8 +50,6 @@ class Command(BaseCommand):
         if superuser_reserved is not None and superuser_reserved < 0:
             raise CommandError(f"--superuser-reserved must be a whole number >= 0, not {superuser_reserved}.")
         if max_connections is None:
-            from django_poolguard.fleet.activity import server_settings
-
             try:
                 server = server_settings(alias)
             except Exception as exc:

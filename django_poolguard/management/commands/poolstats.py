@@ -12,6 +12,7 @@ import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from django_poolguard.engine.side_connection import side_cursor
 from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import collect
 from django_poolguard.fleet.budget import describe
@@ -25,6 +26,7 @@ from django_poolguard.fleet.schema import (
 )
 from django_poolguard.management.commands._arguments import postgres_alias, seconds
 from django_poolguard.management.commands._tables import table
+from django_poolguard.models import LeakEvent
 
 LONG_CHECKOUT_S = 1.0  # checkouts held at least this long are listed with their context
 MAX_CHECKOUTS = 20
@@ -116,9 +118,6 @@ def check_line(state: str, data: dict[str, Any]) -> str:
 
 def leak_events(alias: str, limit: int) -> list[dict[str, Any]]:
     """The most recent LeakEvent rows, read over the side connection (no pool slot taken)."""
-    from django_poolguard.engine.side_connection import side_cursor
-    from django_poolguard.models import LeakEvent
-
     columns = (
         "alias",
         "workload",
