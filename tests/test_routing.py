@@ -139,3 +139,11 @@ def test_instance_in_another_database_is_left_alone(make_alias):
     assert WorkloadRouter().db_for_write(Item, instance=item) is None
     item._state.db = "worker"
     assert WorkloadRouter().db_for_write(Item, instance=item) == "default"
+
+
+@pytest.mark.parametrize("bad", [{"web": ["default"]}, {"web": {"alias": "default"}}, {"web": None}])
+def test_a_malformed_workloads_setting_routes_to_default_instead_of_crashing(bad):
+    # Django's own model checks (6.1) ask the router; check E006 names the bad value.
+    with override_settings(POOLGUARD={"WORKLOADS": bad}):
+        assert router.db_for_read(Item) == "default"
+        assert router.allow_migrate("default", "testapp", model_name="item") is True

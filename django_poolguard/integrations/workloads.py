@@ -42,17 +42,16 @@ def current_workload() -> str:
 
 def web_alias() -> str:
     """The primary alias: the one ``WORKLOADS["web"]`` names, ``default`` unless configured."""
-    workloads = guard_settings.WORKLOADS
-    alias = workloads.get(WEB) if isinstance(workloads, dict) else None
-    return alias if alias in settings.DATABASES else DEFAULT_DB_ALIAS
+    return alias_for(WEB) or DEFAULT_DB_ALIAS
 
 
 def alias_for(name: str) -> str | None:
-    """The alias ``WORKLOADS`` maps workload ``name`` to, or ``None`` when it is unmapped or the
-    alias is not in ``DATABASES``."""
+    """The alias ``WORKLOADS`` maps workload ``name`` to, or ``None`` when it is unmapped, not an
+    alias name (check E006 reports it; the router must not crash Django's own checks) or not in
+    ``DATABASES``."""
     workloads = guard_settings.WORKLOADS
     alias = workloads.get(name) if isinstance(workloads, dict) else None
-    return alias if alias in settings.DATABASES else None
+    return alias if isinstance(alias, str) and alias in settings.DATABASES else None
 
 
 # workload -> the alias it resolves to. The router asks on every query, and reading two settings
