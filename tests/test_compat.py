@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import pytest
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpResponse
 from django.test import RequestFactory
 from django.utils.log import log_response
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from django_poolguard import _compat
 from django_poolguard._compat import (
@@ -408,6 +409,17 @@ def test_forget_connection_leaves_the_wrapper_as_django_initialises_it(make_alia
 
 
 # --- Method overrides and Python ------------------------------------------------------------
+
+
+def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
+    """GuardedPool's own attributes must never take the name of one psycopg_pool uses."""
+    own = {"config", "ledger", "pid", "created", "connect_failing", "last_connect_error", "factory"}
+    own |= {"_transit", "_opened_connections", "slots_broken_at"}
+    plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
+    guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
+    assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
+    taken = own & (set(vars(plain)) | set(dir(ConnectionPool)))
+    assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
 
 
 @canary("OVERRIDDEN_HOOKS")
