@@ -29,6 +29,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse
 
+from django_poolguard import _compat
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.context import reset_context, set_context
 from django_poolguard.engine.pool import get_pool
@@ -140,7 +141,7 @@ def shed_response(request: HttpRequest, exhausted: PoolExhausted) -> HttpRespons
     response["Cache-Control"] = "no-store"
     # Django logs every 5xx on django.request at ERROR; a spike would write one per shed request.
     # _log_shed already said it once per alias and interval.
-    response._has_been_logged = True  # type: ignore[attr-defined]
+    _compat.mark_response_logged(response)
     return response
 
 

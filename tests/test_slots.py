@@ -191,29 +191,6 @@ def test_a_busy_healthy_pool_never_breaks_the_invariant(make_alias):
     assert get_pool(alias) is pool
 
 
-def test_psycopg_pool_still_has_the_private_state_poolguard_repairs():
-    """poolguard reads and repairs these (pool.py, checked against psycopg_pool 3.2 and 3.3)."""
-    pool = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
-    for attribute in ("_lock", "_nconns", "_pool", "_waiting", "_growing", "_stats"):
-        assert hasattr(pool, attribute), f"psycopg_pool {psycopg_pool.__version__} has no {attribute}"
-    for method in ("run_task", "schedule_task", "_maybe_grow_pool", "_close_connection", "_connect"):
-        assert callable(getattr(pool, method, None)), method
-    from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
-
-    assert issubclass(AddConnection, MaintenanceTask) and issubclass(ReturnConnection, MaintenanceTask)
-    assert "growing" in AddConnection.__init__.__code__.co_varnames
-    from psycopg_pool.pool import WaitingClient
-
-    client: WaitingClient = WaitingClient()
-    assert client.conn is None and client.error is None and callable(client.fail)
-    assert client._cond._waiters is not None, "abandoned queued clients are told apart by their waiters"
-    pool.open()
-    try:
-        assert hasattr(pool._tasks, "mutex"), "the task queue's lock is probed by the slot check"
-    finally:
-        pool.close()
-
-
 def test_a_connection_its_wrapper_let_go_of_is_reclaimed(make_alias, fast_watchdog):
     from django_poolguard.watchdog import leaks
 

@@ -13,6 +13,7 @@ import weakref
 from time import monotonic
 from typing import Any
 
+from django_poolguard._compat import count_value
 from django_poolguard.engine import stacks
 from django_poolguard.engine.context import bounded
 
@@ -100,7 +101,7 @@ class AtomicCounter:
 
     @property
     def value(self) -> int:
-        return int(repr(self._count)[6:-1])  # "count(N)"; the only public way to read it
+        return count_value(self._count)
 
 
 class Ledger:

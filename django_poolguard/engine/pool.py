@@ -16,8 +16,9 @@ from time import monotonic
 from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
-from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
 
+from django_poolguard import _compat
+from django_poolguard._compat import AddConnection, MaintenanceTask, ReturnConnection
 from django_poolguard.conf import AliasConfig, guard_settings
 from django_poolguard.engine import stacks
 from django_poolguard.engine.context import bounded, current_context
@@ -60,7 +61,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
-        if self._opened and not self._closed and not wait:
+        if not self.closed and not wait:
             return
         super().open(wait=wait, timeout=timeout)
 
@@ -97,28 +98,28 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
 
     def state(self) -> dict[str, int]:
         """Sizes read without the pool's lock: a consistent-enough view for monitoring."""
-        size = self._nconns
-        idle = len(self._pool)
+        stats = self.get_stats()  # psycopg_pool reads its measures without its lock too
         return {
             "min": self.min_size,
             "max": self.max_size,
-            "size": size,
+            "size": stats["pool_size"],
             "in_use": len(self.ledger),
-            "idle": idle,
+            "idle": stats["pool_available"],
             "waiting": self.waiting(),
         }
 
     def waiting(self) -> int:
         """Clients still waiting: psycopg_pool leaves timed-out ones queued until the next return."""
-        return sum(1 for client in list(self._waiting) if client.conn is None and client.error is None)
+        return len(_compat.waiting_clients(self))
 
     def connection_errors(self) -> int:
         """Failed connection attempts since the pool was created."""
-        return int(self._stats.get(self._CONNECTIONS_ERRORS, 0))
+        return int(self.get_stats().get("connections_errors", 0))
 
     def connections_opened(self) -> int:
         """Physical connections opened (psycopg_pool counts attempts, failed ones included)."""
-        return int(self._stats.get(self._CONNECTIONS_NUM, 0)) - self.connection_errors()
+        stats = self.get_stats()
+        return int(stats.get("connections_num", 0)) - int(stats.get("connections_errors", 0))
 
     def _connect(self, timeout: float | None = None) -> Any:
         # Runs on the pool's worker threads (or a caller growing the pool), never per checkout.
@@ -133,11 +134,8 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return connection
 
     # --- Slots seen from outside ------------------------------------------------------------
-    # psycopg_pool's private state is read and repaired only in the methods below (checked
-    # against psycopg_pool 3.2 and 3.3): _lock, _nconns, _pool, _waiting (its WaitingClients' conn,
-    # error, fail() and _cond), _growing, _tasks.mutex, run_task, schedule_task, _maybe_grow_pool,
-    # _close_connection, and the AddConnection/ReturnConnection tasks. tests/test_slots.py asserts
-    # they still exist.
+    # psycopg_pool's private state is read and repaired in the methods below, through _compat
+    # (which says what each relies on and the versions it was checked on; tests/test_compat.py).
 
     def run_task(self, task: MaintenanceTask) -> None:
         if isinstance(task, (AddConnection, ReturnConnection)):
@@ -158,18 +156,20 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         The task queue's lock is probed too: a thread that died holding it blocks every connection
         psycopg_pool would open, and whoever asks it to.
         """
-        if not self._tasks.mutex.acquire(timeout=lock_timeout):
+        queue_lock = _compat.task_queue_lock(self)
+        if not queue_lock.acquire(timeout=lock_timeout):
             return None
-        self._tasks.mutex.release()
-        if not self._lock.acquire(timeout=lock_timeout):
+        queue_lock.release()
+        lock = _compat.pool_lock(self)
+        if not lock.acquire(timeout=lock_timeout):
             return None
         try:
-            size = self._nconns
-            idle = len(self._pool)
-            growing = self._growing
+            stats = self.get_stats()
+            growing = _compat.pool_growing(self)
             transit = list(self._transit)
         finally:
-            self._lock.release()
+            lock.release()
+        size, idle = stats["pool_size"], stats["pool_available"]
         in_use = len(self.ledger)
         return SlotCount(
             size=size,
@@ -186,41 +186,42 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
 
         An exception that strikes a checkout after psycopg_pool queued it and outside the wait itself
         leaves its ``WaitingClient`` queued; the next connection returned would be handed to it and
-        lost. A real waiter sleeps in its condition (``_cond._waiters``) until served or timed out.
+        lost. A real waiter sleeps in its condition until served or timed out.
         """
-        return [
-            client
-            for client in list(self._waiting)
-            if client.conn is None and client.error is None and not client._cond._waiters  # type: ignore[attr-defined]
-        ]
+        return [client for client in _compat.waiting_clients(self) if not _compat.has_sleeper(client)]
 
     def fail_waiters(self, clients: list[Any]) -> None:
         """Mark abandoned clients as failed, so psycopg_pool skips them when handing connections out."""
         for client in clients:
-            client.fail(PoolTimeout("abandoned: the checkout was interrupted while it queued"))
+            _compat.fail_client(
+                client, PoolTimeout("abandoned: the checkout was interrupted while it queued")
+            )
 
     def restore_slots(self, missing: int, growing_lost: bool) -> None:
         """Open a new connection for each of ``missing`` lost slots, as psycopg_pool does for a
         broken one; and let the pool grow again if the task that was growing it was lost."""
-        with self._lock:
-            if growing_lost and self._growing:
-                self._growing = False
+        lock = _compat.pool_lock(self)
+        with lock:
+            if growing_lost and _compat.pool_growing(self):
+                _compat.stop_growing(self)
         for _ in range(missing):
             self.run_task(AddConnection(self))
         if growing_lost:
-            with self._lock:
-                if self._waiting:
-                    self._maybe_grow_pool()
+            with lock:
+                _compat.grow_pool(self)
 
     def discard_surplus(self, surplus: int) -> int:
         """Close up to ``surplus`` idle connections the pool does not count (a lost one came back)."""
         closing = []
-        with self._lock:
-            while surplus > 0 and self._pool:
-                closing.append(self._pool.pop())
+        with _compat.pool_lock(self):
+            while surplus > 0:
+                connection = _compat.pop_idle_connection(self)
+                if connection is None:
+                    break
+                closing.append(connection)
                 surplus -= 1
         for connection in closing:
-            self._close_connection(connection)
+            _compat.close_pool_connection(self, connection)
         return len(closing)
 
     def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
@@ -332,7 +333,7 @@ def _plumbing_codes() -> frozenset[int]:
 
     functions: list[Any] = [async_unsafe(lambda: None)]
     for cls in (BaseDatabaseWrapper, PostgresWrapper):
-        for name in ("connect", "ensure_connection", "_cursor", "cursor", "get_new_connection"):
+        for name in _compat.DJANGO_CONNECT_PATH:
             function = cls.__dict__.get(name)
             if function is not None:
                 functions.append(function)
@@ -559,7 +560,7 @@ def after_fork_in_child() -> None:
     _pools.clear()
     for pool in inherited:
         _inherited.append(pool)
-        for connection in list(pool._pool):
+        for connection in _compat.idle_connections(pool):
             silence_inherited(connection)
         for checkout in pool.ledger.checkouts():
             silence_inherited(checkout.connection)
@@ -573,7 +574,7 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
 
     for wrapper in connections.all(initialized_only=True):
         connection = getattr(wrapper, "connection", None)
-        if connection is not None and getattr(connection, "_pool", None) in inherited:
+        if connection is not None and _compat.connection_pool(connection) in inherited:
             silence_inherited(connection)
             if isinstance(wrapper, registry.wrapper_classes):  # only ours hand out GuardedPool connections
                 wrapper.forget_connection()  # type: ignore[attr-defined]  # the backend's method

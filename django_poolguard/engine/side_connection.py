@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from django_poolguard import _compat
 from django_poolguard.conf import hostname
 from django_poolguard.engine.pool import silence_inherited
 
@@ -63,7 +64,7 @@ def connect(alias: str) -> psycopg.Connection[Any]:
     try:
         if _timeouts_via(alias) == "set":
             connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        wrapper._configure_timezone(connection)  # type: ignore[attr-defined]
+        _compat.configure_timezone(wrapper, connection)
         # Not Django's _configure_role: it composes the statement through the wrapper's own
         # connection, which would take a slot of the pool this connection exists to bypass.
         role = wrapper.settings_dict["OPTIONS"].get("assume_role")

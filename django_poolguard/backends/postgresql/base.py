@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import weakref
 from time import monotonic
 from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
+from django_poolguard._compat import called_by_django_connect, connection_pool, initial_state
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.validation import FIX, W011, DatabaseValidation, without_app
 from django_poolguard.conf import AliasConfig, guard_settings, hostname, pool_findings
@@ -38,7 +37,6 @@ from django_poolguard.engine.session_timeouts import configure_session, timeout_
 from django_poolguard.exceptions import PoolExhausted
 
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
-_CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 logger = logging.getLogger("django_poolguard")
 
@@ -163,7 +161,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             pool.close()
 
     def get_connection_params(self) -> dict[str, Any]:
-        if sys._getframe(1).f_code is _CONNECT_CODE and self.pool is not None:
+        if called_by_django_connect() and self.pool is not None:
             # Django's connect() builds these on every checkout and ignores them when pooled.
             return {}
         params: dict[str, Any] = super().get_connection_params()
@@ -190,7 +188,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
-        pool = getattr(connection, "_pool", None)
+        pool = connection_pool(connection)
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
             if checkout is not None:
@@ -202,18 +200,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """Drop ``self.connection`` without returning it, and reset the transaction state.
 
         For when the pool already has the slot back (reclaimed from a dead holder, returned
-        at a task's end) or the connection belongs to a parent process (after fork): the
-        wrapper is left as ``connect()`` expects to find it.
+        at a task's end) or the connection belongs to a parent process (after fork): every
+        connection and transaction attribute is left as Django's own ``__init__`` sets it.
         """
-        self.connection = None
         self._guard_checkout = None
-        self.in_atomic_block = False
-        self.savepoint_ids = []
-        self.atomic_blocks = []
-        self.needs_rollback = False
-        self.closed_in_transaction = False
-        self.run_on_commit = []
-        self.autocommit = False
+        self.__dict__.update(initial_state(self.settings_dict, self.alias))
 
     def _close(self) -> None:
         self._guard_checkout = None

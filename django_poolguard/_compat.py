@@ -1,0 +1,401 @@
+"""The one place poolguard touches Django's and psycopg_pool's internals.
+
+Everything here is private to the library it reaches into and may change in any release. Each
+use names the versions it was checked on; ``tests/test_compat.py`` holds a canary test per use
+that fails loudly, naming the internal, when an upgrade changes it. Where a public API gives the
+same figure without a lock (``ConnectionPool.get_stats()``, ``ConnectionPool.closed``), the
+callers use that instead.
+
+Method overrides of private hooks (``_connect``, ``_close``, ...) cannot live here: they are
+declared in :data:`OVERRIDDEN_HOOKS`, and the canary checks they still exist with the signature
+poolguard overrides.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from psycopg_pool import ConnectionPool
+from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection, WaitingClient
+
+PSYCOPG_POOL_CHECKED = "psycopg_pool 3.2.8, 3.3.3"
+DJANGO_CHECKED = "Django 5.2.19, 6.0.10, 6.1.3"
+PYTHON_CHECKED = "CPython 3.11"
+
+
+@dataclass(frozen=True)
+class Internal:
+    """One internal poolguard relies on: what it is, why, and where it was checked."""
+
+    name: str  # as written in its library, e.g. "psycopg_pool ConnectionPool._waiting"
+    why: str
+    checked_on: str
+
+
+#: Every internal poolguard uses, by the name of the function or constant here that uses it.
+INTERNALS: dict[str, Internal] = {}
+
+
+def _fence(name: str, internal: str, why: str, checked_on: str) -> None:
+    INTERNALS[name] = Internal(internal, why, checked_on)
+
+
+# --- psycopg_pool ---------------------------------------------------------------------------
+# Read without the pool's lock unless said otherwise: the watchdog must still see a pool whose lock
+# a dying thread kept, and the checkout path takes no lock of ours.
+
+_fence(
+    "AddConnection",
+    "psycopg_pool.pool.AddConnection, ReturnConnection, MaintenanceTask (run(), _run(pool), .pool)",
+    "tracks connections being opened or reset by the pool's workers (the slot check)",
+    PSYCOPG_POOL_CHECKED,
+)
+
+_fence(
+    "waiting_clients",
+    "psycopg_pool ConnectionPool._waiting (WaitingClient.conn, .error)",
+    "clients still waiting: get_stats()'s requests_waiting also counts timed-out clients left queued",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def waiting_clients(pool: ConnectionPool[Any]) -> list[WaitingClient[Any]]:
+    """The queued clients not yet served nor failed (psycopg_pool leaves timed-out ones queued)."""
+    return [client for client in list(pool._waiting) if client.conn is None and client.error is None]
+
+
+_fence(
+    "has_sleeper",
+    "psycopg_pool WaitingClient._cond (a threading.Condition) and Condition._waiters",
+    "tells a queued client a thread still waits on from one an exception abandoned",
+    f"{PSYCOPG_POOL_CHECKED}; {PYTHON_CHECKED}",
+)
+
+
+def has_sleeper(client: WaitingClient[Any]) -> bool:
+    """A thread sleeps in this client's condition, waiting to be served."""
+    return bool(client._cond._waiters)  # type: ignore[attr-defined]
+
+
+_fence(
+    "fail_client",
+    "psycopg_pool WaitingClient.fail(error)",
+    "takes an abandoned client off the queue: psycopg_pool skips failed clients",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def fail_client(client: WaitingClient[Any], error: BaseException) -> None:
+    client.fail(error)  # type: ignore[arg-type]
+
+
+_fence(
+    "idle_connections",
+    "psycopg_pool ConnectionPool._pool (the deque of idle connections)",
+    "after fork, the child silences the idle connections it inherited",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def idle_connections(pool: ConnectionPool[Any]) -> list[Any]:
+    return list(pool._pool)
+
+
+_fence(
+    "pool_lock",
+    "psycopg_pool ConnectionPool._lock",
+    "the slot check counts and repairs under the pool's own lock, and notices when it stays taken",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def pool_lock(pool: ConnectionPool[Any]) -> Any:
+    return pool._lock
+
+
+_fence(
+    "task_queue_lock",
+    "psycopg_pool ConnectionPool._tasks.mutex (queue.Queue's lock)",
+    "a thread that died holding it blocks every connection the pool would open",
+    f"{PSYCOPG_POOL_CHECKED}; {PYTHON_CHECKED}",
+)
+
+
+def task_queue_lock(pool: ConnectionPool[Any]) -> Any:
+    return pool._tasks.mutex
+
+
+_fence(
+    "pool_growing",
+    "psycopg_pool ConnectionPool._growing",
+    "a pool that believes it is growing with no task doing it never grows again (the slot check)",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def pool_growing(pool: ConnectionPool[Any]) -> bool:
+    return bool(pool._growing)
+
+
+def stop_growing(pool: ConnectionPool[Any]) -> None:
+    """Clear the growing flag whose task was lost; call under :func:`pool_lock`."""
+    pool._growing = False
+
+
+_fence(
+    "grow_pool",
+    "psycopg_pool ConnectionPool._maybe_grow_pool()",
+    "lets a pool whose growing task was lost grow again for its waiting clients",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def grow_pool(pool: ConnectionPool[Any]) -> None:
+    """Grow the pool if clients wait and it has room; call under :func:`pool_lock`."""
+    if pool._waiting:
+        pool._maybe_grow_pool()
+
+
+_fence(
+    "pop_idle_connection",
+    "psycopg_pool ConnectionPool._pool (pop) and _close_connection(conn)",
+    "closes idle connections beyond what the pool counts (a lost one came back)",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def pop_idle_connection(pool: ConnectionPool[Any]) -> Any | None:
+    """Take one idle connection out of the pool, or None; call under :func:`pool_lock`."""
+    return pool._pool.pop() if pool._pool else None
+
+
+def close_pool_connection(pool: ConnectionPool[Any], connection: Any) -> None:
+    """Close a connection taken out of the pool, as the pool closes its own."""
+    pool._close_connection(connection)
+
+
+_fence(
+    "connection_pool",
+    "psycopg Connection._pool (set by psycopg_pool on a connection it hands out)",
+    "tells a connection of one of poolguard's pools apart from any other",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def connection_pool(connection: Any) -> Any:
+    """The pool that handed ``connection`` out and has not had it back, else None."""
+    return getattr(connection, "_pool", None)
+
+
+# --- Django ---------------------------------------------------------------------------------
+
+_fence(
+    "called_by_django_connect",
+    "sys._getframe(2) and the code object of BaseDatabaseWrapper.connect (under @async_unsafe)",
+    "Django's connect() builds connection parameters on every pooled checkout and ignores them",
+    f"{DJANGO_CHECKED}; {PYTHON_CHECKED}",
+)
+DJANGO_CONNECT_CODE = getattr(
+    BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect
+).__code__
+_getframe = sys._getframe
+
+
+def called_by_django_connect() -> bool:
+    """The function calling the caller is Django's own ``connect()``."""
+    return _getframe(2).f_code is DJANGO_CONNECT_CODE
+
+
+_fence(
+    "DJANGO_CONNECT_PATH",
+    "BaseDatabaseWrapper._cursor, connect, ensure_connection, cursor, get_new_connection",
+    "the frames of Django's connection opening are left out of recorded acquire stacks",
+    DJANGO_CHECKED,
+)
+#: Methods of Django's wrappers on the way from a query to a checkout: the same under every checkout.
+DJANGO_CONNECT_PATH = ("connect", "ensure_connection", "_cursor", "cursor", "get_new_connection")
+
+_fence(
+    "configure_timezone",
+    "postgresql DatabaseWrapper._configure_timezone(connection)",
+    "a side connection gets the alias's time zone exactly as Django sets it",
+    DJANGO_CHECKED,
+)
+
+
+def configure_timezone(wrapper: Any, connection: Any) -> None:
+    wrapper._configure_timezone(connection)
+
+
+_fence(
+    "mark_response_logged",
+    "HttpResponse._has_been_logged (read by django.utils.log.log_response)",
+    "a shed 503 is logged once per alias and interval by poolguard, not once per request by Django",
+    DJANGO_CHECKED,
+)
+
+
+def mark_response_logged(response: Any) -> None:
+    response._has_been_logged = True
+
+
+_fence(
+    "WRAPPER_CONNECTION_STATE",
+    "the connection and transaction attributes BaseDatabaseWrapper.__init__ sets",
+    "forget_connection() leaves a wrapper as Django's __init__ does, for connect() to reuse",
+    DJANGO_CHECKED,
+)
+#: What a wrapper knows about its current connection and transaction; ``__init__`` sets each.
+WRAPPER_CONNECTION_STATE = (
+    "connection",
+    "autocommit",
+    "in_atomic_block",
+    "savepoint_state",
+    "savepoint_ids",
+    "atomic_blocks",
+    "commit_on_exit",
+    "needs_rollback",
+    "rollback_exc",
+    "close_at",
+    "closed_in_transaction",
+    "errors_occurred",
+    "health_check_enabled",
+    "health_check_done",
+    "run_on_commit",
+    "run_commit_hooks_on_set_autocommit_on",
+)
+#: What else ``__init__`` sets: the wrapper's configuration and helpers, kept across connections.
+WRAPPER_CONFIGURATION = (
+    "settings_dict",
+    "alias",
+    "queries_log",
+    "force_debug_cursor",
+    "_thread_sharing_lock",
+    "_thread_sharing_count",
+    "_thread_ident",
+    "execute_wrappers",
+    "client",
+    "creation",
+    "features",
+    "introspection",
+    "ops",
+    "validation",
+)
+
+#: What the PostgreSQL backend's connect() sets from the settings besides: rebuilt on every connect.
+CONNECT_CONFIGURATION = ("isolation_level",)
+
+
+def _no_helper(wrapper: Any, owner: Any) -> None:
+    return None
+
+
+class _BlankWrapper(BaseDatabaseWrapper):
+    """Only Django's own ``__init__``: no backend helpers built, nothing opened."""
+
+    client_class = creation_class = features_class = _no_helper  # type: ignore[assignment]
+    introspection_class = ops_class = validation_class = _no_helper  # type: ignore[assignment]
+
+
+def initial_state(settings_dict: dict[str, Any], alias: str) -> dict[str, Any]:
+    """The connection and transaction state Django's ``__init__`` gives a new wrapper (new lists)."""
+    blank = _BlankWrapper(settings_dict, alias)
+    return {name: getattr(blank, name) for name in WRAPPER_CONNECTION_STATE}
+
+
+# --- Method overrides --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A private method poolguard overrides (or calls through ``super()``) in a subclass."""
+
+    owner: Callable[[], type]  # the class defining it, imported when checked
+    name: str
+    parameters: tuple[str, ...]
+    checked_on: str
+
+
+def _postgres_wrapper() -> type:
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    return DatabaseWrapper
+
+
+def _postgres_creation() -> type:
+    from django.db.backends.postgresql.creation import DatabaseCreation
+
+    return DatabaseCreation
+
+
+#: Overridden in engine/pool.py (GuardedPool, _TransitTask) and backends/postgresql/ (the wrapper,
+#: its creation class).
+OVERRIDDEN_HOOKS = (
+    Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: ConnectionPool, "schedule_task", ("self", "task", "delay"), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: MaintenanceTask, "run", ("self",), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: MaintenanceTask, "_run", ("self", "pool"), PSYCOPG_POOL_CHECKED),
+    Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "_close", ("self",), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "_set_autocommit", ("self", "autocommit"), DJANGO_CHECKED),
+    Hook(_postgres_creation, "_destroy_test_db", ("self", "test_database_name", "verbosity"), DJANGO_CHECKED),
+)
+_fence(
+    "OVERRIDDEN_HOOKS",
+    "ConnectionPool._connect, run_task, schedule_task; MaintenanceTask.run, _run; postgresql "
+    "DatabaseWrapper._configure_connection, _close, _set_autocommit; DatabaseCreation._destroy_test_db",
+    "poolguard overrides them in its pool, its wrapper and its test-database creation",
+    f"{PSYCOPG_POOL_CHECKED}; {DJANGO_CHECKED}",
+)
+
+
+# --- Python ---------------------------------------------------------------------------------
+
+_fence(
+    "count_value",
+    "repr(itertools.count) == 'count(N)'",
+    "reads a lock-free counter many threads bump; itertools.count has no public read",
+    PYTHON_CHECKED,
+)
+
+
+def count_value(counter: count[int]) -> int:
+    """The next value ``counter`` will give, read without advancing it."""
+    return int(repr(counter)[6:-1])
+
+
+__all__ = [
+    "CONNECT_CONFIGURATION",
+    "DJANGO_CONNECT_PATH",
+    "INTERNALS",
+    "OVERRIDDEN_HOOKS",
+    "WRAPPER_CONFIGURATION",
+    "WRAPPER_CONNECTION_STATE",
+    "AddConnection",
+    "MaintenanceTask",
+    "ReturnConnection",
+    "WaitingClient",
+    "called_by_django_connect",
+    "close_pool_connection",
+    "configure_timezone",
+    "connection_pool",
+    "count_value",
+    "fail_client",
+    "grow_pool",
+    "has_sleeper",
+    "idle_connections",
+    "initial_state",
+    "mark_response_logged",
+    "pool_growing",
+    "pool_lock",
+    "pop_idle_connection",
+    "stop_growing",
+    "task_queue_lock",
+    "waiting_clients",
+]

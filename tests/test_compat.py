@@ -1,0 +1,444 @@
+"""Canaries: one test per internal of Django and psycopg_pool that poolguard relies on.
+
+Each fails with the internal's name, what poolguard needs it for and the versions it was checked on
+(``django_poolguard._compat.INTERNALS``), so an upgrade that changes one is caught here, not in
+production.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pytest
+from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.http import HttpResponse
+from django.test import RequestFactory
+from django.utils.log import log_response
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from django_poolguard import _compat
+from django_poolguard._compat import (
+    CONNECT_CONFIGURATION,
+    INTERNALS,
+    OVERRIDDEN_HOOKS,
+    WRAPPER_CONFIGURATION,
+    WRAPPER_CONNECTION_STATE,
+    AddConnection,
+    MaintenanceTask,
+    ReturnConnection,
+    WaitingClient,
+)
+from django_poolguard.backends.postgresql.base import DatabaseWrapper
+from django_poolguard.engine.pool import GuardedPool, get_pool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CANARIES: set[str] = set()
+
+
+def canary(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Marks the test guarding ``_compat.INTERNALS[name]``."""
+
+    def mark(test: Callable[..., Any]) -> Callable[..., Any]:
+        CANARIES.add(name)
+        return test
+
+    return mark
+
+
+def changed(name: str, what: str) -> str:
+    internal = INTERNALS[name]
+    return (
+        f"{internal.name} changed: {what}. poolguard relies on it because {internal.why}; checked on "
+        f"{internal.checked_on}. Update django_poolguard/_compat.py ({name}) for this version."
+    )
+
+
+def open_pool(alias: str) -> GuardedPool:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    pool = get_pool(alias)
+    assert pool is not None
+    return pool
+
+
+def wait_until(predicate: Callable[[], Any], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def wait_in_vain(pool: GuardedPool, timeout: float) -> None:
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout)
+
+
+class _Nothing(MaintenanceTask):
+    def _run(self, pool: Any) -> None:
+        pass
+
+
+def test_every_internal_has_its_canary():
+    # The canaries register at import: this module is fully imported before any test runs.
+    assert set(INTERNALS) == CANARIES, (
+        f"internals without a canary: {sorted(set(INTERNALS) - CANARIES)}; "
+        f"canaries for nothing: {sorted(CANARIES - set(INTERNALS))}"
+    )
+
+
+# --- psycopg_pool ---------------------------------------------------------------------------
+
+
+@canary("AddConnection")
+def test_maintenance_tasks(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    for task_class in (AddConnection, ReturnConnection):
+        assert issubclass(task_class, MaintenanceTask), changed("AddConnection", f"{task_class} is no task")
+    assert "growing" in inspect.signature(AddConnection).parameters, changed(
+        "AddConnection", "AddConnection takes no growing flag"
+    )
+    task = _Nothing(pool)
+    assert task.pool() is pool, changed("AddConnection", "a task's .pool is no weak reference to its pool")
+
+
+@canary("waiting_clients")
+def test_waiting_clients(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    held = pool.getconn(2)
+    waiter = threading.Thread(target=wait_in_vain, args=(pool, 0.3))
+    waiter.start()
+    try:
+        assert wait_until(lambda: len(_compat.waiting_clients(pool)) == 1, 5), changed(
+            "waiting_clients", "a thread waiting in getconn() is not in the queue"
+        )
+        waiter.join(5)
+        # Timed out: psycopg_pool still counts it in get_stats(), poolguard no longer does.
+        assert _compat.waiting_clients(pool) == [], changed(
+            "waiting_clients", "a timed-out client looks served"
+        )
+        assert pool.get_stats().get("requests_waiting") == 1
+    finally:
+        pool.putconn(held)
+
+
+@canary("has_sleeper")
+def test_has_sleeper(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    held = pool.getconn(2)
+    waiter = threading.Thread(target=wait_in_vain, args=(pool, 1))
+    waiter.start()
+    try:
+        assert wait_until(lambda: _compat.waiting_clients(pool), 5)
+        client = _compat.waiting_clients(pool)[0]
+        assert wait_until(lambda: _compat.has_sleeper(client), 5), changed(
+            "has_sleeper", "a client a thread waits on shows no waiter"
+        )
+        assert not _compat.has_sleeper(WaitingClient()), changed(
+            "has_sleeper", "a client nobody waits on shows a waiter"
+        )
+    finally:
+        waiter.join(5)
+        pool.putconn(held)
+
+
+@canary("fail_client")
+def test_fail_client():
+    client: WaitingClient[Any] = WaitingClient()
+    _compat.fail_client(client, PoolTimeout("abandoned"))
+    assert isinstance(client.error, PoolTimeout), changed("fail_client", "fail() does not record the error")
+    assert client.set(object()) is False, changed("fail_client", "a failed client still takes a connection")
+
+
+@canary("idle_connections")
+def test_idle_connections(make_alias):
+    alias = make_alias(pool={"min_size": 2, "max_size": 2, "timeout": 2})
+    pool = open_pool(alias)
+    pool.wait(5)
+    idle = _compat.idle_connections(pool)
+    assert len(idle) == pool.get_stats()["pool_available"] == 2, changed("idle_connections", f"saw {idle}")
+    assert all(isinstance(connection, psycopg.Connection) for connection in idle)
+
+
+@canary("pool_lock")
+def test_pool_lock(make_alias):
+    alias = make_alias(pool={"min_size": 1, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    taken: list[Any] = []
+    checkout = threading.Thread(target=lambda: taken.append(pool.getconn(5)))
+    with _compat.pool_lock(pool):
+        checkout.start()
+        time.sleep(0.3)
+        assert not taken, changed("pool_lock", "a checkout went through while the lock was held")
+    checkout.join(5)
+    assert taken, "the checkout never went through once the lock was released"
+    pool.putconn(taken[0])
+
+
+@canary("task_queue_lock")
+def test_task_queue_lock(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    queued = threading.Event()
+
+    def submit() -> None:
+        pool.run_task(_Nothing(pool))
+        queued.set()
+
+    submitter = threading.Thread(target=submit)
+    with _compat.task_queue_lock(pool):
+        submitter.start()
+        assert not queued.wait(0.3), changed("task_queue_lock", "a task was queued while its lock was held")
+    assert queued.wait(5)
+    submitter.join(5)
+
+
+@canary("pool_growing")
+def test_pool_growing(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 2})
+    pool = open_pool(alias)
+    assert _compat.pool_growing(pool) is False, changed("pool_growing", "an idle pool says it grows")
+    with _compat.pool_lock(pool):
+        pool._growing = True
+        assert _compat.pool_growing(pool) is True
+        _compat.stop_growing(pool)
+    assert pool._growing is False
+
+
+@canary("grow_pool")
+def test_grow_pool(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 1, 5)
+    held = pool.getconn(2)
+    pool.putconn(held)
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 1, 5)
+    # An empty pool, a queued client and room to grow: growing hands it a new connection.
+    with _compat.pool_lock(pool):
+        connection = _compat.pop_idle_connection(pool)
+        pool._nconns -= 1
+    _compat.close_pool_connection(pool, connection)
+    client: WaitingClient[Any] = WaitingClient()
+    with _compat.pool_lock(pool):
+        pool._waiting.append(client)
+        _compat.grow_pool(pool)
+    assert wait_until(lambda: client.conn is not None, 5), changed(
+        "grow_pool", "the pool did not grow for its waiting client"
+    )
+    client.conn.close()
+
+
+@canary("pop_idle_connection")
+def test_pop_idle_connection(make_alias):
+    alias = make_alias(pool={"min_size": 2, "max_size": 2, "timeout": 2})
+    pool = open_pool(alias)
+    pool.wait(5)
+    with _compat.pool_lock(pool):
+        connection = _compat.pop_idle_connection(pool)
+    assert isinstance(connection, psycopg.Connection), changed(
+        "pop_idle_connection", f"popped {connection!r}"
+    )
+    stats = pool.get_stats()
+    assert (stats["pool_size"], stats["pool_available"]) == (2, 1)
+    _compat.close_pool_connection(pool, connection)
+    assert connection.closed and _compat.connection_pool(connection) is None, changed(
+        "pop_idle_connection", "_close_connection() left the connection open or tied to its pool"
+    )
+    pool.run_task(AddConnection(pool))  # its slot back, as the slot check does
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 2, 5)
+
+
+@canary("connection_pool")
+def test_connection_pool(make_alias):
+    alias = make_alias()
+    pool = open_pool(alias)
+    connection = pool.getconn(2)
+    assert _compat.connection_pool(connection) is pool, changed("connection_pool", "a checkout has no ._pool")
+    pool.putconn(connection)
+    assert wait_until(lambda: _compat.connection_pool(connection) is None, 5), changed(
+        "connection_pool", "a returned connection still names its pool"
+    )
+    params = connections[alias].get_connection_params()
+    with psycopg.connect(**params) as unpooled:
+        assert _compat.connection_pool(unpooled) is None
+
+
+# --- Django ---------------------------------------------------------------------------------
+
+
+@canary("called_by_django_connect")
+def test_called_by_django_connect(make_alias):
+    alias = make_alias()
+    wrapper = connections[alias]
+    ours = DatabaseWrapper.get_connection_params.__code__
+    seen: list[tuple[bool, Any]] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is ours:
+            seen.append((frame.f_back.f_code is _compat.DJANGO_CONNECT_CODE, arg))
+
+    sys.setprofile(profile)
+    try:
+        wrapper.connect()
+    finally:
+        sys.setprofile(None)
+    wrapper.close()
+    assert seen and seen[-1][0], changed("called_by_django_connect", "connect() no longer calls it directly")
+    assert seen[-1][1] == {}, changed("called_by_django_connect", "inside connect() it built parameters")
+    assert "application_name" in wrapper.get_connection_params()  # anywhere else, the real ones
+
+
+@canary("DJANGO_CONNECT_PATH")
+def test_django_connect_path():
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+
+    for name in _compat.DJANGO_CONNECT_PATH:
+        assert any(name in cls.__dict__ for cls in (BaseDatabaseWrapper, PostgresWrapper)), changed(
+            "DJANGO_CONNECT_PATH", f"Django's wrappers define no {name}()"
+        )
+
+
+@canary("configure_timezone")
+def test_configure_timezone():
+    wrapper = connections["default"]
+    with psycopg.connect(**wrapper.get_connection_params(), autocommit=True) as connection:
+        connection.execute("SET TimeZone = 'Asia/Tokyo'")
+        _compat.configure_timezone(wrapper, connection)
+        shown = connection.execute("SHOW TimeZone").fetchone()
+    assert shown is not None and shown[0] == wrapper.timezone_name, changed(
+        "configure_timezone", f"the session's time zone is {shown}"
+    )
+
+
+@canary("mark_response_logged")
+def test_mark_response_logged(caplog):
+    request = RequestFactory().get("/")
+    caplog.set_level(logging.ERROR, logger="django.request")
+    log_response("unmarked", response=HttpResponse(status=503), request=request)
+    marked = HttpResponse(status=503)
+    _compat.mark_response_logged(marked)
+    log_response("marked", response=marked, request=request)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "unmarked" in messages
+    assert "marked" not in messages, changed("mark_response_logged", "Django logged a marked response again")
+
+
+@canary("WRAPPER_CONNECTION_STATE")
+def test_wrapper_state_is_what_django_initialises():
+    blank = _compat._BlankWrapper(connections["default"].settings_dict, "default")
+    initialised = set(vars(blank))
+    declared = set(WRAPPER_CONNECTION_STATE) | set(WRAPPER_CONFIGURATION)
+    assert initialised == declared, changed(
+        "WRAPPER_CONNECTION_STATE",
+        f"__init__ now also sets {sorted(initialised - declared)} and no longer {sorted(declared - initialised)}; "
+        "sort each new one into WRAPPER_CONNECTION_STATE (reset by forget_connection) or WRAPPER_CONFIGURATION",
+    )
+
+
+def test_django_connect_writes_only_connection_state(make_alias):
+    """Everything Django's connect() sets up is what forget_connection() resets."""
+    alias = make_alias()
+    wrapper = connections[alias]
+    written: set[str] = set()
+
+    class Recording(type(wrapper)):  # type: ignore[misc]
+        def __setattr__(self, name: str, value: Any) -> None:
+            written.add(name)
+            super().__setattr__(name, value)
+
+    wrapper.__class__ = Recording
+    try:
+        wrapper.connect()
+    finally:
+        wrapper.__class__ = DatabaseWrapper
+        wrapper.close()
+    written.discard("__class__")  # the recording's own undoing
+    ours = {name for name in written if name.startswith("_guard_")}
+    unexpected = written - ours - set(WRAPPER_CONNECTION_STATE) - set(CONNECT_CONFIGURATION)
+    assert not unexpected, changed(
+        "WRAPPER_CONNECTION_STATE",
+        f"connect() now also sets {sorted(unexpected)}: add each to WRAPPER_CONNECTION_STATE (reset by "
+        "forget_connection) or, if connect() rebuilds it from the settings, to CONNECT_CONFIGURATION",
+    )
+    assert set(CONNECT_CONFIGURATION) <= written, "connect() no longer sets " + str(CONNECT_CONFIGURATION)
+
+
+def test_forget_connection_leaves_the_wrapper_as_django_initialises_it(make_alias):
+    alias = make_alias()
+    wrapper = connections[alias]
+    pool = open_pool(alias)
+    # A holder that died inside nested atomic blocks: nobody will ever leave them.
+    transaction.atomic(using=alias).__enter__()
+    transaction.atomic(using=alias, savepoint=True).__enter__()
+    transaction.on_commit(lambda: None, using=alias)
+    wrapper.run_commit_hooks_on_set_autocommit_on = True
+    wrapper.rollback_exc = RuntimeError("earlier")
+    wrapper.errors_occurred = True
+    connection = wrapper.connection
+    wrapper.forget_connection()
+    fresh = connections.create_connection(alias)
+    differing = {
+        name: getattr(wrapper, name)
+        for name in WRAPPER_CONNECTION_STATE
+        if getattr(wrapper, name) != getattr(fresh, name)
+    }
+    assert not differing, f"forget_connection() left {differing}"
+    connection.rollback()
+    pool.putconn(connection)
+    # The wrapper works again, from scratch.
+    with transaction.atomic(using=alias), wrapper.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    wrapper.close()
+    assert len(pool.ledger) == 0
+
+
+# --- Method overrides and Python ------------------------------------------------------------
+
+
+def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
+    """GuardedPool's own attributes must never take the name of one psycopg_pool uses."""
+    own = {"config", "ledger", "pid", "created", "connect_failing", "last_connect_error", "factory"}
+    own |= {"_transit", "_opened_connections", "slots_broken_at"}
+    plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
+    guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
+    assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
+    taken = own & (set(vars(plain)) | set(dir(ConnectionPool)))
+    assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
+
+
+@canary("OVERRIDDEN_HOOKS")
+@pytest.mark.parametrize("hook", OVERRIDDEN_HOOKS, ids=lambda hook: hook.name)
+def test_overridden_hooks(hook):
+    owner = hook.owner()
+    method = getattr(owner, hook.name, None)
+    assert callable(method), changed("OVERRIDDEN_HOOKS", f"{owner.__qualname__}.{hook.name} is gone")
+    parameters = tuple(inspect.signature(method).parameters)
+    assert parameters == hook.parameters, changed(
+        "OVERRIDDEN_HOOKS", f"{owner.__qualname__}.{hook.name}{parameters}, expected {hook.parameters}"
+    )
+
+
+@canary("count_value")
+def test_count_value():
+    counter = itertools.count()
+    assert _compat.count_value(counter) == 0, changed("count_value", repr(counter))
+    for _ in range(1234):
+        next(counter)
+    assert _compat.count_value(counter) == 1234, changed("count_value", repr(counter))
+    assert next(counter) == 1234, "reading the counter advanced it"
