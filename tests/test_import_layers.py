@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundation",
         (
+            "django_poolguard._compat",  # the one place touching Django's and psycopg_pool's internals
             "django_poolguard.rules",
             "django_poolguard.conf",
             "django_poolguard.escaping",
