@@ -15,7 +15,7 @@ times out: a slot is gone for good) or ``wedged`` (threads stuck inside the pool
 all are held it also compares the pool's ``get_stats()``, poolguard's ledger and
 ``pg_stat_activity``. The process ends with ``os._exit``: a wedged pool could hang a normal exit.
 
-:func:`run_storm` runs one in a subprocess; tests/test_fault_injection.py and
+:func:`run_storm` runs one in a subprocess; tests/engine/test_fault_injection.py and
 tests/benchmarks/bench_fault_storm.py use it.
 """
 

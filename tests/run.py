@@ -42,9 +42,9 @@ class RealPart:
 
 
 REAL_PARTS = (
-    RealPart("chromium", "chromium", "tests/test_admin_browser.py (the dashboard in a real browser)"),
-    RealPart("promtool", "prometheus", "tests/test_alert_rules.py (the shipped alert rules)"),
-    RealPart("pgbouncer", "pgbouncer", "tests/test_pgbouncer.py (poolguard behind PgBouncer)"),
+    RealPart("chromium", "chromium", "tests/web/test_admin_browser.py (the dashboard in a real browser)"),
+    RealPart("promtool", "prometheus", "tests/integrations/test_alert_rules.py (the shipped alert rules)"),
+    RealPart("pgbouncer", "pgbouncer", "tests/integrations/test_pgbouncer.py (poolguard behind PgBouncer)"),
 )
 
 

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 TOX_OUTPUT = """\
 py311-django52: commands[0]> pytest
-SKIPPED [1] tests/test_admin_browser.py:45: no Chromium at /nonexistent/chromium: `apt-get install -y chromium`
-SKIPPED [2] tests/test_pgbouncer.py:106: needs Debian's pgbouncer (apt-get install pgbouncer)
+SKIPPED [1] tests/web/test_admin_browser.py:45: no Chromium at /nonexistent/chromium: `apt-get install -y chromium`
+SKIPPED [2] tests/integrations/test_pgbouncer.py:106: needs Debian's pgbouncer (apt-get install pgbouncer)
 ================== 219 passed, 3 skipped in 267.84s (0:04:27) ==================
   py311-django52: OK (283.80=setup[14.00]+cmd[0.04,269.76] seconds)
   py313-django61: SKIP (0.01 seconds)
@@ -35,7 +35,7 @@ def test_summary_names_skipped_environments_missing_programs_and_the_install_com
     text = run.summary(outcome, 290.0, 0)
     assert "4.8 min" in text
     assert "SKIPPED  py313-django61: no python3.13 on PATH" in text
-    assert "tests/test_admin_browser.py" in text and "no chromium" in text
+    assert "tests/web/test_admin_browser.py" in text and "no chromium" in text
     assert "apt-get install chromium" in text
     assert "did NOT test everything" in text
     # A run without skips says nothing alarming.

@@ -1,4 +1,4 @@
-"""Start and stop the test site under a real gunicorn (used by tests/test_gunicorn.py and the spike benchmark)."""
+"""Start and stop the test site under a real gunicorn (used by tests/integrations/test_gunicorn.py and the spike benchmark)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A small site served by a real gunicorn in tests/test_gunicorn.py: tests.settings plus a tight pool.
+"""A small site served by a real gunicorn in tests/integrations/test_gunicorn.py: tests.settings plus a tight pool.
 
 The test passes the test database's name in ``POOLGUARD_GUNICORN_DB`` (pytest-django created it).
 """

@@ -26,7 +26,7 @@ from django_poolguard.models import LeakEvent
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("POOLGUARD_CHROMIUM") or os.environ.get("CHROMIUM") or "/usr/bin/chromium"
-DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -26,7 +26,7 @@ from tests.watching import recording, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_watchdog")]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_report_rows(alias: str) -> None:
@@ -57,14 +57,18 @@ def test_thread_pool_worker_that_never_closes_is_reported_once(make_alias, caplo
 
             assert event.thread.startswith("report-pool") and event.thread_alive
             assert event.held >= 0.3
-            assert event.origin.startswith("tests/test_leaks.py:") and event.origin.endswith(
+            assert event.origin.startswith("tests/watchdog/test_leaks.py:") and event.origin.endswith(
                 "in load_report_rows"
             )
             assert event.context == f"thread {event.thread}"
             [record] = messages(caplog, "Connection leak suspected", alias)
             assert record.levelno == logging.WARNING
             text = record.getMessage()
-            assert event.thread in text and "tests/test_leaks.py:" in text and "in load_report_rows" in text
+            assert (
+                event.thread in text
+                and "tests/watchdog/test_leaks.py:" in text
+                and "in load_report_rows" in text
+            )
             # The acquire stack is in the message, application frames first.
             stack_lines = text.split("application frames first):\n", 1)[1].splitlines()
             assert stack_lines[0].strip() == event.origin
@@ -213,7 +217,7 @@ class LeakEventsToAlias:
 def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settings, caplog):
     broken = make_alias(NAME="poolguard_no_such_database")
     LeakEventsToAlias.target = broken
-    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
+    settings.DATABASE_ROUTERS = ["tests.watchdog.test_leaks.LeakEventsToAlias"]
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 5}, poolguard={"leak_threshold": 0.2})
     with recording(alias) as signals:
         thread = threading.Thread(target=load_report_rows, args=(alias,), name="doomed")
@@ -235,7 +239,7 @@ def test_a_failed_leak_event_write_is_logged_and_never_raised(make_alias, settin
 def test_leak_event_is_written_while_its_database_pool_is_exhausted(make_alias, holders, settings):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 1}, poolguard={"leak_threshold": 0.2})
     LeakEventsToAlias.target = alias  # the very alias whose only connection is held
-    settings.DATABASE_ROUTERS = ["tests.test_leaks.LeakEventsToAlias"]
+    settings.DATABASE_ROUTERS = ["tests.watchdog.test_leaks.LeakEventsToAlias"]
     holders(alias, name="hog")
     assert django_poolguard.snapshot()[alias]["idle"] == 0
 

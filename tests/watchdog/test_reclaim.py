@@ -52,7 +52,7 @@ def test_three_dead_threads_do_not_kill_a_pool_of_three(make_alias, caplog):
     assert {r["event"].thread for r in reclaimed} == {"worker-0", "worker-1", "worker-2"}
     assert {r["reason"] for r in reclaimed} == {"thread_exited"}
     assert all(r["event"].origin.endswith("in count_orders") for r in reclaimed)
-    assert all(r["event"].origin.startswith("tests/test_reclaim.py:") for r in reclaimed)
+    assert all(r["event"].origin.startswith("tests/watchdog/test_reclaim.py:") for r in reclaimed)
     logged = [
         r.getMessage()
         for r in caplog.records

@@ -29,7 +29,7 @@ def test_checkout_records_holder_context_and_application_stack(make_alias):
     assert entry["alive"] is True
     assert entry["context"] == "GET /api/report"
     # Application frames come first: the first line is this file's function that queried.
-    assert entry["stack"][0].startswith("tests/test_ledger.py:")
+    assert entry["stack"][0].startswith("tests/engine/test_ledger.py:")
     assert entry["stack"][0].endswith("in run_report_query")
     assert any(
         "in test_checkout_records_holder_context_and_application_stack" in line for line in entry["stack"]

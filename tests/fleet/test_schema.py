@@ -33,7 +33,7 @@ from django_poolguard.fleet.schema import (
     encode_point,
     read_entry,
 )
-from tests.test_fleet_entries import (
+from tests.fleet.test_fleet_entries import (
     DASHBOARD,
     DATA,
     GOOD,

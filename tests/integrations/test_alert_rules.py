@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from django_poolguard.integrations import metrics  # noqa: F401  (registers the metrics)
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "docs" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "docs" / "prometheus"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,

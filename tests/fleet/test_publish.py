@@ -101,7 +101,7 @@ def test_database_publishing_upserts_one_row_and_drops_silent_ones(make_alias: C
     mine = published[(publish.hostname(), os.getpid())]
     assert mine["aliases"][alias]["in_use"] == 1
     assert mine["aliases"][alias]["history"][-1][1] == 1
-    assert mine["aliases"][alias]["checkouts"][0]["stack"][0].startswith("tests/test_publish.py")
+    assert mine["aliases"][alias]["checkouts"][0]["stack"][0].startswith("tests/fleet/test_publish.py")
     assert publish.publish_now()
     keys = {k for (k,) in _rows("SELECT key FROM django_poolguard_processsnapshot")}
     assert "ghost:1" not in keys and "ghost:2" in keys  # the silent row is cleaned up, the fresh one kept

@@ -42,7 +42,9 @@ def test_transaction_held_across_a_sleep_is_reported_where_it_began(make_alias, 
         pool={"min_size": 0, "max_size": 2, "timeout": 3},
         poolguard={"hoard_threshold": 0.3, "leak_threshold": 60},
     )
-    began = f"tests/test_hoarding.py:{line_of(book_and_call_payment_api, 'the transaction begins here')}"
+    began = (
+        f"tests/watchdog/test_hoarding.py:{line_of(book_and_call_payment_api, 'the transaction begins here')}"
+    )
     with recording(alias) as signals:
         thread = in_thread(book_and_call_payment_api, alias, 1.5)
         event = signals.wait("leak_detected", kind="hoard")["event"]
@@ -101,7 +103,7 @@ def test_a_failed_transaction_left_open_is_hoarding_too(make_alias):
         in_thread(swallow_error_and_wait).join(10)
     [hoard] = signals.of("leak_detected", kind="hoard")
     began = line_of(swallow_error_and_wait, "the failed transaction begins here")
-    assert hoard["event"].origin.startswith(f"tests/test_hoarding.py:{began} in ")
+    assert hoard["event"].origin.startswith(f"tests/watchdog/test_hoarding.py:{began} in ")
 
 
 def test_long_query_and_busy_transaction_are_not_hoarding(make_alias):

@@ -18,7 +18,7 @@ from django_poolguard.runtime import get_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 DOCUMENTED_METRICS = {
     # name: (type, labels)
