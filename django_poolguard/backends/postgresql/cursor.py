@@ -1,0 +1,58 @@
+"""Cursors that time their queries for the pool-time profile (:mod:`django_poolguard.engine.profile`).
+
+Only the innermost ``_execute``/``_executemany`` are overridden: they run once per statement,
+inside Django's execute wrappers and debug logging, so the time counted is the statement's
+round trip and nothing of Django's own. A cursor of an unpooled connection (no checkout)
+does no more than Django's. Server-side cursors' later fetches are not counted.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+from typing import Any
+
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+from django_poolguard.conf import guard_settings
+from django_poolguard.engine.profile import note_repeated_query
+
+
+class _Timed:
+    db: Any
+
+    def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
+        checkout = self.db._guard_checkout
+        if checkout is None:
+            return super()._execute(sql, params, *ignored)  # type: ignore[misc]
+        checkout.query_started = started = monotonic()
+        try:
+            return super()._execute(sql, params, *ignored)  # type: ignore[misc]
+        finally:
+            _ended(checkout, started, sql)
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
+        checkout = self.db._guard_checkout
+        if checkout is None:
+            return super()._executemany(sql, param_list, *ignored)  # type: ignore[misc]
+        checkout.query_started = started = monotonic()
+        try:
+            return super()._executemany(sql, param_list, *ignored)  # type: ignore[misc]
+        finally:
+            _ended(checkout, started, sql)
+
+
+def _ended(checkout: Any, started: float, sql: Any) -> None:
+    checkout.query_started = None
+    checkout.last_query = ended = monotonic()
+    checkout.db_time += ended - started
+    queries = checkout.queries = checkout.queries + 1
+    if queries >= guard_settings.PROFILE_N_PLUS_ONE and isinstance(sql, str):
+        note_repeated_query(checkout, sql)
+
+
+class TimedCursorWrapper(_Timed, CursorWrapper):
+    pass
+
+
+class TimedCursorDebugWrapper(_Timed, CursorDebugWrapper):
+    pass
