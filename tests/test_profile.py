@@ -82,7 +82,7 @@ def test_an_n_plus_one_loop_is_counted_with_its_statement_shape_and_line(make_al
     line = _line_of("tests/testapp/profiled.py", "# N+1 LOOP")
     assert (
         row["n1_site"]
-        == f"tests/testapp/profiled.py:{line} in listing > tests/testapp/profiled.py:18 in _one"
+        == f"tests/testapp/profiled.py:{line} in listing > tests/testapp/profiled.py:{_line_of(PROFILED, 'cursor.execute(sql')} in _one"
     )
 
 
@@ -152,6 +152,9 @@ def request(url: str) -> Any:
             connection.close()
 
 
+PROFILED = "tests/testapp/profiled.py"
+
+
 def _line_of(path: str, marker: str) -> int:
     with open(path) as source:
         for number, text in enumerate(source, 1):
@@ -169,3 +172,132 @@ def _fold_many(profile: Profile, n: int, label: Any) -> int:
         checkout.scope = Scope(label(i))
         profile.fold(checkout, checkout.started + 0.001 * (i % 7 + 1))
     return n
+
+
+# --- Published, summed over the fleet, shown ----------------------------------------------------
+
+
+def _two_routes(alias: str) -> None:
+    request(f"/reports/slow/?alias={alias}&seconds=0.3")
+    request(f"/pages/a/?alias={alias}")
+
+
+def test_the_snapshot_publishes_the_top_rows_and_the_reader_validates_them(make_alias):
+    from django_poolguard.fleet.schema import Unreadable, read_entry
+    from django_poolguard.fleet.snapshots import process_snapshot
+
+    alias = make_alias()
+    _two_routes(alias)
+    entry = read_entry(process_snapshot())
+    assert not isinstance(entry, Unreadable)
+    top = entry["aliases"][alias]["top"]
+    assert [row["label"] for row in top] == ["GET /reports/slow/", "GET /pages/<slug:slug>/"]
+    raw = process_snapshot()
+    raw["aliases"][alias]["top"][0]["query_hist"] = [1, 2]
+    bad = read_entry(raw)
+    assert isinstance(bad, Unreadable)
+    assert f"aliases.{alias}.top[0].query_hist: expected a list of 26 counts" in bad.reason
+
+
+def test_the_fleet_sums_each_label_over_processes(make_alias):
+    from django_poolguard.fleet.collect import totals
+    from django_poolguard.fleet.schema import read_entry
+    from django_poolguard.fleet.snapshots import process_snapshot
+
+    alias = make_alias()
+    _two_routes(alias)
+    one = read_entry(process_snapshot())
+    other = read_entry({**process_snapshot(), "pid": 4242})
+    total = totals([one, other], history=False)[alias]  # type: ignore[list-item]
+    mine = {row["label"]: row for row in one["aliases"][alias]["top"]}  # type: ignore[index]
+    slow = total["top"][0]
+    assert slow["label"] == "GET /reports/slow/"
+    assert slow["checkouts"] == 2 * mine["GET /reports/slow/"]["checkouts"]
+    assert slow["held_s"] == pytest.approx(2 * mine["GET /reports/slow/"]["held_s"], abs=0.002)
+    assert 0.0 < total["busy_ratio"] <= 1.0
+
+
+def test_poolstats_top_shows_the_table_and_the_findings(make_alias, settings):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    settings.POOLGUARD = {**settings.POOLGUARD, "PUBLISH": None, "PROFILE_N_PLUS_ONE": 20}
+    alias = make_alias()
+    _two_routes(alias)
+    request(f"/catalogue/?alias={alias}&n=30")
+    request(f"/orders/5/pay/?alias={alias}&seconds=0.3")
+    out = io.StringIO()
+    call_command("poolstats", "--top", "--alias", alias, stdout=out)
+    text = out.getvalue()
+    assert f"Top holders of {alias}" in text
+    table = text[text.index(f"Top holders of {alias}") :]
+    lines = table.splitlines()
+    assert lines[1].split()[:2] == ["LABEL", "CHECKOUTS"]
+    assert lines[2].startswith("  GET /orders/<int:order>/pay/")  # the longest hold first
+    assert "! holds connections idle: GET /orders/<int:order>/pay/ holds connections idle" in table
+    assert "! N+1: GET /catalogue/ ran up to 31 queries in one checkout" in table
+    out = io.StringIO()
+    call_command("poolstats", "--json", "--alias", alias, stdout=out)
+    data = json.loads(out.getvalue())["aliases"][alias]
+    assert data["top"][0]["label"] == "GET /orders/<int:order>/pay/"
+    assert {f["kind"] for f in data["findings"]} == {"holds connections idle", "N+1"}
+    assert 0 < data["busy_ratio"] < 1
+
+
+def test_the_dashboard_has_a_top_holders_table(make_alias, settings):
+    import re
+
+    from django.contrib.auth.models import User
+
+    settings.POOLGUARD = {**settings.POOLGUARD, "PUBLISH": None}
+    alias = make_alias()
+    _two_routes(alias)
+    client = Client()
+    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw"))
+    page = client.get("/admin/django_poolguard/pool/").content.decode()
+    table = re.search(rf'<table class="pg-table pg-top" data-alias="{alias}">(.*?)</table>', page, re.S)
+    assert table, "a Top holders table per alias"
+    labels = re.findall(r"<tr>\s*<td>([^<]+)</td>", table.group(1))
+    assert labels == ["GET /reports/slow/", "GET /pages/&lt;slug:slug&gt;/"]
+
+
+def test_metrics_carry_pool_and_database_seconds_by_bounded_label(make_alias, settings):
+    from prometheus_client import REGISTRY
+
+    from django_poolguard.integrations import metrics
+
+    settings.POOLGUARD = {**settings.POOLGUARD, "PROFILE_TOP": 2}
+    alias = make_alias()
+    _two_routes(alias)
+    for slug in ("x", "y"):
+        request(f"/pages/{slug}/?alias={alias}")
+    request(f"/catalogue/?alias={alias}&n=3")
+    request(f"/retrying/?alias={alias}")
+    metrics.export()
+
+    def value(name: str, label: str) -> float:
+        return REGISTRY.get_sample_value(name, {"alias": alias, "label": label}) or 0.0
+
+    profile = get_pool(alias).ledger.profile
+    rows = {row["label"]: row for row in profile.rows(limit=100)}
+    assert value("poolguard_pool_seconds_total", "GET /reports/slow/") == pytest.approx(
+        rows["GET /reports/slow/"]["held_s"], abs=1e-5
+    )
+    assert value("poolguard_db_seconds_total", "GET /reports/slow/") >= 0.3
+    series = {
+        sample.labels["label"]
+        for family in REGISTRY.collect()
+        if family.name == "poolguard_pool_seconds"
+        for sample in family.samples
+        if sample.labels.get("alias") == alias and sample.name.endswith("_total")
+    }
+    assert series == {"GET /reports/slow/", "GET /pages/<slug:slug>/", "other"}  # 2 + other
+    total = sum(row["held_s"] for row in rows.values())
+    exported = sum(value("poolguard_pool_seconds_total", label) for label in series)
+    assert exported == pytest.approx(total, abs=1e-5)
+    held, db = profile.totals()
+    assert REGISTRY.get_sample_value("poolguard_db_busy_ratio", {"alias": alias}) == pytest.approx(
+        db / held, abs=1e-3
+    )

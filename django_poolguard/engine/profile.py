@@ -342,6 +342,13 @@ class Profile:
             rows.append(as_row(OTHER, other))
         return rows
 
+    def label_totals(self) -> dict[str, tuple[float, float]]:
+        """(pool-seconds, database-seconds) per kept label, and ``other`` for the evicted ones."""
+        with self._lock:
+            out = {label: (stats.held, stats.db) for label, stats in self._labels.items()}
+            out[OTHER] = (self.other.held, self.other.db)
+        return out
+
     def totals(self) -> tuple[float, float]:
         """(pool-seconds, database-seconds) over every label: the alias's busy ratio's parts."""
         with self._lock:

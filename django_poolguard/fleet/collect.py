@@ -22,6 +22,7 @@ from django_poolguard.conf import guard_settings
 from django_poolguard.fleet import activity, budget, publish
 from django_poolguard.fleet.schema import ProcessEntry, Unreadable, read_entry
 from django_poolguard.fleet.snapshots import CRITICAL, HEALTHY, WARNING, worst
+from django_poolguard.fleet.top import alias_profile
 
 logger = logging.getLogger("django_poolguard")
 
@@ -150,6 +151,9 @@ def totals(processes: list[dict[str, Any]], *, history: bool = True) -> dict[str
             )
             total["statuses"].append(data.get("status", HEALTHY))
     for alias, total in out.items():
+        profile = alias_profile(processes, alias)  # the pool-time profile, summed over processes
+        if profile is not None:
+            total.update(profile)
         total["utilization"] = round(total["in_use"] / total["max"], 4) if total["max"] else 0.0
         # The worst process decides: one exhausted gunicorn worker is an outage for its requests.
         total["status"] = worst(total.pop("statuses"))

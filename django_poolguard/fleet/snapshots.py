@@ -71,6 +71,8 @@ def pool_snapshot(
     }
     if with_checkouts:
         data["checkouts"] = [c.as_dict(stack_limit) for c in checkouts]
+    if guard_settings.PROFILE:
+        data["top"] = ledger.profile.rows()  # the pool-time profile (fleet/top.py sums it)
     return data
 
 

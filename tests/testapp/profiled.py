@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from django.contrib import admin
 from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
@@ -65,4 +66,5 @@ urlpatterns = [
     path("catalogue/", listing),
     path("pages/<slug:slug>/", fast),
     path("retrying/", retrying),
+    path("admin/", admin.site.urls),
 ]
