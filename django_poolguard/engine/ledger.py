@@ -15,7 +15,7 @@ from typing import Any
 
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine import stacks
-from django_poolguard.engine.profile import Profile, current_scope
+from django_poolguard.engine.profile import Profile, _scope
 
 RING_SIZE = 4096  # samples kept for percentiles; a power of two so the index is a mask
 _MASK = RING_SIZE - 1
@@ -63,7 +63,7 @@ class Checkout:
         self.hoard_reported: float | None = None
         self.returned: float | None = None  # when it came back, for "returned after N s" reports
         # The pool-time profile's per-checkout figures, kept by the cursor (engine/profile.py).
-        self.scope = current_scope()
+        self.scope = _scope.get()
         self.queries = 0
         self.db_time = 0.0  # seconds with a query or commit running
         self.query_started: float | None = None  # a query is running since then

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 QUERY_BOUNDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)  # fmt: skip
 #: Upper bounds of the acquire-wait buckets, in seconds.
 WAIT_BOUNDS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
+_QUERY_TABLE = 1001
+_QUERY_BUCKET = [bisect_left(QUERY_BOUNDS, n) for n in range(_QUERY_TABLE)]  # no call per return
 OTHER = "other"
 NO_ROUTE = "(no route)"
 MAX_SQL_KINDS = 32  # distinct statements counted per checkout once it crossed the N+1 threshold
@@ -120,6 +122,8 @@ def sql_shape(sql: str) -> str:
 def note_repeated_query(checkout: Checkout, sql: str) -> None:
     """Called by the cursor for each query past the N+1 threshold: count the statement, and
     remember where each distinct one was first run (a frame walk per distinct statement)."""
+    if not isinstance(sql, str):  # psycopg's sql.Composed: no shape to show
+        return
     counts = checkout.sql_counts
     if counts is None:
         counts = checkout.sql_counts = {}
@@ -129,7 +133,7 @@ def note_repeated_query(checkout: Checkout, sql: str) -> None:
     elif len(counts) < MAX_SQL_KINDS:
         counts[sql] = [
             1,
-            stacks.capture(3, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else (),
+            stacks.capture(2, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else (),
         ]
 
 
@@ -223,6 +227,8 @@ class Profile:
 
     def __init__(self) -> None:
         self._labels: dict[str, LabelStats] = {}
+        # Raw keys (request labels, contexts, threads) -> their label's stats; a cache, bounded.
+        self._by_key: dict[str | threading.Thread, LabelStats] = {}
         self.other = LabelStats()
         # Guards admitting a new label and evicting into "other": rare, never per checkout.
         self._lock = threading.Lock()
@@ -235,16 +241,16 @@ class Profile:
     def fold(self, checkout: Checkout, now: float) -> None:
         """Add a returned checkout to its label (``Ledger.remove``'s hot path)."""
         scope = checkout.scope
-        if scope is not None:
-            label = scope.label
-        else:
-            context = checkout.context
-            label = plain_label(context if context is not None else "thread " + checkout.thread.name)
-        stats = self._labels.get(label)
+        # One dict lookup in the common case: the raw key (a request's label, else the context
+        # or the thread) -> its LabelStats, so a label is worked out once per key, not per return.
+        key = scope.label if scope is not None else (checkout.context or checkout.thread)
+        stats = self._by_key.get(key)
         if stats is None:
-            stats = self._admit(label, checkout)
+            stats = self._stats_for(key, checkout)
         queries = checkout.queries
-        query_bucket = bisect_left(QUERY_BOUNDS, queries)
+        query_bucket = (
+            _QUERY_BUCKET[queries] if queries < _QUERY_TABLE else bisect_left(QUERY_BOUNDS, queries)
+        )
         wait_bucket = bisect_left(WAIT_BOUNDS, checkout.wait)
         tx = checkout.tx_time
         if checkout.tx_started is not None:
@@ -270,13 +276,20 @@ class Profile:
         if checkout.idle_site is not None:
             self._idle(stats, checkout.idle_site)
 
-    def _admit(self, label: str, checkout: Checkout) -> LabelStats:
+    def _stats_for(self, key: str | threading.Thread, checkout: Checkout) -> LabelStats:
+        if isinstance(key, threading.Thread):
+            label = plain_label("thread " + key.name)
+        else:
+            label = key if checkout.scope is not None else plain_label(key)
         with self._lock:
             stats = self._labels.get(label)
             if stats is None:
                 if len(self._labels) >= 2 * max(1, int(guard_settings.PROFILE_TOP)):
                     self._evict()
                 stats = self._labels[label] = LabelStats(checkout.stack)
+            if len(self._by_key) >= LABEL_CACHE:
+                self._by_key = {}
+            self._by_key[key] = stats
             return stats
 
     def _evict(self) -> None:
@@ -286,6 +299,7 @@ class Profile:
         for _, stats in ranked[keep:]:
             self.other.merge(stats)
         self._labels = dict(ranked[:keep])
+        self._by_key = {}  # it may point at evicted stats
 
     def _retried(self, stats: LabelStats, checkout: Checkout) -> None:
         context = checkout.context

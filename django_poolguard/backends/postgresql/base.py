@@ -17,6 +17,7 @@ from typing import Any
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
@@ -218,15 +219,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return super().create_cursor(name)
 
     # The pool-time profile times statements and commits while the connection is checked out.
+    # (Django's classes built here rather than through super(): one call less per cursor.)
     def make_cursor(self, cursor: Any) -> Any:
         if self._guard_checkout is not None and guard_settings.PROFILE:
             return TimedCursorWrapper(cursor, self)
-        return super().make_cursor(cursor)
+        return CursorWrapper(cursor, self)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
         if self._guard_checkout is not None and guard_settings.PROFILE:
             return TimedCursorDebugWrapper(cursor, self)
-        return super().make_debug_cursor(cursor)
+        return CursorDebugWrapper(cursor, self)
 
     def _commit(self) -> None:
         checkout = self._guard_checkout

@@ -20,34 +20,36 @@ from django_poolguard.engine.profile import note_repeated_query
 class _Timed:
     db: Any
 
+    # Django's own _execute is called by name, not through super(): one frame less per statement.
     def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
-            return super()._execute(sql, params, *ignored)  # type: ignore[misc]
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[arg-type]
         checkout.query_started = started = monotonic()
         try:
-            return super()._execute(sql, params, *ignored)  # type: ignore[misc]
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[arg-type]
         finally:
-            _ended(checkout, started, sql)
+            checkout.query_started = None
+            checkout.last_query = ended = monotonic()
+            checkout.db_time += ended - started
+            queries = checkout.queries = checkout.queries + 1
+            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
+                note_repeated_query(checkout, sql)
 
     def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
-            return super()._executemany(sql, param_list, *ignored)  # type: ignore[misc]
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[arg-type]
         checkout.query_started = started = monotonic()
         try:
-            return super()._executemany(sql, param_list, *ignored)  # type: ignore[misc]
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[arg-type]
         finally:
-            _ended(checkout, started, sql)
-
-
-def _ended(checkout: Any, started: float, sql: Any) -> None:
-    checkout.query_started = None
-    checkout.last_query = ended = monotonic()
-    checkout.db_time += ended - started
-    queries = checkout.queries = checkout.queries + 1
-    if queries >= guard_settings.PROFILE_N_PLUS_ONE and isinstance(sql, str):
-        note_repeated_query(checkout, sql)
+            checkout.query_started = None
+            checkout.last_query = ended = monotonic()
+            checkout.db_time += ended - started
+            queries = checkout.queries = checkout.queries + 1
+            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
+                note_repeated_query(checkout, sql)
 
 
 class TimedCursorWrapper(_Timed, CursorWrapper):
