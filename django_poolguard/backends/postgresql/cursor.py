@@ -24,10 +24,10 @@ class _Timed:
     def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
-            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[arg-type]
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
         checkout.query_started = started = monotonic()
         try:
-            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[arg-type]
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
         finally:
             checkout.query_started = None
             checkout.last_query = ended = monotonic()
@@ -39,10 +39,10 @@ class _Timed:
     def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
-            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[arg-type]
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
         checkout.query_started = started = monotonic()
         try:
-            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[arg-type]
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
         finally:
             checkout.query_started = None
             checkout.last_query = ended = monotonic()
