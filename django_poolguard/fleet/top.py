@@ -38,7 +38,7 @@ class Holder(TypedDict):
 class ProfileFinding(TypedDict):
     kind: str  # IDLE, N_PLUS_ONE or RETRIES
     label: str
-    where: str | None  # the place in the code
+    where: str | None  # the place in the code: where holders wait, the repeated query, the checkout
     text: str
 
 
@@ -145,8 +145,7 @@ def findings(rows: list[TopRow]) -> list[ProfileFinding]:
                     "where": where,
                     "text": f"{row['label']} holds connections idle: the database works {ratio:.0%} of the "
                     f"{row['held_s']:.1f} pool-seconds it held over {row['checkouts']} checkouts "
-                    f"({idle * 1000:.0f} ms idle per checkout)"
-                    + (f"; its holders wait at {where}" if row["idle_site"] else ""),
+                    f"({idle * 1000:.0f} ms idle per checkout)",
                 }
             )
     for row in sorted(named, key=lambda r: -r["n1_queries"]):

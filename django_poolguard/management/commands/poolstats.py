@@ -278,7 +278,7 @@ def _top(aliases: dict[str, Any]) -> list[str]:
         headers += ["ACQUIRE P50/P95", "TX-S", "RETRIES", "TAKES AT"]
         lines += ["  " + line for line in _table(headers, rows)] if rows else ["  no connection returned yet"]
         for finding in t["findings"]:
-            where = f" [{finding['where']}]" if finding["where"] else ""
+            where = f", at {finding['where']}" if finding["where"] else ""
             lines.append(f"  ! {finding['kind']}: {finding['text']}{where}")
         lines.append("")
     return lines
