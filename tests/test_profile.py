@@ -146,6 +146,42 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     assert sorted(labels[:2]) == ["task shop.tasks.export", "thread Thread-N (worker)"]
 
 
+def test_time_in_transaction_is_counted_for_a_thread_label(make_alias):
+    from django.db import transaction
+
+    alias = make_alias()
+    with transaction.atomic(using=alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        time.sleep(0.2)
+    connections[alias].close()
+    row = rows_by_label(alias)[f"thread {threading.current_thread().name}"]
+    assert row["checkouts"] == 1 and row["queries"] == 1
+    assert 0.2 <= row["tx_s"] <= row["held_s"]
+    assert row["db_s"] < 0.1  # the sleep is not the database's
+
+
+def test_with_profile_off_nothing_is_kept_or_published(make_alias, settings):
+    import io
+
+    from django.core.management import call_command
+    from django.db.backends.utils import CursorWrapper
+
+    from django_poolguard.fleet.snapshots import process_snapshot
+
+    settings.POOLGUARD = {**settings.POOLGUARD, "PROFILE": False, "PUBLISH": None}
+    alias = make_alias()
+    with connections[alias].cursor() as cursor:
+        assert type(cursor) is CursorWrapper  # Django's own, untimed
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    assert get_pool(alias).ledger.profile.rows() == []
+    assert "top" not in process_snapshot()["aliases"][alias]
+    out = io.StringIO()
+    call_command("poolstats", "--top", "--alias", alias, stdout=out)
+    assert f"Top holders of {alias}: no profile published (POOLGUARD['PROFILE'] is off)." in out.getvalue()
+
+
 def test_sql_shapes_hide_values():
     assert sql_shape("SELECT * FROM t WHERE a = 'secret' AND b IN (1, 2, 3) AND c = %s LIMIT 21") == (
         "SELECT * FROM t WHERE a = ? AND b IN (?, ...) AND c = ? LIMIT ?"

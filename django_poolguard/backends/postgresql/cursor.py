@@ -8,11 +8,9 @@ does no more than Django's. Server-side cursors' later fetches are not counted.
 
 from __future__ import annotations
 
-import warnings
 from time import monotonic
 from typing import Any
 
-from django.apps import apps
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 from django_poolguard.conf import guard_settings
@@ -22,21 +20,14 @@ from django_poolguard.engine.profile import note_repeated_query
 class _Timed:
     db: Any
 
+    # Django's own methods are called by name, not through super(): cheaper, and the MRO is known.
     def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
             return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
-        # Django's CursorWrapper._execute (unchanged since Django 3.2), timed: written out rather
-        # than called, because a frame more per statement costs more than the timing itself.
-        if not apps.ready and not apps.stored_app_configs:
-            warnings.warn(CursorWrapper.APPS_NOT_READY_WARNING_MSG, category=RuntimeWarning)
-        self.db.validate_no_broken_transaction()
         checkout.query_started = started = monotonic()
         try:
-            with self.db.wrap_database_errors:
-                if params is None:
-                    return self.cursor.execute(sql)  # type: ignore[attr-defined]
-                return self.cursor.execute(sql, params)  # type: ignore[attr-defined]
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
         finally:
             checkout.query_started = None
             checkout.last_query = ended = monotonic()
