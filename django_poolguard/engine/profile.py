@@ -43,6 +43,7 @@ MAX_SQL_KINDS = 32  # distinct statements counted per checkout once it crossed t
 MAX_SITES = 8  # idle places kept per label: the most seen survive
 SHAPE_CHARS = 300
 LABEL_CACHE = 4096  # raw thread/task labels -> profile label, cleared when full
+KEY_CACHE = 1024  # raw keys -> stats; it holds Thread objects, so kept small
 IDLE_SAMPLE_MIN = 0.05  # s without a query before the watchdog looks where the holder is
 
 
@@ -287,7 +288,7 @@ class Profile:
                 if len(self._labels) >= 2 * max(1, int(guard_settings.PROFILE_TOP)):
                     self._evict()
                 stats = self._labels[label] = LabelStats(checkout.stack)
-            if len(self._by_key) >= LABEL_CACHE:
+            if len(self._by_key) >= KEY_CACHE:
                 self._by_key = {}
             self._by_key[key] = stats
             return stats
