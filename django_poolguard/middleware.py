@@ -62,22 +62,24 @@ class PoolGuardMiddleware:
         if self.is_async:
             return self.__acall__(request)
         token = set_context(request_label(request))
-        scope_token = set_scope(request_scope(request))
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             response = self.get_response(request)
         finally:
-            reset_scope(scope_token)
+            if scope_token is not None:
+                reset_scope(scope_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         token = set_context(request_label(request))
-        scope_token = set_scope(request_scope(request))
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
             response = await get_response(request)
         finally:
-            reset_scope(scope_token)
+            if scope_token is not None:
+                reset_scope(scope_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
 

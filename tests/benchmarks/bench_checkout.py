@@ -7,6 +7,8 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
     python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
 
+    python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
+
 "poolguard" runs with the pool-time profile (``PROFILE``, the default) on, "profile off" without it.
 
 Wall-clock figures move with whatever else the machine runs; the instruction counts do not
@@ -22,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -135,6 +138,44 @@ def instructions(timeouts_via: str | None = None) -> None:
         print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
 
 
+def opcodes() -> None:
+    """Python bytecodes executed per checkout, by engine: exact and the same on a busy machine
+    (C work, libpq and the server are not counted; see --instructions for those)."""
+    from django_poolguard.conf import guard_settings
+
+    guard_settings.MONITOR_INTERVAL = 3600.0
+    count = [0]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count[0] += 1
+        return tracer
+
+    rows = {
+        "native": ("native", True, True),
+        "poolguard": ("poolguard", True, True),
+        "poolguard, profile off": ("poolguard", True, False),
+        "poolguard, no stacks": ("poolguard", False, True),
+    }
+    print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
+    print()
+    print("| engine | bytecodes per checkout | / native |")
+    print("|---|---|---|")
+    results: dict[str, float] = {}
+    for name, (alias, capture, profile) in rows.items():
+        guard_settings.CAPTURE_STACKS, guard_settings.PROFILE = capture, profile
+        for _ in range(50):
+            one_checkout(alias)
+        count[0] = 0
+        sys.settrace(tracer)
+        for _ in range(500):
+            one_checkout(alias)
+        sys.settrace(None)
+        results[name] = count[0] / 500
+        print(f"| {name} | {results[name]:,.0f} | {results[name] / results['native']:.3f} |", flush=True)
+
+
 def run_checkouts(checkouts: str, alias: str, capture: str, timeouts_via: str, profile: str) -> None:
     configure(capture_stacks=capture == "on", timeouts_via=timeouts_via or None)
     from django_poolguard.conf import guard_settings
@@ -158,12 +199,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument("--opcodes", action="store_true", help="count Python bytecodes per checkout")
     parser.add_argument(
         "--timeouts-via",
         choices=["startup", "set"],
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
     )
     args = parser.parse_args()
+    if args.opcodes:
+        configure(capture_stacks=True)
+        opcodes()
+        return
     if args.instructions:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
         instructions(args.timeouts_via)
