@@ -45,7 +45,12 @@ def configure() -> None:
                 "OPTIONS": {"pool": {"min_size": 5, "max_size": 5, "timeout": 10}},
             }
         },
-        POOLGUARD={"PUBLISH": None, "WORKLOADS": {"web": "default"}, "MONITOR_INTERVAL": 0.1},
+        POOLGUARD={
+            "PUBLISH": None,
+            "WORKLOADS": {"web": "default"},
+            "MONITOR_INTERVAL": 0.1,
+            "PROFILE": True,
+        },
         USE_TZ=True,
     )
     django.setup()

@@ -61,7 +61,12 @@ def configure() -> None:
                 "OPTIONS": {"pool": {"min_size": 2, "max_size": 2, "timeout": 10}},
             }
         },
-        POOLGUARD={"PUBLISH": None, "WORKLOADS": {"web": "default"}, "MONITOR_INTERVAL": 0.1},
+        POOLGUARD={
+            "PUBLISH": None,
+            "WORKLOADS": {"web": "default"},
+            "MONITOR_INTERVAL": 0.1,
+            "PROFILE": True,
+        },
         USE_TZ=True,
     )
     django.setup()
@@ -126,6 +131,9 @@ def main() -> None:
         done = target
         rows.append(measure(f"after {done:,} requests", done))
     elapsed = time.perf_counter() - started
+    gc.collect()
+    ours = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*django_poolguard*")])
+    largest = ours.statistics("lineno")[:5]
     tracemalloc.stop()
     from django_poolguard.engine.pool import get_pool
 
@@ -136,6 +144,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for row in rows:
         print(f"| {row['point']} | {row['labels']} | {row['keys']} | {row['kib']} |")
+    print("\npoolguard's largest allocations still held:")
+    for stat in largest:
+        print(f"  {stat.size / 1024:.1f} KiB in {stat.count} blocks at {stat.traceback[0]}")
     print()
     for row in pool.ledger.profile.rows():
         print(f"  {row['label']}: {row['checkouts']:,} checkouts, {row['held_s']:.2f} pool-seconds")
