@@ -19,6 +19,14 @@ from django_poolguard.conf import AliasConfig, guard_settings
 from django_poolguard.engine import stacks
 from django_poolguard.engine.context import current_context
 from django_poolguard.engine.ledger import Ledger
+from django_poolguard.engine.priority import (
+    PRIORITY_CLASSES,
+    Admission,
+    PriorityEvicted,
+    PriorityShed,
+    WaitingQueue,
+    current_rank,
+)
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted, PoolQueueFull
 
@@ -35,6 +43,12 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.created = monotonic()
         self.connect_failing = False  # the last connection attempt failed: the database is unreachable
         super().__init__(*args, **kwargs)
+        # The priority gate (engine/priority.py), only for an alias with a reserve: None keeps
+        # psycopg_pool's own admission untouched.
+        self.admission: Admission | None = None
+        if config.reserve:
+            self.admission = Admission(config.reserve, self.timeout)
+            self._waiting = WaitingQueue()
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
@@ -48,10 +62,12 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         try:
             connection = super().getconn(timeout)
         except TooManyRequests as exc:
-            raise self._exhausted(started, queue_full=True) from exc
+            raise self._exhausted(started, queue_full=True, cause=exc) from exc
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         waited = monotonic() - started
+        if self.admission is not None:
+            self.admission.observe(waited)
         stack = (
             stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
             if guard_settings.CAPTURE_STACKS
@@ -99,12 +115,69 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.connect_failing = False
         return connection
 
-    def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
+    # --- The priority gate: psycopg_pool calls both under its lock --------------------------
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        admission = self.admission
+        if admission is None:
+            return super()._get_ready_connection(timeout)
+        rank = current_rank()
+        queue: WaitingQueue = self._waiting  # type: ignore[assignment]
+        free = len(self._pool) + self._max_size - self._nconns
+        if admission.admits(rank, free):
+            if self.max_waiting and len(self._waiting) >= self.max_waiting and not self._pool:
+                admission.evict_for(rank, queue)
+            return super()._get_ready_connection(timeout)
+        if rank == len(PRIORITY_CLASSES) - 1 and admission.floor[rank]:
+            raise admission.refuse(rank, free)  # low work does not queue for reserved connections
+        # Wait in line without taking a reserved idle connection; psycopg_pool then queues us.
+        if timeout is not None and timeout <= 0.0:
+            raise PoolTimeout()
+        if self.max_waiting and len(self._waiting) >= self.max_waiting:
+            if not admission.evict_for(rank, queue):
+                self._stats[self._REQUESTS_ERRORS] += 1
+                raise TooManyRequests(
+                    f"the pool {self.name!r} has already {len(self._waiting)} requests waiting"
+                )
+        return None
+
+    def _add_to_pool(self, conn: Any) -> None:
+        admission = self.admission
+        if admission is None:
+            return super()._add_to_pool(conn)
+        # psycopg_pool's own, but the connection goes to the best waiter the reserve allows,
+        # not to the first in line; with none, it stays idle (kept for the reserve).
+        conn._pool = None
+        if self._closed:
+            self._close_connection(conn)
+            return
+        with self._lock:
+            if self._closed:
+                self._close_connection(conn)
+                return
+            queue: WaitingQueue = self._waiting  # type: ignore[assignment]
+            free = len(self._pool) + 1 + self._max_size - self._nconns
+            while (client := admission.pick(queue, free)) is not None:
+                queue.drop(client)
+                if client.set(conn):
+                    return
+            self._pool.append(conn)
+            if self._pool_full_event and len(self._pool) >= self._min_size:
+                self._pool_full_event.set()
+
+    def _exhausted(
+        self, started: float, *, queue_full: bool, cause: BaseException | None = None
+    ) -> PoolExhausted:
         waited = monotonic() - started
         self.ledger.count("rejected_total" if queue_full else "timeouts_total")
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
-        if queue_full:
+        priority = PRIORITY_CLASSES[current_rank()] if self.admission is not None else None
+        if isinstance(cause, PriorityShed):
+            head = f"pool {self.config.alias!r} refused a {priority}-priority checkout at once: {cause} ({in_use})"
+        elif isinstance(cause, PriorityEvicted):
+            head = f"pool {self.config.alias!r} refused a waiting {priority}-priority checkout: {cause} ({in_use})"
+        elif queue_full:
             head = f"pool {self.config.alias!r} refused a checkout: {state['waiting']} requests already waiting (max_waiting={self.max_waiting}; {in_use})"
         elif state["in_use"] < state["max"] and self.connection_errors():
             head = (
@@ -116,7 +189,9 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         holders = describe_holders(self)
         message = f"{head}: {holders}" if holders else head
         error_class = PoolQueueFull if queue_full else PoolExhausted
-        return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+        return error_class(
+            message, alias=self.config.alias, waited=waited, queue_full=queue_full, priority=priority
+        )
 
 
 _PLUMBING: frozenset[int] = frozenset()

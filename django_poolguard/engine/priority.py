@@ -1,0 +1,355 @@
+"""Priority classes: which checkouts keep their connections when a pool runs short.
+
+Every checkout has a class, ``critical``, ``normal`` (the default) or ``low``, held in a
+``ContextVar`` like the checkout context: the middleware sets it from the route, the Celery
+integration from the task name (both via ``POOLGUARD["PRIORITIES"]``), and :class:`priority`
+sets it for a block or a function.
+
+An alias with ``OPTIONS["poolguard"]["reserve"] = {"critical": 2, "normal": 1}`` gets an
+:class:`Admission` gate. "Free" means idle connections plus those the pool may still open:
+
+* ``critical`` takes any free connection;
+* ``normal`` needs more than ``reserve["critical"]`` free: the last 2 stay for critical work;
+* ``low`` needs more than ``reserve["critical"] + reserve["normal"]`` free, and is refused at once
+  (``PoolQueueFull``, a 503 with ``Retry-After`` under the middleware) when it does not find them:
+  waiting in line would only hold a server thread that a better request needs;
+* ``normal`` and ``critical`` without enough free connections wait in psycopg_pool's queue; a
+  returned connection goes to the best eligible waiter: lowest class first, first come first served
+  within a class;
+* aging, so no class starves: a waiter's class rises one level for every quarter of the pool's
+  ``timeout`` it has waited (a ``normal`` waiter counts as ``critical`` after ``timeout / 4``), so it
+  is served at the first return after that even under a steady stream of critical checkouts.
+
+The gate decides inside psycopg_pool's own lock (its ``_get_ready_connection`` and ``_add_to_pool``),
+so the uncontended checkout takes no other lock; without a reserve none of this runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import functools
+import inspect
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from contextlib import ContextDecorator
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, TypeVar
+
+from psycopg_pool import TooManyRequests
+
+CRITICAL, NORMAL, LOW = "critical", "normal", "low"
+#: The classes, best first: a class's rank is its index.
+PRIORITY_CLASSES: tuple[str, ...] = (CRITICAL, NORMAL, LOW)
+RANK = {name: rank for rank, name in enumerate(PRIORITY_CLASSES)}
+NORMAL_RANK = RANK[NORMAL]
+#: A waiter's class rises one level per this fraction of the pool's timeout spent waiting.
+AGING_FRACTION = 0.25
+RING_SIZE = 1024  # acquire waits kept per class, for the dashboard's percentiles
+
+_current: contextvars.ContextVar[int | None] = contextvars.ContextVar("poolguard_priority", default=None)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def current_rank() -> int:
+    rank = _current.get()
+    return NORMAL_RANK if rank is None else rank
+
+
+def current_priority() -> str:
+    """The class of a checkout made now: the innermost :class:`priority`, else ``normal``."""
+    return PRIORITY_CLASSES[current_rank()]
+
+
+def set_priority(name: str) -> contextvars.Token[int | None]:
+    """Switch to class ``name`` until :func:`reset_priority`; for integrations driven by signals."""
+    return _current.set(RANK[name])
+
+
+def reset_priority(token: contextvars.Token[int | None]) -> None:
+    _current.reset(token)
+
+
+class priority(ContextDecorator):  # lower case: used like a function, @priority("critical")
+    """Run a block or a function in a priority class::
+
+        with priority("low"):
+            build_export()
+
+        @priority("critical")
+        def checkout(request): ...
+
+    Blocks nest, the innermost wins (a decorated view overrides its route's class); each thread,
+    asyncio task and greenlet has its own class.
+    """
+
+    def __init__(self, name: str) -> None:
+        if name not in RANK:
+            raise ValueError(f"priority({name!r}): the classes are {', '.join(map(repr, PRIORITY_CLASSES))}.")
+        self.name = name
+        self._token: contextvars.Token[int | None] | None = None
+
+    def _recreate_cm(self) -> priority:
+        # A fresh instance per decorated call: one decorated function may run in many threads at once.
+        return type(self)(self.name)
+
+    def __enter__(self) -> priority:
+        self._token = _current.set(RANK[self.name])
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+            # ContextDecorator would leave the block before the coroutine even starts.
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+        return super().__call__(func)  # type: ignore[return-value]
+
+
+# --- Classification: POOLGUARD["PRIORITIES"] -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """``POOLGUARD["PRIORITIES"]`` compiled: patterns starting with ``/`` match the request path,
+    the others the URL name (``"reports:*"``, namespaces included) or the Celery task name."""
+
+    paths: tuple[tuple[re.Pattern[str], int], ...]
+    names: tuple[tuple[re.Pattern[str], int], ...]
+
+    @classmethod
+    def compile(cls, priorities: dict[str, Iterable[str]]) -> Classifier:
+        paths: list[tuple[re.Pattern[str], int]] = []
+        names: list[tuple[re.Pattern[str], int]] = []
+        # Best class first: a route both critical and low patterns match is critical.
+        for name in PRIORITY_CLASSES:
+            for pattern in priorities.get(name, ()):
+                target = paths if pattern.startswith("/") else names
+                target.append((re.compile(fnmatch.translate(pattern)), RANK[name]))
+        return cls(tuple(paths), tuple(names))
+
+    def for_path(self, path: str) -> int | None:
+        for pattern, rank in self.paths:
+            if pattern.match(path):
+                return rank
+        return None
+
+    def for_name(self, name: str | None) -> int | None:
+        if name:
+            for pattern, rank in self.names:
+                if pattern.match(name):
+                    return rank
+        return None
+
+
+_compiled: tuple[Any, Classifier | None] = (None, None)
+
+
+def classifier() -> Classifier | None:
+    """``POOLGUARD["PRIORITIES"]`` compiled, ``None`` when empty; recompiled when the setting changes."""
+    global _compiled
+    from django_poolguard.conf import guard_settings
+
+    priorities = guard_settings.PRIORITIES
+    source, compiled = _compiled
+    if source is not priorities:
+        compiled = Classifier.compile(priorities) if priorities else None
+        _compiled = (priorities, compiled)
+    return compiled
+
+
+def rank_for_task(name: str | None) -> int | None:
+    """The class ``POOLGUARD["PRIORITIES"]`` gives Celery task ``name``, ``None`` when none does."""
+    rules = classifier()
+    return rules.for_name(name) if rules is not None else None
+
+
+# --- The gate ------------------------------------------------------------------------------
+
+
+class PriorityShed(TooManyRequests):
+    """A checkout refused at once: only connections reserved for better classes were free."""
+
+    def __init__(self, message: str, *, free: int) -> None:
+        super().__init__(message)
+        self.free = free
+
+
+class PriorityEvicted(TooManyRequests):
+    """A waiting checkout refused to make room in a full queue for a better class."""
+
+
+@dataclass(frozen=True)
+class Waiter:
+    rank: int
+    since: float
+
+
+class WaitingQueue(deque):  # type: ignore[type-arg]
+    """psycopg_pool's queue of waiting clients, which also notes each one's class on arrival.
+
+    ``append`` runs in the arriving thread under the pool's lock (``_getconn_unchecked``), the
+    one moment the client and its class meet; ``WaitingClient`` has ``__slots__``, hence the dict.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiters: dict[int, Waiter] = {}
+
+    def append(self, client: Any) -> None:
+        self.waiters[id(client)] = Waiter(current_rank(), monotonic())
+        super().append(client)
+
+    def drop(self, client: Any) -> None:
+        self.remove(client)
+        self.waiters.pop(id(client), None)
+
+    def popleft(self) -> Any:
+        client = super().popleft()
+        self.waiters.pop(id(client), None)
+        return client
+
+    def clear(self) -> None:
+        super().clear()
+        self.waiters.clear()
+
+
+class Admission:
+    """One pool's priority gate. Every method but :meth:`observe` and :meth:`count_shed` runs under
+    the pool's own lock, which protects the waiting queue and the counts read here."""
+
+    def __init__(self, reserve: dict[str, int], timeout: float) -> None:
+        critical = reserve.get(CRITICAL, 0)
+        normal = reserve.get(NORMAL, 0)
+        self.reserve = {CRITICAL: critical, NORMAL: normal}
+        #: The free connections each class needs *more* than, by rank.
+        self.floor = (0, critical, critical + normal)
+        self.age_step = max(timeout * AGING_FRACTION, 0.001)
+        # Guards the per-class counters: refusals come from many request threads at once.
+        self._lock = threading.Lock()
+        self.shed = [0] * len(PRIORITY_CLASSES)
+        self.refused = [0] * len(PRIORITY_CLASSES)
+        self._acquired = [0] * len(PRIORITY_CLASSES)
+        self._rings = [[0.0] * RING_SIZE for _ in PRIORITY_CLASSES]
+
+    def describe(self) -> str:
+        """``"the last 2 for critical, 1 more not for low"``."""
+        critical, normal = self.reserve[CRITICAL], self.reserve[NORMAL]
+        parts = [f"the last {critical} for critical work"] if critical else []
+        if normal:
+            parts.append(f"{normal} more not for low work")
+        return ", ".join(parts)
+
+    # Under the pool's lock ------------------------------------------------------------------
+
+    def admits(self, rank: int, free: int) -> bool:
+        return free > self.floor[rank]
+
+    def refuse(self, rank: int, free: int) -> PriorityShed:
+        self.refused[rank] += 1  # under the pool's lock
+        return PriorityShed(
+            f"only {free} connection(s) free, kept for better work ({self.describe()})", free=free
+        )
+
+    def effective_rank(self, waiter: Waiter | None, now: float) -> int:
+        if waiter is None:
+            return NORMAL_RANK
+        return max(0, waiter.rank - int((now - waiter.since) / self.age_step))
+
+    def pick(self, queue: WaitingQueue, free: int) -> Any | None:
+        """The waiter a returned connection goes to (``free`` counts it): the best effective
+        class that may take it, first come first served within a class; ``None`` if none may."""
+        now = monotonic()
+        best: Any = None
+        best_rank = len(PRIORITY_CLASSES)
+        for client in list(queue):
+            if client.conn is not None or client.error is not None:  # timed out: psycopg leaves it queued
+                queue.drop(client)
+                continue
+            rank = self.effective_rank(queue.waiters.get(id(client)), now)
+            if rank < best_rank and self.admits(rank, free):
+                best, best_rank = client, rank
+                if rank == 0:
+                    break
+        return best
+
+    def evict_for(self, rank: int, queue: WaitingQueue) -> bool:
+        """The queue is full: refuse its worst waiter if it is of a lower class than ``rank``."""
+        now = monotonic()
+        worst: Any = None
+        worst_rank = rank
+        for client in list(queue):
+            if client.conn is not None or client.error is not None:
+                queue.drop(client)
+                return True  # a dead entry made room
+            waiter_rank = self.effective_rank(queue.waiters.get(id(client)), now)
+            if waiter_rank >= worst_rank and waiter_rank > rank:
+                worst, worst_rank = client, waiter_rank  # the latest of the worst class
+        if worst is None:
+            return False
+        queue.drop(worst)
+        self.refused[worst_rank] += 1
+        worst.fail(PriorityEvicted(f"refused to make room for a {PRIORITY_CLASSES[rank]} checkout"))
+        return True
+
+    # Outside the lock -----------------------------------------------------------------------
+
+    def observe(self, waited: float) -> None:
+        """Record the acquire wait of the checkout just made, under its class.
+
+        Lock-free like the ledger's ring: a lost increment under a race costs one sample.
+        """
+        rank = current_rank()
+        index = self._acquired[rank]
+        self._acquired[rank] = index + 1
+        self._rings[rank][index % RING_SIZE] = waited
+
+    def count_shed(self, rank: int) -> None:
+        with self._lock:
+            self.shed[rank] += 1
+
+    def acquire_samples(self, rank: int) -> list[float]:
+        count = self._acquired[rank]
+        ring = self._rings[rank]
+        return list(ring[:count]) if count < RING_SIZE else list(ring)
+
+    def totals(self) -> dict[str, PriorityTotals]:
+        return {
+            name: PriorityTotals(
+                acquired=self._acquired[rank], refused=self.refused[rank], shed=self.shed[rank]
+            )
+            for rank, name in enumerate(PRIORITY_CLASSES)
+        }
+
+
+@dataclass(frozen=True)
+class PriorityTotals:
+    acquired: int  # checkouts served (approximate under races: for percentiles and dashboards)
+    refused: int  # refused at once by the reserve, or evicted from a full queue
+    shed: int  # answered 503 by the middleware
+
+
+__all__ = [
+    "CRITICAL",
+    "LOW",
+    "NORMAL",
+    "PRIORITY_CLASSES",
+    "Admission",
+    "Classifier",
+    "PriorityEvicted",
+    "PriorityShed",
+    "current_priority",
+    "priority",
+]
