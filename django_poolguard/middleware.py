@@ -38,10 +38,9 @@ from django_poolguard.engine.pool import get_pool
 from django_poolguard.engine.priority import (
     NORMAL_RANK,
     PRIORITY_CLASSES,
-    RANK,
     Classifier,
     classifier,
-    current_rank,
+    current_priority,
     reset_priority,
     set_priority,
 )
@@ -172,9 +171,7 @@ def shed_response(request: HttpRequest, exhausted: PoolExhausted) -> HttpRespons
     retry_after = max(1, math.ceil(float(guard_settings.RETRY_AFTER)))
     pool = get_pool(exhausted.alias)
     if pool is not None:
-        pool.ledger.count("shed_total")
-        if pool.admission is not None:
-            pool.admission.count_shed(RANK.get(exhausted.priority or "", current_rank()))
+        pool.ledger.count_shed(exhausted.priority or current_priority())
     _log_shed(exhausted, current_context())
     detail = (
         f"The database is busy (connection pool {exhausted.alias!r} exhausted). Retry in {retry_after} s."

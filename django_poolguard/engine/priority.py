@@ -31,7 +31,6 @@ import fnmatch
 import functools
 import inspect
 import re
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
@@ -41,6 +40,8 @@ from typing import Any, TypeVar
 
 from psycopg_pool import TooManyRequests
 
+from django_poolguard.engine.ledger import AtomicCounter
+
 CRITICAL, NORMAL, LOW = "critical", "normal", "low"
 #: The classes, best first: a class's rank is its index.
 PRIORITY_CLASSES: tuple[str, ...] = (CRITICAL, NORMAL, LOW)
@@ -48,7 +49,8 @@ RANK = {name: rank for rank, name in enumerate(PRIORITY_CLASSES)}
 NORMAL_RANK = RANK[NORMAL]
 #: A waiter's class rises one level per this fraction of the pool's timeout spent waiting.
 AGING_FRACTION = 0.25
-RING_SIZE = 1024  # acquire waits kept per class, for the dashboard's percentiles
+RING_SIZE = 1024  # acquire waits kept per class, for percentiles; a power of two (index mask)
+_MASK = RING_SIZE - 1
 
 _current: contextvars.ContextVar[int | None] = contextvars.ContextVar("poolguard_priority", default=None)
 
@@ -227,8 +229,8 @@ class WaitingQueue(deque):  # type: ignore[type-arg]
 
 
 class Admission:
-    """One pool's priority gate. Every method but :meth:`observe` and :meth:`count_shed` runs under
-    the pool's own lock, which protects the waiting queue and the counts read here."""
+    """One pool's priority gate. The methods above "Outside the lock" run under the pool's own
+    lock, which protects the waiting queue and the counts read there."""
 
     def __init__(self, reserve: dict[str, int], timeout: float) -> None:
         critical = reserve.get(CRITICAL, 0)
@@ -237,11 +239,8 @@ class Admission:
         #: The free connections each class needs *more* than, by rank.
         self.floor = (0, critical, critical + normal)
         self.age_step = max(timeout * AGING_FRACTION, 0.001)
-        # Guards the per-class counters: refusals come from many request threads at once.
-        self._lock = threading.Lock()
-        self.shed = [0] * len(PRIORITY_CLASSES)
-        self.refused = [0] * len(PRIORITY_CLASSES)
-        self._acquired = [0] * len(PRIORITY_CLASSES)
+        self.refused = [0] * len(PRIORITY_CLASSES)  # written under the pool's lock
+        self._acquired = [AtomicCounter() for _ in PRIORITY_CLASSES]
         self._rings = [[0.0] * RING_SIZE for _ in PRIORITY_CLASSES]
 
     def describe(self) -> str:
@@ -307,38 +306,33 @@ class Admission:
     # Outside the lock -----------------------------------------------------------------------
 
     def observe(self, waited: float) -> None:
-        """Record the acquire wait of the checkout just made, under its class.
-
-        Lock-free like the ledger's ring: a lost increment under a race costs one sample.
-        """
+        """Record the acquire wait of the checkout just made, under its class (lock-free, as the
+        ledger's ring)."""
         rank = current_rank()
-        index = self._acquired[rank]
-        self._acquired[rank] = index + 1
-        self._rings[rank][index % RING_SIZE] = waited
+        self._rings[rank][self._acquired[rank].increment() & _MASK] = waited
 
-    def count_shed(self, rank: int) -> None:
-        with self._lock:
-            self.shed[rank] += 1
+    def samples_since(self, rank: int, seq: int) -> tuple[list[float], int]:
+        """Class ``rank``'s acquire waits after sequence number ``seq``, and the new one (as
+        ``Ledger.samples_since``)."""
+        total = self._acquired[rank].value
+        ring = self._rings[rank]
+        start = max(seq, total - RING_SIZE)
+        return [ring[i & _MASK] for i in range(start, total)], total
 
     def acquire_samples(self, rank: int) -> list[float]:
-        count = self._acquired[rank]
-        ring = self._rings[rank]
-        return list(ring[:count]) if count < RING_SIZE else list(ring)
+        return self.samples_since(rank, 0)[0]
 
     def totals(self) -> dict[str, PriorityTotals]:
         return {
-            name: PriorityTotals(
-                acquired=self._acquired[rank], refused=self.refused[rank], shed=self.shed[rank]
-            )
+            name: PriorityTotals(acquired=self._acquired[rank].value, refused=self.refused[rank])
             for rank, name in enumerate(PRIORITY_CLASSES)
         }
 
 
 @dataclass(frozen=True)
 class PriorityTotals:
-    acquired: int  # checkouts served (approximate under races: for percentiles and dashboards)
+    acquired: int  # checkouts served
     refused: int  # refused at once by the reserve, or evicted from a full queue
-    shed: int  # answered 503 by the middleware
 
 
 __all__ = [
