@@ -389,3 +389,62 @@ def test_misconfigured_priorities_are_check_e017(settings, priorities, says):
     settings.POOLGUARD = {**settings.POOLGUARD, "PRIORITIES": priorities}
     messages = [m for m in run_checks() if m.id == "django_poolguard.E017"]
     assert len(messages) == 1 and says in messages[0].msg, [m.msg for m in messages]
+
+
+# --- The dashboard -----------------------------------------------------------------------
+
+
+def test_the_snapshot_and_the_dashboard_show_each_class(make_alias, clients):
+    import json
+
+    from django_poolguard.fleet.schema import read_entry
+    from django_poolguard.fleet.snapshots import process_snapshot
+    from django_poolguard.web import dashboard
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 3, "timeout": 2}, poolguard={"reserve": {"critical": 1, "normal": 1}}
+    )
+    assert clients(alias, "critical", hold=0.0).done.wait(5)
+    _holding(clients(alias, "normal"))
+    with priority("low"), pytest.raises(PoolQueueFull):
+        connections[alias].ensure_connection()
+    get_pool(alias).ledger.count_shed("low")  # as the middleware does for the 503
+
+    published = json.loads(json.dumps(process_snapshot()))
+    entry = read_entry(published)
+    classes = entry["aliases"][alias]["priorities"]
+    assert classes["critical"]["acquired_total"] == 1 and classes["normal"]["acquired_total"] == 1
+    assert classes["low"] == {**classes["low"], "acquired_total": 0, "refused_total": 1, "shed_total": 1}
+
+    card = next(c for c in dashboard.build(with_sessions=False)["cards"] if c["alias"] == alias)
+    assert [
+        (r["name"], r["acquired_total"], r["refused_total"], r["shed_total"]) for r in card["priorities"]
+    ] == [
+        ("critical", 1, 0, 0),
+        ("normal", 1, 0, 0),
+        ("low", 0, 1, 1),
+    ]
+
+
+def test_a_bad_priorities_entry_makes_the_entry_unreadable_not_the_view():
+    from django_poolguard.fleet.schema import Unreadable, read_entry
+    from django_poolguard.fleet.snapshots import process_snapshot
+
+    entry = process_snapshot()
+    entry["aliases"] = {"x": {**_any_alias_snapshot(), "priorities": {"low": {"shed_total": -1}}}}
+    result = read_entry(entry)
+    assert isinstance(result, Unreadable) and "priorities.low.shed_total" in result.reason
+
+
+def _any_alias_snapshot():
+    return {
+        "workload": "web",
+        "min": 0,
+        "max": 2,
+        "size": 0,
+        "in_use": 0,
+        "idle": 0,
+        "waiting": 0,
+        "utilization": 0.0,
+        "status": "healthy",
+    }

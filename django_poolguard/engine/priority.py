@@ -16,9 +16,11 @@ An alias with ``OPTIONS["poolguard"]["reserve"] = {"critical": 2, "normal": 1}``
 * ``normal`` and ``critical`` without enough free connections wait in psycopg_pool's queue; a
   returned connection goes to the best eligible waiter: lowest class first, first come first served
   within a class;
-* aging, so no class starves: a waiter's class rises one level for every quarter of the pool's
-  ``timeout`` it has waited (a ``normal`` waiter counts as ``critical`` after ``timeout / 4``), so it
-  is served at the first return after that even under a steady stream of critical checkouts.
+* aging, so no class starves in line: a waiter's place in the line rises one class for every
+  quarter of the pool's ``timeout`` it has waited (a ``low`` waiter is served like a ``critical``
+  one after ``timeout / 2``), so newer checkouts of a better class overtake it for a bounded time
+  only. Aging orders the line; it never opens the reserve to a lower class, and no checkout waits
+  past its ``timeout``.
 
 The gate decides inside psycopg_pool's own lock (its ``_get_ready_connection`` and ``_add_to_pool``),
 so the uncontended checkout takes no other lock; without a reserve none of this runs.
@@ -268,8 +270,9 @@ class Admission:
         return max(0, waiter.rank - int((now - waiter.since) / self.age_step))
 
     def pick(self, queue: WaitingQueue, free: int) -> Any | None:
-        """The waiter a returned connection goes to (``free`` counts it): the best effective
-        class that may take it, first come first served within a class; ``None`` if none may."""
+        """The waiter a returned connection goes to (``free`` counts it): among those whose own
+        class may take it, the best aged class, first come first served within a class; ``None``
+        if none may. Aging orders the line; it never opens the reserve to a lower class."""
         now = monotonic()
         best: Any = None
         best_rank = len(PRIORITY_CLASSES)
@@ -277,8 +280,11 @@ class Admission:
             if client.conn is not None or client.error is not None:  # timed out: psycopg leaves it queued
                 queue.drop(client)
                 continue
-            rank = self.effective_rank(queue.waiters.get(id(client)), now)
-            if rank < best_rank and self.admits(rank, free):
+            waiter = queue.waiters.get(id(client))
+            if not self.admits(NORMAL_RANK if waiter is None else waiter.rank, free):
+                continue
+            rank = self.effective_rank(waiter, now)
+            if rank < best_rank:
                 best, best_rank = client, rank
                 if rank == 0:
                     break
