@@ -91,8 +91,13 @@ def test_without_a_reserve_the_pool_has_no_gate(make_alias):
     alias = make_alias()
     connections[alias].ensure_connection()
     try:
-        assert get_pool(alias).admission is None
-        assert type(get_pool(alias)._waiting).__name__ == "deque", "psycopg_pool's own queue, untouched"
+        from django_poolguard.engine.pool import GuardedPool
+
+        pool = get_pool(alias)
+        assert type(pool) is GuardedPool and pool.admission is None, (
+            "exactly the pool of an alias without priorities"
+        )
+        assert type(pool._waiting).__name__ == "deque", "psycopg_pool's own queue, untouched"
     finally:
         connections[alias].close()
 

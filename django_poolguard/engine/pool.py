@@ -36,6 +36,9 @@ logger = logging.getLogger("django_poolguard")
 class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     """A ``ConnectionPool`` that records every checkout in a :class:`Ledger`."""
 
+    #: The priority gate: only :class:`PrioritizedPool` (an alias with a ``reserve``) has one.
+    admission: Admission | None = None
+
     def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
         self.config = config
         self.ledger = Ledger()
@@ -43,12 +46,6 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.created = monotonic()
         self.connect_failing = False  # the last connection attempt failed: the database is unreachable
         super().__init__(*args, **kwargs)
-        # The priority gate (engine/priority.py), only for an alias with a reserve: None keeps
-        # psycopg_pool's own admission untouched.
-        self.admission: Admission | None = None
-        if config.reserve:
-            self.admission = Admission(config.reserve, self.timeout)
-            self._waiting = WaitingQueue()
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         # Django calls open() before every checkout; once open, skip psycopg_pool's lock.
@@ -66,8 +63,6 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         waited = monotonic() - started
-        if self.admission is not None:
-            self.admission.observe(waited)
         stack = (
             stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
             if guard_settings.CAPTURE_STACKS
@@ -115,56 +110,6 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.connect_failing = False
         return connection
 
-    # --- The priority gate: psycopg_pool calls both under its lock --------------------------
-
-    def _get_ready_connection(self, timeout: float | None) -> Any:
-        admission = self.admission
-        if admission is None:
-            return super()._get_ready_connection(timeout)
-        rank = current_rank()
-        queue: WaitingQueue = self._waiting  # type: ignore[assignment]
-        free = len(self._pool) + self._max_size - self._nconns
-        if admission.admits(rank, free):
-            if self.max_waiting and len(self._waiting) >= self.max_waiting and not self._pool:
-                admission.evict_for(rank, queue)
-            return super()._get_ready_connection(timeout)
-        if rank == len(PRIORITY_CLASSES) - 1 and admission.floor[rank]:
-            raise admission.refuse(rank, free)  # low work does not queue for reserved connections
-        # Wait in line without taking a reserved idle connection; psycopg_pool then queues us.
-        if timeout is not None and timeout <= 0.0:
-            raise PoolTimeout()
-        if self.max_waiting and len(self._waiting) >= self.max_waiting:
-            if not admission.evict_for(rank, queue):
-                self._stats[self._REQUESTS_ERRORS] += 1
-                raise TooManyRequests(
-                    f"the pool {self.name!r} has already {len(self._waiting)} requests waiting"
-                )
-        return None
-
-    def _add_to_pool(self, conn: Any) -> None:
-        admission = self.admission
-        if admission is None:
-            return super()._add_to_pool(conn)
-        # psycopg_pool's own, but the connection goes to the best waiter the reserve allows,
-        # not to the first in line; with none, it stays idle (kept for the reserve).
-        conn._pool = None
-        if self._closed:
-            self._close_connection(conn)
-            return
-        with self._lock:
-            if self._closed:
-                self._close_connection(conn)
-                return
-            queue: WaitingQueue = self._waiting  # type: ignore[assignment]
-            free = len(self._pool) + 1 + self._max_size - self._nconns
-            while (client := admission.pick(queue, free)) is not None:
-                queue.drop(client)
-                if client.set(conn):
-                    return
-            self._pool.append(conn)
-            if self._pool_full_event and len(self._pool) >= self._min_size:
-                self._pool_full_event.set()
-
     def _exhausted(
         self, started: float, *, queue_full: bool, cause: BaseException | None = None
     ) -> PoolExhausted:
@@ -192,6 +137,77 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         return error_class(
             message, alias=self.config.alias, waited=waited, queue_full=queue_full, priority=priority
         )
+
+
+class PrioritizedPool(GuardedPool):
+    """A :class:`GuardedPool` with a priority gate (:mod:`django_poolguard.engine.priority`), for
+    an alias with a ``reserve``. A subclass, so pools without one run exactly GuardedPool's code.
+
+    psycopg_pool calls ``_get_ready_connection`` and ``_add_to_pool`` under its own lock: the
+    gate decides there, and takes no other lock.
+    """
+
+    admission: Admission
+
+    def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
+        super().__init__(*args, config=config, **kwargs)
+        self.admission = Admission(config.reserve or {}, self.timeout)
+        self._waiting = WaitingQueue()
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        started = monotonic()
+        connection = super().getconn(timeout)
+        self.admission.observe(monotonic() - started)
+        return connection
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        admission = self.admission
+        rank = current_rank()
+        queue: WaitingQueue = self._waiting  # type: ignore[assignment]
+        free = len(self._pool) + self._max_size - self._nconns
+        if admission.admits(rank, free):
+            if self.max_waiting and len(self._waiting) >= self.max_waiting and not self._pool:
+                admission.evict_for(rank, queue)
+            return super()._get_ready_connection(timeout)
+        if rank == len(PRIORITY_CLASSES) - 1 and admission.floor[rank]:
+            raise admission.refuse(rank, free)  # low work does not queue for reserved connections
+        # Wait in line without taking a reserved idle connection; psycopg_pool then queues us.
+        if timeout is not None and timeout <= 0.0:
+            raise PoolTimeout()
+        if self.max_waiting and len(self._waiting) >= self.max_waiting:
+            if not admission.evict_for(rank, queue):
+                self._stats[self._REQUESTS_ERRORS] += 1
+                raise TooManyRequests(
+                    f"the pool {self.name!r} has already {len(self._waiting)} requests waiting"
+                )
+        return None
+
+    def _add_to_pool(self, conn: Any) -> None:
+        admission = self.admission
+        # psycopg_pool's own, but the connection goes to the best waiter the reserve allows,
+        # not to the first in line; with none, it stays idle (kept for the reserve).
+        conn._pool = None
+        if self._closed:
+            self._close_connection(conn)
+            return
+        with self._lock:
+            if self._closed:
+                self._close_connection(conn)
+                return
+            queue: WaitingQueue = self._waiting  # type: ignore[assignment]
+            free = len(self._pool) + 1 + self._max_size - self._nconns
+            while (client := admission.pick(queue, free)) is not None:
+                queue.drop(client)
+                if client.set(conn):
+                    return
+            self._pool.append(conn)
+            if self._pool_full_event and len(self._pool) >= self._min_size:
+                self._pool_full_event.set()
+
+
+def pool_class(config: AliasConfig) -> type[GuardedPool]:
+    """The pool an alias gets: with a priority ``reserve``, the one with a gate."""
+    return PrioritizedPool if config.reserve else GuardedPool
 
 
 _PLUMBING: frozenset[int] = frozenset()
@@ -378,6 +394,7 @@ atexit.register(close_all_pools, 1.0)
 __all__ = [
     "GuardedPool",
     "PoolClosed",
+    "PrioritizedPool",
     "all_pools",
     "close_all_pools",
     "describe_holders",
@@ -386,5 +403,6 @@ __all__ = [
     "get_pool",
     "keep_pools_open",
     "on_pool_created",
+    "pool_class",
     "pools_kept_open",
 ]

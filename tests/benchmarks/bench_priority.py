@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -157,6 +158,7 @@ def run_config(config: str, seconds: float) -> dict[str, object]:
         "busy": busy,
         "elapsed": elapsed,
         "pool_waits": pool_waits,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -188,7 +190,7 @@ def print_table(results: list[dict[str, object]], seconds: float) -> None:
         failures = {s: n for o in loaded.values() for s, n in o.statuses.items() if s not in ("200", "503")}
         print(
             f"| {result['config']} | {quiet * 1000:.0f} | {ratio:.2f} | {result['goodput']:.2f} | "
-            f"{result['busy']:.0%} | {failures or 'none'} |"
+            f"{result['busy']:.0%} | {failures or 'none'} | {result['load']:.1f} |"
         )
 
 
