@@ -127,6 +127,18 @@ def test_low_is_refused_at_once_when_only_reserved_connections_are_free(make_ali
     assert pool.state()["in_use"] == 4
 
 
+def test_checkouts_of_a_prioritized_pool_name_the_application_code(make_alias, clients):
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 2, "timeout": 0.3}, poolguard={"reserve": {"critical": 1}}
+    )
+    _holding(clients(alias, "critical"))
+    _holding(clients(alias, "critical"))
+    with priority("critical"), pytest.raises(PoolExhausted) as caught:
+        connections[alias].ensure_connection()
+    assert "2 held by thread critical-client (oldest " in str(caught.value)
+    assert "tests/test_priority.py:" in str(caught.value) and "in Client.run" in str(caught.value)
+
+
 def test_normal_waits_while_the_critical_reserve_stays_idle(make_alias, clients):
     alias = make_alias(
         pool={"min_size": 0, "max_size": 2, "timeout": 5}, poolguard={"reserve": {"critical": 1}}

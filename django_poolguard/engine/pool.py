@@ -233,6 +233,7 @@ def _plumbing_codes() -> frozenset[int]:
         functions.append(GuardedWrapper.get_new_connection)
     except ImportError:  # pragma: no cover
         pass
+    functions.append(PrioritizedPool.getconn)  # wraps GuardedPool.getconn: one frame more, same plumbing
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
