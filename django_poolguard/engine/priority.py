@@ -246,7 +246,7 @@ class Admission:
         self._rings = [[0.0] * RING_SIZE for _ in PRIORITY_CLASSES]
 
     def describe(self) -> str:
-        """``"the last 2 for critical, 1 more not for low"``."""
+        """``"the last 2 for critical work, 1 more not for low work"``."""
         critical, normal = self.reserve[CRITICAL], self.reserve[NORMAL]
         parts = [f"the last {critical} for critical work"] if critical else []
         if normal:

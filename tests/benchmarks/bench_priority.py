@@ -180,9 +180,10 @@ def print_table(results: list[dict[str, object]], seconds: float) -> None:
                 f"{percentile(outcome.served, 50) * 1000:.0f} | {percentile(outcome.served, 99) * 1000:.0f} |"
             )
     print(
-        "\n| configuration | critical p99 unloaded ms | critical p99 loaded / unloaded | goodput (served / capacity) | pool busy with served work | failures |"
+        "\n| configuration | critical p99 unloaded ms | critical p99 loaded / unloaded | goodput (served / capacity) "
+        "| pool busy with served work | failures | load avg (2 cores) |"
     )
-    print("|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for result in results:
         loaded = result["loaded"]  # type: ignore[assignment]
         quiet = float(result["quiet_p99"])  # type: ignore[arg-type]
