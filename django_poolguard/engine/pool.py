@@ -154,12 +154,6 @@ class PrioritizedPool(GuardedPool):
         self.admission = Admission(config.reserve or {}, self.timeout)
         self._waiting = WaitingQueue()
 
-    def getconn(self, timeout: float | None = None) -> Any:
-        started = monotonic()
-        connection = super().getconn(timeout)
-        self.admission.observe(monotonic() - started)
-        return connection
-
     def _get_ready_connection(self, timeout: float | None) -> Any:
         admission = self.admission
         rank = current_rank()
@@ -168,7 +162,10 @@ class PrioritizedPool(GuardedPool):
         if admission.admits(rank, free):
             if self.max_waiting and len(self._waiting) >= self.max_waiting and not self._pool:
                 admission.evict_for(rank, queue)
-            return super()._get_ready_connection(timeout)
+            connection = super()._get_ready_connection(timeout)
+            if connection is not None:
+                admission.observe(rank, 0.0)  # served at once; a queued one is timed when handed one
+            return connection
         if rank == len(PRIORITY_CLASSES) - 1 and admission.floor[rank]:
             raise admission.refuse(rank, free)  # low work does not queue for reserved connections
         # Wait in line without taking a reserved idle connection; psycopg_pool then queues us.
@@ -196,9 +193,12 @@ class PrioritizedPool(GuardedPool):
                 return
             queue: WaitingQueue = self._waiting  # type: ignore[assignment]
             free = len(self._pool) + 1 + self._max_size - self._nconns
-            while (client := admission.pick(queue, free)) is not None:
+            while queue and (client := admission.pick(queue, free)) is not None:
+                waiter = queue.waiters.get(id(client))
                 queue.drop(client)
                 if client.set(conn):
+                    if waiter is not None:
+                        admission.observe(waiter.rank, monotonic() - waiter.since)
                     return
             self._pool.append(conn)
             if self._pool_full_event and len(self._pool) >= self._min_size:
@@ -233,7 +233,6 @@ def _plumbing_codes() -> frozenset[int]:
         functions.append(GuardedWrapper.get_new_connection)
     except ImportError:  # pragma: no cover
         pass
-    functions.append(PrioritizedPool.getconn)  # wraps GuardedPool.getconn: one frame more, same plumbing
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING

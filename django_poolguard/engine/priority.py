@@ -231,8 +231,8 @@ class WaitingQueue(deque):  # type: ignore[type-arg]
 
 
 class Admission:
-    """One pool's priority gate. The methods above "Outside the lock" run under the pool's own
-    lock, which protects the waiting queue and the counts read there."""
+    """One pool's priority gate. The methods above "Readers" run under the pool's own lock, which
+    protects the waiting queue and the counts written there."""
 
     def __init__(self, reserve: dict[str, int], timeout: float) -> None:
         critical = reserve.get(CRITICAL, 0)
@@ -309,13 +309,12 @@ class Admission:
         worst.fail(PriorityEvicted(f"refused to make room for a {PRIORITY_CLASSES[rank]} checkout"))
         return True
 
-    # Outside the lock -----------------------------------------------------------------------
-
-    def observe(self, waited: float) -> None:
-        """Record the acquire wait of the checkout just made, under its class (lock-free, as the
-        ledger's ring)."""
-        rank = current_rank()
+    def observe(self, rank: int, waited: float) -> None:
+        """Record a served checkout's acquire wait under its class: from ``_get_ready_connection``
+        (served at once) or ``_add_to_pool`` (handed a connection), under the pool's lock."""
         self._rings[rank][self._acquired[rank].increment() & _MASK] = waited
+
+    # Readers, from any thread ------------------------------------------------------------------
 
     def samples_since(self, rank: int, seq: int) -> tuple[list[float], int]:
         """Class ``rank``'s acquire waits after sequence number ``seq``, and the new one (as
