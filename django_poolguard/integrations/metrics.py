@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from django_poolguard.engine.ledger import Ledger
 from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.engine.priority import NORMAL, PRIORITY_CLASSES
 
 # Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
 ACQUIRE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -78,8 +79,14 @@ acquire_rejected = Counter(
 )
 requests_shed = Counter(
     "poolguard_requests_shed_total",
-    "Requests PoolGuardMiddleware answered 503 because the alias's pool was exhausted.",
-    ["alias"],
+    "Requests PoolGuardMiddleware answered 503 because the alias's pool was exhausted, by priority class.",
+    ["alias", "priority"],
+)
+priority_acquire_seconds = Histogram(
+    "poolguard_priority_acquire_seconds",
+    "Time a checkout waited for a connection, by priority class (aliases with a reserve only).",
+    ["alias", "priority"],
+    buckets=ACQUIRE_BUCKETS,
 )
 leaks_detected = Counter(
     "poolguard_leaks_detected_total",
@@ -112,7 +119,6 @@ connection_errors = Counter(
 _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
     (acquire_timeouts, {}, lambda pool: pool.ledger.timeouts_total),
     (acquire_rejected, {}, lambda pool: pool.ledger.rejected_total),
-    (requests_shed, {}, lambda pool: pool.ledger.shed_total),
     (leaks_detected, {"kind": "leak"}, lambda pool: pool.ledger.leaks_total),
     (leaks_detected, {"kind": "hoard"}, lambda pool: pool.ledger.hoards_total),
     (connections_opened, {}, lambda pool: pool.connections_opened()),
@@ -132,6 +138,7 @@ class _PoolProgress:
         self.pool_ref = weakref.ref(pool)
         self.acquire_seq = 0
         self.held_seq = 0
+        self.priority_seq = [0] * len(PRIORITY_CLASSES)
         self.totals: dict[tuple[int, tuple[tuple[str, str], ...]], int] = {}
 
     def delta(self, key: tuple[int, tuple[tuple[str, str], ...]], value: int) -> int:
@@ -148,6 +155,7 @@ def _initialize(alias: str) -> None:
         counter.labels(alias=alias, **extra)
     acquire_seconds.labels(alias=alias)
     checkout_seconds.labels(alias=alias)
+    requests_shed.labels(alias=alias, priority=NORMAL)
 
 
 class Exporter:
@@ -206,6 +214,18 @@ class Exporter:
             grown = progress.delta((-1, (("reason", reason),)), value)
             if grown:
                 connections_reclaimed.labels(alias=alias, reason=reason).inc(grown)
+        for priority, value in dict(ledger.shed_by_priority).items():
+            grown = progress.delta((-2, (("priority", priority),)), value)
+            if grown:
+                requests_shed.labels(alias=alias, priority=priority).inc(grown)
+        if pool.admission is not None:
+            for rank, priority in enumerate(PRIORITY_CLASSES):
+                samples, progress.priority_seq[rank] = pool.admission.samples_since(
+                    rank, progress.priority_seq[rank]
+                )
+                histogram = priority_acquire_seconds.labels(alias=alias, priority=priority)
+                for sample in samples:
+                    histogram.observe(sample)
 
 
 __all__ = ["Exporter"]

@@ -6,6 +6,7 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
 
     python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
+    python tests/benchmarks/bench_checkout.py --priorities     # adds an alias with a priority reserve
 
 Wall-clock figures move with whatever else the machine runs; the instruction counts do not
 (``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
@@ -29,6 +30,10 @@ from django.conf import settings
 from django_poolguard.testing import database_settings
 
 POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
+# --priorities: the reserve's 3 connections come on top, so 8 threads never dip into it (the
+# uncontended path); min_size keeps the same 8 sessions open as the other pools.
+PRIORITY_POOL = {**POOL, "max_size": 11}
+PRIORITY_GUARD = {"reserve": {"critical": 2, "normal": 1}}
 
 
 def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
@@ -49,6 +54,11 @@ def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
                 "OPTIONS": {"pool": POOL, "poolguard": guard},
             },
             "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
+            "priorities": {
+                "ENGINE": "django_poolguard.backends.postgresql",
+                **connection,
+                "OPTIONS": {"pool": PRIORITY_POOL, "poolguard": {**guard, **PRIORITY_GUARD}},
+            },
         },
     )
     django.setup()
@@ -109,12 +119,14 @@ def count_instructions(alias: str, capture: bool, checkouts: int, timeouts_via: 
     return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
 
 
-def instructions(timeouts_via: str | None = None) -> None:
+def instructions(timeouts_via: str | None = None, priorities: bool = False) -> None:
     rows = {
         "native": ("native", True),
         "poolguard": ("poolguard", True),
         "poolguard, no stacks": ("poolguard", False),
     }
+    if priorities:
+        rows["poolguard, priorities"] = ("priorities", True)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -151,6 +163,11 @@ def main() -> None:
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
     parser.add_argument(
+        "--priorities",
+        action="store_true",
+        help='add "poolguard, priorities": an alias with reserve {"critical": 2, "normal": 1}',
+    )
+    parser.add_argument(
         "--timeouts-via",
         choices=["startup", "set"],
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
@@ -158,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.instructions:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
-        instructions(args.timeouts_via)
+        instructions(args.timeouts_via, args.priorities)
         return
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
@@ -169,6 +186,8 @@ def main() -> None:
         "poolguard": ("poolguard", True),
         "poolguard, no stacks": ("poolguard", False),
     }
+    if args.priorities:
+        engines["poolguard, priorities"] = ("priorities", True)
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True)
     for alias, _ in engines.values():
@@ -181,8 +200,9 @@ def main() -> None:
     if args.timeouts_via:
         print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
-    print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |")
-    print("|---|" + "---|" * len(engines) + "---|---|")
+    extra = " priorities / native |" if args.priorities else ""
+    print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |{extra}")
+    print("|---|" + "---|" * len(engines) + "---|---|" + ("---|" if extra else ""))
     for threads in args.threads:
         results: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.rounds):
@@ -195,7 +215,10 @@ def main() -> None:
         cells = " | ".join(f"{medians[name]:,.0f}" for name in engines)
         ratio = medians["poolguard"] / medians["native"]
         bare = medians["poolguard, no stacks"] / medians["native"]
-        print(f"| {threads} | {cells} | {ratio:.3f} | {bare:.3f} |")
+        row = f"| {threads} | {cells} | {ratio:.3f} | {bare:.3f} |"
+        if args.priorities:
+            row += f" {medians['poolguard, priorities'] / medians['native']:.3f} |"
+        print(row)
 
 
 if __name__ == "__main__":
