@@ -20,6 +20,7 @@ from itertools import count
 from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection, WaitingClient
 
@@ -396,6 +397,19 @@ def initial_state(settings_dict: dict[str, Any], alias: str) -> dict[str, Any]:
     return {name: getattr(blank, name) for name in WRAPPER_CONNECTION_STATE}
 
 
+_fence(
+    "DJANGO_CURSOR_CLASSES",
+    "BaseDatabaseWrapper.make_cursor / make_debug_cursor build CursorWrapper / CursorDebugWrapper "
+    "(cursor, wrapper); CursorWrapper.execute/executemany run _execute/_executemany once per statement",
+    "the profile's cursors are those classes with the innermost call timed, built without super()",
+    DJANGO_CHECKED,
+)
+
+#: What Django's ``make_cursor`` and ``make_debug_cursor`` build, in that order; the profile's
+#: wrapper builds them itself (one call less per cursor) when it has nothing to time.
+DJANGO_CURSOR_CLASSES = (CursorWrapper, CursorDebugWrapper)
+
+
 # --- Method overrides --------------------------------------------------------------------------
 
 
@@ -421,8 +435,8 @@ def _postgres_creation() -> type:
     return DatabaseCreation
 
 
-#: Overridden in engine/pool.py (GuardedPool, PrioritizedPool, _TransitTask) and backends/postgresql/ (the wrapper,
-#: its creation class).
+#: Overridden in engine/pool.py (GuardedPool, PrioritizedPool, _TransitTask) and backends/postgresql/
+#: (the wrapper, its creation class, the profile's timed cursors).
 OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
@@ -434,13 +448,28 @@ OVERRIDDEN_HOOKS = (
     Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_close", ("self",), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_set_autocommit", ("self", "autocommit"), DJANGO_CHECKED),
+    # The pool-time profile: statements timed in the innermost call, commits timed, timed cursors made.
+    Hook(_postgres_wrapper, "_commit", ("self",), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "make_cursor", ("self", "cursor"), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "make_debug_cursor", ("self", "cursor"), DJANGO_CHECKED),
+    Hook(
+        lambda: CursorWrapper, "_execute", ("self", "sql", "params", "ignored_wrapper_args"), DJANGO_CHECKED
+    ),
+    Hook(
+        lambda: CursorWrapper,
+        "_executemany",
+        ("self", "sql", "param_list", "ignored_wrapper_args"),
+        DJANGO_CHECKED,
+    ),
     Hook(_postgres_creation, "_destroy_test_db", ("self", "test_database_name", "verbosity"), DJANGO_CHECKED),
 )
 _fence(
     "OVERRIDDEN_HOOKS",
-    "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool; MaintenanceTask.run, _run; postgresql "
-    "DatabaseWrapper._configure_connection, _close, _set_autocommit; DatabaseCreation._destroy_test_db",
-    "poolguard overrides them in its pool, its wrapper and its test-database creation",
+    "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool; "
+    "MaintenanceTask.run, _run; postgresql "
+    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _commit, make_cursor, "
+    "make_debug_cursor; CursorWrapper._execute, _executemany; DatabaseCreation._destroy_test_db",
+    "poolguard overrides them in its pool, its wrapper, its timed cursors and its test-database creation",
     f"{PSYCOPG_POOL_CHECKED}; {DJANGO_CHECKED}",
 )
 
@@ -460,9 +489,23 @@ def count_value(counter: count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+_fence(
+    "current_frames",
+    "sys._current_frames() (thread ident -> its innermost frame)",
+    "the profile's watchdog task looks where each holder waits between queries, off the checkout path",
+    PYTHON_CHECKED,
+)
+
+
+def current_frames() -> dict[int, Any]:
+    """Every thread's innermost frame, by thread ident."""
+    return sys._current_frames()
+
+
 __all__ = [
     "CONNECT_CONFIGURATION",
     "DJANGO_CONNECT_PATH",
+    "DJANGO_CURSOR_CLASSES",
     "INTERNALS",
     "OVERRIDDEN_HOOKS",
     "WRAPPER_CONFIGURATION",
@@ -478,6 +521,7 @@ __all__ = [
     "connection_pool",
     "count_request_error",
     "count_value",
+    "current_frames",
     "detach_connection",
     "fail_client",
     "free_connections",

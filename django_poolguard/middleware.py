@@ -45,6 +45,7 @@ from django_poolguard.engine.priority import (
     reset_priority,
     set_priority,
 )
+from django_poolguard.engine.profile import Scope, reset_scope, route_label, set_scope
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted
 
@@ -53,6 +54,9 @@ logger = logging.getLogger("django_poolguard")
 CONTEXT_PATH_CHARS = 120  # ledger labels stay short: a long path adds nothing an engineer needs
 LOG_EVERY = 10.0  # s: under a spike, one WARNING per alias per interval instead of one per request
 _EXHAUSTION_ATTRIBUTE = "_poolguard_exhausted"
+_SCOPE_ATTRIBUTE = "_poolguard_scope"
+#: Methods kept in profile labels; any other is "OTHER" (the method is the client's choice).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class PoolGuardMiddleware:
@@ -73,9 +77,12 @@ class PoolGuardMiddleware:
         token = set_context(request_label(request))
         rules = classifier()
         priority_token = set_priority(route_priority(rules, request.path_info)) if rules else None
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             response = self.get_response(request)
         finally:
+            if scope_token is not None:
+                reset_scope(scope_token)
             if priority_token is not None:
                 reset_priority(priority_token)
             reset_context(token)
@@ -85,14 +92,24 @@ class PoolGuardMiddleware:
         token = set_context(request_label(request))
         rules = classifier()
         priority_token = set_priority(route_priority(rules, request.path_info)) if rules else None
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
             response = await get_response(request)
         finally:
+            if scope_token is not None:
+                reset_scope(scope_token)
             if priority_token is not None:
                 reset_priority(priority_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
+
+    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """The URL is resolved: the request's checkouts are profiled under its pattern."""
+        scope = getattr(request, _SCOPE_ATTRIBUTE, None)
+        match = request.resolver_match
+        if scope is not None and match is not None:
+            scope.label = route_label(_method(request), escape_controls(match.route))
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """The view raised: answer 503 before Django turns it into a 500 (and logs an error)."""
@@ -150,6 +167,17 @@ def route_priority(rules: Classifier, path: str) -> str:
         _route_classes.clear()
     _route_classes[path] = name
     return name
+
+
+def _method(request: HttpRequest) -> str:
+    return request.method if request.method in METHODS else "OTHER"  # type: ignore[return-value]
+
+
+def request_scope(request: HttpRequest) -> Scope:
+    """The request's profile scope, ``"GET (no route)"`` until its URL pattern is known."""
+    scope = Scope(route_label(_method(request), None))
+    setattr(request, _SCOPE_ATTRIBUTE, scope)
+    return scope
 
 
 def find_exhaustion(exception: BaseException | None) -> PoolExhausted | None:

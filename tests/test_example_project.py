@@ -236,6 +236,25 @@ def test_hoard_incident_names_where_the_transaction_began(shop_env) -> None:
     assert guarded["probes_answered"] == guarded["probes"], guarded
 
 
+def test_profile_incident_ranks_the_report_and_flags_the_payment_call_and_the_n_plus_one(shop_env) -> None:
+    guarded = _incident("profile", shop_env)["guarded"]
+    top, found = guarded["top"], guarded["profile_findings"]
+    # The slow report holds the most pool time, and the database is busy for nearly all of it.
+    assert (top[0]["alias"], top[0]["label"]) == ("analytics", "GET /reports/revenue/"), top
+    assert top[0]["db_share"] > 0.9, top[0]
+    # The payment route holds its connection idle across the provider call, named by its line.
+    views = (EXAMPLE / "shop" / "views.py").read_text().splitlines()
+    line = next(i for i, text in enumerate(views, 1) if "# the slow external call" in text)
+    idle = {f["label"]: f for f in found if f["kind"] == "holds connections idle"}
+    assert "POST /payments/pay/" in idle, found
+    assert idle["POST /payments/pay/"]["where"].startswith(f"shop/views.py:{line} in pay > shop/services.py:")
+    assert "GET /reports/revenue/" not in idle
+    # The listing's N+1: a query per category and per product, 105 in one checkout.
+    n_plus_one = {f["label"]: f for f in found if f["kind"] == "N+1"}
+    assert "ran up to 105 queries in one checkout" in n_plus_one["GET /products/by-category/"]["text"]
+    assert "shop/views.py" in n_plus_one["GET /products/by-category/"]["where"]
+
+
 def test_budget_counts_the_analytics_alias_in_every_web_process(shop_env) -> None:
     """The report runs in the gunicorn workers: its pool is opened in each of them."""
     done = subprocess.run(

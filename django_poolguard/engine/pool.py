@@ -240,6 +240,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     ) -> PoolExhausted:
         waited = monotonic() - started
         self.ledger.count("rejected_total" if queue_full else "timeouts_total")
+        self.ledger.profile.mark_exhausted(started + waited)  # the next checkout is a retry
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
         priority = PRIORITY_CLASSES[current_rank()] if self.admission is not None else None

@@ -111,6 +111,8 @@ def pool_snapshot(
         data["checkouts"] = [checkout_snapshot(c, stack_limit) for c in checkouts]
     if pool.admission is not None or ledger.shed_by_priority:
         data["priorities"] = priority_snapshot(pool)
+    if guard_settings.PROFILE:
+        data["top"] = ledger.profile.rows()  # the pool-time profile (fleet/top.py sums it)
     return data
 
 

@@ -130,6 +130,10 @@ def _alias_cards(
                 "acquire_ms": acquire,
                 "sparkline": sparkline(history, now),
                 "priorities": _priority_rows(datas),
+                # The pool-time profile summed over processes (fleet/top.py); None when not published.
+                "top": total.get("top"),
+                "findings": total.get("findings") or [],
+                "busy_ratio": total.get("busy_ratio"),
             }
         )
     return cards
