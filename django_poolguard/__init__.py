@@ -16,7 +16,9 @@ __all__ = [
     "PoolExhausted",
     "checkout_context",
     "current_alias",
+    "current_priority",
     "current_workload",
+    "priority",
     "process_snapshot",
     "snapshot",
     "workload",
@@ -29,6 +31,8 @@ _LAZY = {
     "workload": ("django_poolguard.integrations.workloads", "workload"),
     "current_alias": ("django_poolguard.integrations.workloads", "current_alias"),
     "current_workload": ("django_poolguard.integrations.workloads", "current_workload"),
+    "priority": ("django_poolguard.engine.priority", "priority"),
+    "current_priority": ("django_poolguard.engine.priority", "current_priority"),
 }
 
 

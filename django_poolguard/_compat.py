@@ -67,7 +67,95 @@ _fence(
 
 def waiting_clients(pool: ConnectionPool[Any]) -> list[WaitingClient[Any]]:
     """The queued clients not yet served nor failed (psycopg_pool leaves timed-out ones queued)."""
-    return [client for client in list(pool._waiting) if client.conn is None and client.error is None]
+    return [client for client in list(pool._waiting) if client_pending(client)]
+
+
+_fence(
+    "client_pending",
+    "psycopg_pool WaitingClient.conn, .error and set(conn)",
+    "the priority gate hands a returned connection to the waiter it picks, skipping served and failed ones",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def client_pending(client: WaitingClient[Any]) -> bool:
+    """Neither served nor failed (timed out, or refused)."""
+    return client.conn is None and client.error is None
+
+
+def hand_connection(client: WaitingClient[Any], connection: Any) -> bool:
+    """Give ``connection`` to a waiting client; False if it no longer waits (keep the connection)."""
+    return client.set(connection)
+
+
+_fence(
+    "waiting_queue",
+    "psycopg_pool ConnectionPool._waiting, a deque: append() in _getconn_unchecked, popleft() and "
+    "truth in _add_to_pool, len() in _get_ready_connection and get_stats(), clear() in close()",
+    "the priority gate replaces the queue with one that notes each waiting client's class on arrival",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def install_waiting_queue(pool: ConnectionPool[Any], queue: Any) -> None:
+    """Replace the (still empty) queue of waiting clients; call before the pool opens."""
+    pool._waiting = queue
+
+
+def waiting_queue(pool: ConnectionPool[Any]) -> Any:
+    return pool._waiting
+
+
+_fence(
+    "free_connections",
+    "psycopg_pool ConnectionPool._pool, _max_size, _nconns",
+    "the priority gate counts what is free: idle connections plus those the pool may still open",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def free_connections(pool: ConnectionPool[Any]) -> int:
+    """Idle connections plus those the pool may still open; call under :func:`pool_lock`."""
+    return len(pool._pool) + pool._max_size - pool._nconns
+
+
+def has_idle_connection(pool: ConnectionPool[Any]) -> bool:
+    return bool(pool._pool)
+
+
+_fence(
+    "count_request_error",
+    "psycopg_pool ConnectionPool._stats and _REQUESTS_ERRORS",
+    "a checkout the priority gate refuses counts in get_stats()'s requests_errors as psycopg_pool's own do",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def count_request_error(pool: ConnectionPool[Any]) -> None:
+    """Count a refused checkout; call under :func:`pool_lock`."""
+    pool._stats[pool._REQUESTS_ERRORS] += 1
+
+
+_fence(
+    "keep_idle",
+    "psycopg_pool ConnectionPool._add_to_pool's own steps: Connection._pool = None on return, "
+    "_pool.append(conn), _pool_full_event set once min_size connections are idle",
+    "the priority gate's _add_to_pool chooses the waiter; a connection nobody may take stays idle as "
+    "psycopg_pool keeps it",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def detach_connection(connection: Any) -> None:
+    """Forget the pool a returned connection came from, as psycopg_pool does (no reference loop)."""
+    connection._pool = None
+
+
+def keep_idle(pool: ConnectionPool[Any], connection: Any) -> None:
+    """Put a returned connection back among the idle ones; call under :func:`pool_lock`."""
+    pool._pool.append(connection)
+    if pool._pool_full_event and len(pool._pool) >= pool._min_size:
+        pool._pool_full_event.set()
 
 
 _fence(
@@ -347,12 +435,14 @@ def _postgres_creation() -> type:
     return DatabaseCreation
 
 
-#: Overridden in engine/pool.py (GuardedPool, _TransitTask) and backends/postgresql/ (the wrapper,
-#: its creation class, the profile's timed cursors).
+#: Overridden in engine/pool.py (GuardedPool, PrioritizedPool, _TransitTask) and backends/postgresql/
+#: (the wrapper, its creation class, the profile's timed cursors).
 OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "schedule_task", ("self", "task", "delay"), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: ConnectionPool, "_get_ready_connection", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
+    Hook(lambda: ConnectionPool, "_add_to_pool", ("self", "conn"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: MaintenanceTask, "run", ("self",), PSYCOPG_POOL_CHECKED),
     Hook(lambda: MaintenanceTask, "_run", ("self", "pool"), PSYCOPG_POOL_CHECKED),
     Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
@@ -375,7 +465,8 @@ OVERRIDDEN_HOOKS = (
 )
 _fence(
     "OVERRIDDEN_HOOKS",
-    "ConnectionPool._connect, run_task, schedule_task; MaintenanceTask.run, _run; postgresql "
+    "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool; "
+    "MaintenanceTask.run, _run; postgresql "
     "DatabaseWrapper._configure_connection, _close, _set_autocommit, _commit, make_cursor, "
     "make_debug_cursor; CursorWrapper._execute, _executemany; DatabaseCreation._destroy_test_db",
     "poolguard overrides them in its pool, its wrapper, its timed cursors and its test-database creation",
@@ -424,16 +515,24 @@ __all__ = [
     "ReturnConnection",
     "WaitingClient",
     "called_by_django_connect",
+    "client_pending",
     "close_pool_connection",
     "configure_timezone",
     "connection_pool",
+    "count_request_error",
     "count_value",
     "current_frames",
+    "detach_connection",
     "fail_client",
+    "free_connections",
     "grow_pool",
+    "hand_connection",
+    "has_idle_connection",
     "has_sleeper",
     "idle_connections",
     "initial_state",
+    "install_waiting_queue",
+    "keep_idle",
     "mark_response_logged",
     "pool_growing",
     "pool_lock",
@@ -441,4 +540,5 @@ __all__ = [
     "stop_growing",
     "task_queue_lock",
     "waiting_clients",
+    "waiting_queue",
 ]

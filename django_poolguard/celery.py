@@ -27,6 +27,7 @@ from django_poolguard.backends.postgresql.base import DatabaseWrapper
 from django_poolguard.conf import is_guarded, pool_max_size
 from django_poolguard.engine.context import bounded, reset_context, set_context, set_process_role
 from django_poolguard.engine.pool import all_pools, close_all_pools, keep_pools_open
+from django_poolguard.engine.priority import PRIORITY_CLASSES, rank_for_task, reset_priority, set_priority
 from django_poolguard.escaping import escape_controls
 from django_poolguard.integrations.workloads import WORKER, alias_for, enter, leave, web_alias
 
@@ -39,9 +40,9 @@ logger = logging.getLogger("django_poolguard")
 
 SINGLE_TASK_POOLS = ("prefork", "processes", "solo")  # one task at a time per process
 
-# task id -> (context token, workload token, start), set in task_prerun and reset in task_postrun.
+# task id -> (context token, workload token, start, priority token), set in task_prerun and reset in task_postrun.
 # Both run in the task's own thread/greenlet; a dict keyed by id needs no lock under the GIL.
-_tokens: dict[str, tuple[Any, Any, float]] = {}
+_tokens: dict[str, tuple[Any, Any, float, Any]] = {}
 # True in processes that run one task at a time (prefork children, solo): there, a checkout made
 # by another thread during a task can only come from a thread the task started.
 _one_task_at_a_time = False
@@ -82,7 +83,9 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     task = task or sender
     context_token = set_context(task_label(task, task_id))
     workload_token = None if _is_eager(task) else enter(WORKER)
-    _tokens[str(task_id)] = (context_token, workload_token, monotonic())
+    rank = rank_for_task(getattr(task, "name", None))
+    priority_token = set_priority(PRIORITY_CLASSES[rank]) if rank is not None else None
+    _tokens[str(task_id)] = (context_token, workload_token, monotonic(), priority_token)
 
 
 def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
@@ -96,7 +99,9 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
                 adopt_thread_checkouts(label, tokens[2])
     finally:
         if tokens is not None:
-            context_token, workload_token, _ = tokens
+            context_token, workload_token, _, priority_token = tokens
+            if priority_token is not None:
+                reset_priority(priority_token)
             if workload_token is not None:
                 leave(workload_token)
             reset_context(context_token)

@@ -25,6 +25,7 @@ from django_poolguard.rules import (
     E008,
     E010,
     E015,
+    E017,
     PG_MAX_MILLISECONDS,
     Finding,
     Fraction,
@@ -32,6 +33,8 @@ from django_poolguard.rules import (
     Mapping,
     OneOf,
     PgTimeout,
+    Priorities,
+    Reserve,
     Seconds,
     Setting,
     Switch,
@@ -94,6 +97,11 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
         fix='Use e.g. {"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}, '
         "at maximum autoscale",
     ),
+    "PRIORITIES": Setting(
+        {},
+        Priorities(),
+        fix='Use e.g. {"critical": ["checkout", "/api/pay/*"], "low": ["reports:*", "/reports/*"]}',
+    ),
     # Off by default: it costs about 6 % of a bare checkout's instructions (docs/benchmarks/checkout.md).
     "PROFILE": Setting(False, Switch()),
     "PROFILE_TOP": Setting(
@@ -133,6 +141,13 @@ ALIAS_SETTINGS: dict[str, Setting] = {
     ),
     "idle_in_transaction_timeout": Setting(
         None, PgTimeout(), fix=PG_TIMEOUT_FIX, unset="or remove the key for no timeout"
+    ),
+    "reserve": Setting(
+        None,
+        Reserve(),
+        fix='Use e.g. {"critical": 2, "normal": 1}: the last 2 free connections only for critical work, '
+        "1 more not for low work",
+        unset="or remove the key: every checkout is equal",
     ),
     "timeouts_via": Setting(
         "startup",
@@ -240,6 +255,7 @@ class AliasConfig:
     statement_timeout: float | None
     idle_in_transaction_timeout: float | None
     timeouts_via: str = "startup"
+    reserve: dict[str, int] | None = None  # connections kept back per priority class
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -258,6 +274,7 @@ class AliasConfig:
             statement_timeout=options["statement_timeout"],
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
             timeouts_via=options["timeouts_via"],
+            reserve=dict(options["reserve"]) if options["reserve"] else None,
         )
 
 
@@ -278,7 +295,42 @@ def alias_findings(alias: str, settings_dict: dict[str, Any]) -> list[Finding]:
             finding = find(where, key, guard[key], setting)
             if finding is not None:
                 findings.append(finding)
+    if not findings and guard.get("reserve"):
+        findings.extend(_reserve_findings(where, guard["reserve"], settings_dict))
     return findings
+
+
+def _reserve_findings(where: str, reserve: dict[str, int], settings_dict: dict[str, Any]) -> list[Finding]:
+    """E017: a reserve that leaves nothing for the classes below it."""
+    pool = (settings_dict.get("OPTIONS") or {}).get("pool")
+    if not isinstance(pool, dict) and pool is not True:
+        return [
+            Finding(
+                E017,
+                f"{where}['reserve']",
+                reserve,
+                "",
+                "Add OPTIONS['pool'] (e.g. {'min_size': 2, 'max_size': 10}) or remove the reserve.",
+                text=f"{where}['reserve'] is set but the alias has no pool to reserve connections of.",
+            )
+        ]
+    pool = pool if isinstance(pool, dict) else {}
+    min_size = pool.get("min_size", POOL_ARGUMENTS["min_size"].default)
+    max_size = pool.get("max_size") or min_size
+    kept = sum(reserve.values())
+    if isinstance(max_size, int) and kept >= max_size:
+        return [
+            Finding(
+                E017,
+                f"{where}['reserve']",
+                reserve,
+                "",
+                f"Keep the reserve below max_size (e.g. {{'critical': {max(1, max_size // 5)}}}), or raise max_size.",
+                text=f"{where}['reserve'] keeps {kept} connection(s) back but the pool has max_size={max_size}: "
+                "low-priority work would never get one.",
+            )
+        ]
+    return []
 
 
 def pool_arguments() -> set[str]:

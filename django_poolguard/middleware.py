@@ -5,6 +5,8 @@ session and authentication middleware):
 
 * every checkout made while the request runs is attributed to ``"METHOD /path"`` in the ledger,
   so leak reports and exhaustion errors name the endpoint;
+* with ``POOLGUARD["PRIORITIES"]``, the request's checkouts get its route's priority class
+  (``critical``, ``normal`` or ``low``; see ``docs/priority.md``);
 * a :class:`~django_poolguard.PoolExhausted` raised by the view, or by a middleware below this one,
   becomes ``503 Service Unavailable`` with ``Retry-After`` (JSON for clients that ask for JSON, one
   line of text otherwise), counted in the pool's ``shed_total``. Never a 500, and never a wait past
@@ -28,11 +30,21 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
 
 from django_poolguard import _compat
 from django_poolguard.conf import guard_settings
-from django_poolguard.engine.context import reset_context, set_context
+from django_poolguard.engine.context import current_context, reset_context, set_context
 from django_poolguard.engine.pool import get_pool
+from django_poolguard.engine.priority import (
+    NORMAL_RANK,
+    PRIORITY_CLASSES,
+    Classifier,
+    classifier,
+    current_priority,
+    reset_priority,
+    set_priority,
+)
 from django_poolguard.engine.profile import Scope, reset_scope, route_label, set_scope
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted
@@ -63,17 +75,23 @@ class PoolGuardMiddleware:
         if self.is_async:
             return self.__acall__(request)
         token = set_context(request_label(request))
+        rules = classifier()
+        priority_token = set_priority(route_priority(rules, request.path_info)) if rules else None
         scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             response = self.get_response(request)
         finally:
             if scope_token is not None:
                 reset_scope(scope_token)
+            if priority_token is not None:
+                reset_priority(priority_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         token = set_context(request_label(request))
+        rules = classifier()
+        priority_token = set_priority(route_priority(rules, request.path_info)) if rules else None
         scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
@@ -81,6 +99,8 @@ class PoolGuardMiddleware:
         finally:
             if scope_token is not None:
                 reset_scope(scope_token)
+            if priority_token is not None:
+                reset_priority(priority_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
 
@@ -119,6 +139,36 @@ def request_label(request: HttpRequest) -> str:
     return f"{request.method} {path}"
 
 
+ROUTE_CACHE_SIZE = 4096  # paths remembered with their class; cleared whole when full
+# path -> class name, for the classifier it was computed with. Plain dict reads and writes are atomic
+# under the GIL; two threads computing the same path write the same value.
+_route_classes: dict[str, str] = {}
+_route_rules: list[Classifier | None] = [None]
+
+
+def route_priority(rules: Classifier, path: str) -> str:
+    """The class of the route at ``path`` (``request.path_info``): the first class with a path glob
+    matching it, else with a pattern matching its URL name (``"reports:export"``), else normal.
+    Resolved against the default URLconf once per path, then remembered."""
+    if _route_rules[0] is not rules:
+        _route_classes.clear()
+        _route_rules[0] = rules
+    name = _route_classes.get(path)
+    if name is not None:
+        return name
+    rank = rules.for_path(path)
+    if rank is None and rules.names:
+        try:
+            rank = rules.for_name(resolve(path).view_name)
+        except Resolver404:
+            rank = None
+    name = PRIORITY_CLASSES[NORMAL_RANK if rank is None else rank]
+    if len(_route_classes) >= ROUTE_CACHE_SIZE:
+        _route_classes.clear()
+    _route_classes[path] = name
+    return name
+
+
 def _method(request: HttpRequest) -> str:
     return request.method if request.method in METHODS else "OTHER"  # type: ignore[return-value]
 
@@ -150,8 +200,8 @@ def shed_response(request: HttpRequest, exhausted: PoolExhausted) -> HttpRespons
     retry_after = max(1, math.ceil(float(guard_settings.RETRY_AFTER)))
     pool = get_pool(exhausted.alias)
     if pool is not None:
-        pool.ledger.count("shed_total")
-    _log_shed(exhausted)
+        pool.ledger.count_shed(exhausted.priority or current_priority())
+    _log_shed(exhausted, current_context())
     detail = (
         f"The database is busy (connection pool {exhausted.alias!r} exhausted). Retry in {retry_after} s."
     )
@@ -177,22 +227,39 @@ def shed_response(request: HttpRequest, exhausted: PoolExhausted) -> HttpRespons
 _log_lock = threading.Lock()
 _last_logged: dict[str, float] = {}
 _unlogged: dict[str, int] = {}
+_unlogged_by_class: dict[str, dict[str, int]] = {}
 
 
-def _log_shed(exhausted: PoolExhausted) -> None:
+def _log_shed(exhausted: PoolExhausted, route: str | None = None) -> None:
     alias = exhausted.alias
     now = monotonic()
     with _log_lock:
         _unlogged[alias] = _unlogged.get(alias, 0) + 1
+        if exhausted.priority is not None:
+            by_class = _unlogged_by_class.setdefault(alias, {})
+            by_class[exhausted.priority] = by_class.get(exhausted.priority, 0) + 1
         if now - _last_logged.get(alias, -math.inf) < LOG_EVERY:
             return
         count = _unlogged.pop(alias)
+        by_class = _unlogged_by_class.pop(alias, {})
         _last_logged[alias] = now
+    if exhausted.priority is None:
+        logger.warning(
+            "Answered 503 to %d request(s) on alias %r since the last report because its pool is exhausted: %s",
+            count,
+            alias,
+            escape_controls(str(exhausted)),  # it names holders: threads, tasks, request paths
+        )
+        return
+    classes = ", ".join(f"{by_class[name]} {name}" for name in PRIORITY_CLASSES if by_class.get(name))
     logger.warning(
-        "Answered 503 to %d request(s) on alias %r since the last report because its pool is exhausted: %s",
+        "Answered 503 to %d request(s) on alias %r since the last report (%s); the last, %s-priority %s: %s",
         count,
         alias,
-        escape_controls(str(exhausted)),  # it names holders: threads, tasks, request paths
+        classes,
+        exhausted.priority,
+        route or "outside a request",  # the label is escaped where it is made
+        escape_controls(str(exhausted)),
     )
 
 

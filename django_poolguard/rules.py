@@ -28,6 +28,10 @@ E011 = "django_poolguard.E011"  # a switch that is not True/False
 E012 = "django_poolguard.E012"  # a timeout PostgreSQL cannot take
 E013 = "django_poolguard.E013"  # a workload that is not a name
 E015 = "django_poolguard.E015"  # OPTIONS["poolguard"]["timeouts_via"]
+E017 = "django_poolguard.E017"  # priorities: OPTIONS["poolguard"]["reserve"], POOLGUARD["PRIORITIES"]
+
+#: The priority classes, best first (engine/priority.py ranks them by this order).
+PRIORITY_NAMES = ("critical", "normal", "low")
 
 #: PostgreSQL's timeouts are integer GUCs in milliseconds: at most INT_MAX (about 24.8 days).
 PG_MAX_MILLISECONDS = 2**31 - 1
@@ -214,6 +218,60 @@ class Function(Rule):
 
     def accepts(self, value: Any) -> bool:
         return callable(value)
+
+
+@dataclass(frozen=True)
+class Reserve(Rule):
+    """Connections kept back per class: ``{"critical": 2, "normal": 1}`` (low has none to keep)."""
+
+    check_id: str = E017
+    optional: bool = True
+    expects: str = (
+        'a dict such as {"critical": 2, "normal": 1}: whole numbers >= 0 for "critical" and "normal"'
+    )
+
+    def problem(self, value: Any) -> Problem | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            return Problem(self.check_id, f"it must be {self.expects}")
+        for key, count in value.items():
+            if key not in ("critical", "normal"):
+                known = (
+                    "low has nothing to reserve" if key == "low" else "the classes are critical, normal, low"
+                )
+                return Problem(
+                    self.check_id, f"{shown(key)} is not a class that can reserve connections ({known})"
+                )
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                return Problem(self.check_id, f"{key!r} has {shown(count)}; it must be a whole number >= 0")
+        return None
+
+
+@dataclass(frozen=True)
+class Priorities(Rule):
+    """``{"critical": ["checkout", "/api/pay/*"], "low": ["reports:*"]}``: class to route or task patterns."""
+
+    check_id: str = E017
+    expects: str = 'a dict of class ("critical", "normal", "low") to a list of URL names, paths or task names'
+
+    def problem(self, value: Any) -> Problem | None:
+        if not isinstance(value, dict):
+            return Problem(self.check_id, f"it must be {self.expects}")
+        for key, patterns in value.items():
+            if key not in PRIORITY_NAMES:
+                close = difflib.get_close_matches(str(key), PRIORITY_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "the classes are critical, normal, low"
+                return Problem(self.check_id, f"{shown(key)} is not a priority class ({hint})")
+            if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+                return Problem(self.check_id, f"{key!r} has {shown(patterns)}; it must be a list of patterns")
+            for pattern in patterns:
+                if not isinstance(pattern, str) or not pattern:
+                    return Problem(
+                        self.check_id,
+                        f"{key!r} has the pattern {shown(pattern)}; it must be a non-empty string",
+                    )
+        return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -164,6 +165,123 @@ def test_fail_client():
     _compat.fail_client(client, PoolTimeout("abandoned"))
     assert isinstance(client.error, PoolTimeout), changed("fail_client", "fail() does not record the error")
     assert client.set(object()) is False, changed("fail_client", "a failed client still takes a connection")
+
+
+@canary("client_pending")
+def test_client_pending():
+    served: WaitingClient[Any] = WaitingClient()
+    assert _compat.client_pending(served), changed("client_pending", "a new client looks served or failed")
+    connection = object()
+    assert _compat.hand_connection(served, connection) is True, changed(
+        "client_pending", "a waiting client refused a connection"
+    )
+    assert served.conn is connection and not _compat.client_pending(served), changed(
+        "client_pending", "a served client still looks pending"
+    )
+    assert _compat.hand_connection(served, object()) is False, changed(
+        "client_pending", "a served client took a second connection"
+    )
+    failed: WaitingClient[Any] = WaitingClient()
+    _compat.fail_client(failed, PoolTimeout("timed out"))
+    assert not _compat.client_pending(failed), changed(
+        "client_pending", "a failed client still looks pending"
+    )
+
+
+class _NotingQueue(deque):  # type: ignore[type-arg]
+    """Records what psycopg_pool does to its waiting queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def append(self, client: Any) -> None:
+        self.calls.append("append")
+        super().append(client)
+
+    def popleft(self) -> Any:
+        self.calls.append("popleft")
+        return super().popleft()
+
+    def clear(self) -> None:
+        self.calls.append("clear")
+        super().clear()
+
+
+@canary("waiting_queue")
+def test_waiting_queue(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    queue = _NotingQueue()
+    _compat.install_waiting_queue(pool, queue)
+    assert _compat.waiting_queue(pool) is queue
+    held = pool.getconn(2)
+    taken: list[Any] = []
+    waiter = threading.Thread(target=lambda: taken.append(pool.getconn(5)))
+    waiter.start()
+    assert wait_until(lambda: len(queue) == 1, 5), changed(
+        "waiting_queue", "a waiting checkout did not go through the pool's _waiting.append()"
+    )
+    assert pool.get_stats()["requests_waiting"] == 1, changed(
+        "waiting_queue", "get_stats() ignores the queue"
+    )
+    pool.putconn(held)
+    waiter.join(5)
+    assert taken and queue.calls == ["append", "popleft"], changed(
+        "waiting_queue", f"a returned connection reached the waiter by {queue.calls}"
+    )
+    pool.putconn(taken[0])
+    pool.close(timeout=1)
+    assert queue.calls[-1] == "clear", changed("waiting_queue", "close() does not clear the queue")
+
+
+@canary("free_connections")
+def test_free_connections(make_alias):
+    alias = make_alias(pool={"min_size": 1, "max_size": 3, "timeout": 2})
+    pool = open_pool(alias)
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"], 5)
+    with _compat.pool_lock(pool):
+        stats = pool.get_stats()
+        assert _compat.free_connections(pool) == 3 == stats["pool_available"] + 3 - stats["pool_size"], (
+            changed("free_connections", f"an idle pool is not all free ({stats})")
+        )
+        assert _compat.has_idle_connection(pool), changed("free_connections", "no idle connection seen")
+    held = [pool.getconn(2) for _ in range(3)]
+    with _compat.pool_lock(pool):
+        assert _compat.free_connections(pool) == 0, changed("free_connections", "a full pool has some free")
+        assert not _compat.has_idle_connection(pool)
+    for connection in held:
+        pool.putconn(connection)
+
+
+@canary("count_request_error")
+def test_count_request_error(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    before = pool.get_stats().get("requests_errors", 0)
+    with _compat.pool_lock(pool):
+        _compat.count_request_error(pool)
+    assert pool.get_stats().get("requests_errors", 0) == before + 1, changed(
+        "count_request_error", "get_stats() does not report the counted error"
+    )
+
+
+@canary("keep_idle")
+def test_keep_idle(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
+    pool = open_pool(alias)
+    connection = pool.getconn(2)
+    assert _compat.connection_pool(connection) is pool
+    _compat.detach_connection(connection)
+    assert _compat.connection_pool(connection) is None, changed("keep_idle", "the connection kept its pool")
+    with _compat.pool_lock(pool):
+        _compat.keep_idle(pool, connection)
+    assert pool.get_stats()["pool_available"] == 1, changed(
+        "keep_idle", "the idle connection was not counted"
+    )
+    again = pool.getconn(2)
+    assert again is connection, changed("keep_idle", "the pool handed out another connection")
+    pool.putconn(again)
 
 
 @canary("idle_connections")
@@ -486,7 +604,7 @@ def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
     plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
     guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
     assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
-    taken = own & (set(vars(plain)) | set(dir(ConnectionPool)))
+    taken = (own | {"admission"}) & (set(vars(plain)) | set(dir(ConnectionPool)))
     assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
 
 

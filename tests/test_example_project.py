@@ -150,8 +150,8 @@ def _incident(name: str, env: dict[str, str]) -> dict:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    native, guarded = json.loads(done.stdout[done.stdout.find("[") :])
-    return {"native": native, "guarded": guarded, "progress": done.stderr}
+    runs = {run["mode"]: run for run in json.loads(done.stdout[done.stdout.find("[") :])}
+    return {**runs, "progress": done.stderr}
 
 
 def _leak_events(dbname: str, params: dict[str, str]) -> int:
@@ -217,6 +217,17 @@ def test_slow_report_incident_names_the_report_and_keeps_the_site_answering(shop
 
 
 HOARD_THRESHOLD = 2  # the shop's web alias
+
+
+def test_spike_incident_keeps_checkouts_served_with_priorities(shop_env) -> None:
+    runs = _incident("spike", shop_env)
+    assert set(runs) == {"native", "guarded", "prioritized", "progress"}
+    prioritized, guarded = runs["prioritized"], runs["guarded"]
+    assert prioritized["checkouts"] > 0 and guarded["checkouts"] > 0
+    # Checkout is critical: the reserve keeps the last two web connections for it through the spike.
+    assert prioritized["checkouts_served"] == prioritized["checkouts"], prioritized
+    assert prioritized["failed_5xx"] == 0 and guarded["failed_5xx"] == 0
+    print({side: (r["checkouts_served"], r["checkouts"]) for side, r in runs.items() if side != "progress"})
 
 
 def test_hoard_incident_names_where_the_transaction_began(shop_env) -> None:

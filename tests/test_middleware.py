@@ -9,6 +9,7 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import connections
+from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 
 from django_poolguard import PoolExhausted, middleware
@@ -186,3 +187,31 @@ def test_long_paths_are_cut_in_the_label():
     label = middleware.request_label(RequestFactory().post("/" + "a" * 500 + "?x=1"))
     assert label.startswith("POST /aaa") and len(label) == len("POST ") + middleware.CONTEXT_PATH_CHARS
     assert "?" not in label
+
+
+@override_settings(POOLGUARD={"PROFILE": True, "PRIORITIES": {"low": ["/reports/*"]}})
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_each_request_gets_its_priority_class_and_profile_scope(is_async):
+    """Both run in the same request, on the sync and the async path, and both end with it."""
+    from django.test import RequestFactory
+
+    from django_poolguard.engine.priority import current_priority
+    from django_poolguard.engine.profile import current_scope
+
+    seen = {}
+
+    def look(request):
+        scope = current_scope()
+        seen.update(priority=current_priority(), scope=scope and scope.label)
+        return HttpResponse("ok")
+
+    async def alook(request):
+        return look(request)
+
+    request = RequestFactory().get("/reports/daily/")
+    if is_async:
+        async_to_sync(middleware.PoolGuardMiddleware(alook))(request)
+    else:
+        middleware.PoolGuardMiddleware(look)(request)
+    assert seen == {"priority": "low", "scope": "GET (no route)"}
+    assert current_priority() == "normal" and current_scope() is None

@@ -140,6 +140,7 @@ class Ledger:
         self.timeouts_total = 0  # checkouts that waited the whole pool timeout
         self.rejected_total = 0  # checkouts refused at once: max_waiting clients already queued
         self.shed_total = 0  # requests the middleware answered 503 because of this pool
+        self.shed_by_priority: dict[str, int] = {}  # the same by the request's priority class
         self.leaks_total = 0
         self.hoards_total = 0
         self.invariant_violations_total = 0  # slot check faults: lost slots, surplus, wedged pool (slots.py)
@@ -191,6 +192,11 @@ class Ledger:
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+
+    def count_shed(self, priority: str) -> None:
+        with self._lock:
+            self.shed_total += 1
+            self.shed_by_priority[priority] = self.shed_by_priority.get(priority, 0) + 1
 
     def count_reclaimed(self, reason: str) -> None:
         with self._lock:

@@ -23,6 +23,14 @@ from django_poolguard.conf import AliasConfig, guard_settings
 from django_poolguard.engine import stacks
 from django_poolguard.engine.context import bounded, current_context
 from django_poolguard.engine.ledger import Ledger
+from django_poolguard.engine.priority import (
+    PRIORITY_CLASSES,
+    Admission,
+    PriorityEvicted,
+    PriorityShed,
+    WaitingQueue,
+    current_rank,
+)
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted, PoolQueueFull
 
@@ -33,6 +41,9 @@ SLOTS_CRITICAL_FOR = 60.0  # s the alias's health stays critical after the slot 
 
 class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     """A ``ConnectionPool`` that records every checkout in a :class:`Ledger`."""
+
+    #: The priority gate: only :class:`PrioritizedPool` (an alias with a ``reserve``) has one.
+    admission: Admission | None = None
 
     def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
         self.config = config
@@ -71,7 +82,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         try:
             connection = super().getconn(timeout)
         except TooManyRequests as exc:
-            raise self._exhausted(started, queue_full=True) from exc
+            raise self._exhausted(started, queue_full=True, cause=exc) from exc
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         try:
@@ -224,30 +235,108 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             _compat.close_pool_connection(self, connection)
         return len(closing)
 
-    def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
+    def _exhausted(
+        self, started: float, *, queue_full: bool, cause: BaseException | None = None
+    ) -> PoolExhausted:
         waited = monotonic() - started
         self.ledger.count("rejected_total" if queue_full else "timeouts_total")
         self.ledger.profile.mark_exhausted(started + waited)  # the next checkout is a retry
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
-        if queue_full:
+        priority = PRIORITY_CLASSES[current_rank()] if self.admission is not None else None
+        if isinstance(cause, PriorityShed):
+            head = f"pool {self.config.alias!r} refused a {priority}-priority checkout at once: {cause} ({in_use})"
+        elif isinstance(cause, PriorityEvicted):
+            head = f"pool {self.config.alias!r} refused a waiting {priority}-priority checkout: {cause} ({in_use})"
+        elif queue_full:
             head = f"pool {self.config.alias!r} refused a checkout: {state['waiting']} requests already waiting (max_waiting={self.max_waiting}; {in_use})"
         elif state["in_use"] < state["max"] and self.connection_errors():
-            cause = (
+            reason = (
                 f"; the last one failed with: {self.last_connect_error}"
                 if self.last_connect_error
                 else ": is the database reachable?"
             )
             head = (
                 f"pool {self.config.alias!r} could not get a connection after {waited:.1f} s "
-                f"({in_use}; {self.connection_errors()} failed connection attempts{cause})"
+                f"({in_use}; {self.connection_errors()} failed connection attempts{reason})"
             )
         else:
             head = f"pool {self.config.alias!r} exhausted after {waited:.1f} s ({in_use})"
         holders = describe_holders(self)
         message = f"{head}: {holders}" if holders else head
         error_class = PoolQueueFull if queue_full else PoolExhausted
-        return error_class(message, alias=self.config.alias, waited=waited, queue_full=queue_full)
+        return error_class(
+            message, alias=self.config.alias, waited=waited, queue_full=queue_full, priority=priority
+        )
+
+
+class PrioritizedPool(GuardedPool):
+    """A :class:`GuardedPool` with a priority gate (:mod:`django_poolguard.engine.priority`), for
+    an alias with a ``reserve``. A subclass, so pools without one run exactly GuardedPool's code.
+
+    psycopg_pool calls ``_get_ready_connection`` and ``_add_to_pool`` under its own lock: the
+    gate decides there, and takes no other lock.
+    """
+
+    admission: Admission
+
+    def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
+        super().__init__(*args, config=config, **kwargs)
+        self.admission = Admission(config.reserve or {}, self.timeout)
+        _compat.install_waiting_queue(self, WaitingQueue())
+
+    # psycopg_pool's private state is read here through _compat, under its lock (tests/test_compat.py).
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        admission = self.admission
+        rank = current_rank()
+        queue: WaitingQueue = _compat.waiting_queue(self)
+        free = _compat.free_connections(self)
+        if admission.admits(rank, free):
+            if self.max_waiting and len(queue) >= self.max_waiting and not _compat.has_idle_connection(self):
+                admission.evict_for(rank, queue)
+            connection = super()._get_ready_connection(timeout)
+            if connection is not None:
+                admission.observe(rank, 0.0)  # served at once; a queued one is timed when handed one
+            return connection
+        if rank == len(PRIORITY_CLASSES) - 1 and admission.floor[rank]:
+            raise admission.refuse(rank, free)  # low work does not queue for reserved connections
+        # Wait in line without taking a reserved idle connection; psycopg_pool then queues us.
+        if timeout is not None and timeout <= 0.0:
+            raise PoolTimeout()
+        if self.max_waiting and len(queue) >= self.max_waiting:
+            if not admission.evict_for(rank, queue):
+                _compat.count_request_error(self)
+                raise TooManyRequests(f"the pool {self.name!r} has already {len(queue)} requests waiting")
+        return None
+
+    def _add_to_pool(self, conn: Any) -> None:
+        admission = self.admission
+        # psycopg_pool's own, but the connection goes to the best waiter the reserve allows,
+        # not to the first in line; with none, it stays idle (kept for the reserve).
+        _compat.detach_connection(conn)
+        if self.closed:
+            _compat.close_pool_connection(self, conn)
+            return
+        with _compat.pool_lock(self):
+            if self.closed:
+                _compat.close_pool_connection(self, conn)
+                return
+            queue: WaitingQueue = _compat.waiting_queue(self)
+            free = _compat.free_connections(self) + 1
+            while queue and (client := admission.pick(queue, free)) is not None:
+                waiter = queue.waiters.get(id(client))
+                queue.drop(client)
+                if _compat.hand_connection(client, conn):
+                    if waiter is not None:
+                        admission.observe(waiter.rank, monotonic() - waiter.since)
+                    return
+            _compat.keep_idle(self, conn)
+
+
+def pool_class(config: AliasConfig) -> type[GuardedPool]:
+    """The pool an alias gets: with a priority ``reserve``, the one with a gate."""
+    return PrioritizedPool if config.reserve else GuardedPool
 
 
 @dataclass(frozen=True)
@@ -584,6 +673,7 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
 __all__ = [
     "GuardedPool",
     "PoolClosed",
+    "PrioritizedPool",
     "Registry",
     "after_fork_in_child",
     "all_pools",
@@ -595,6 +685,7 @@ __all__ = [
     "get_pool",
     "keep_pools_open",
     "on_pool_created",
+    "pool_class",
     "pools_kept_open",
     "register_backend",
     "registry",

@@ -104,6 +104,15 @@ class CheckoutSnapshot(TypedDict):
 EncodedPoint = list[float]
 
 
+class PrioritySnapshot(TypedDict):
+    """One priority class of one alias of one process (aliases with priorities only)."""
+
+    acquired_total: int  # checkouts served
+    refused_total: int  # refused at once by the reserve, or to make room for a better class
+    shed_total: int  # answered 503 by the middleware
+    acquire_ms: Percentiles
+
+
 class AliasSnapshot(PoolState):
     """One alias of one process: the ``processes[].aliases`` values of ``poolstats --json``."""
 
@@ -124,6 +133,8 @@ class AliasSnapshot(PoolState):
     leak_threshold: float
     checkouts: NotRequired[list[CheckoutSnapshot]]
     history: NotRequired[list[EncodedPoint]]
+    #: By class (``critical``, ``normal``, ``low``), when the alias has a reserve or sheds by class.
+    priorities: NotRequired[dict[str, PrioritySnapshot]]
     #: The pool-time profile: per label, ranked by pool-seconds (``engine.profile.TopRow``); an
     #: optional key older readers drop, so no new schema version.
     top: NotRequired[list[TopRow]]
@@ -425,12 +436,34 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
         pool["checkouts"] = [_checkout(c, f"{path}.checkouts[{i}]") for i, c in enumerate(checkouts)]
     if history and "history" in data:
         pool["history"] = _checked_history(data["history"])
+    if "priorities" in data:
+        pool["priorities"] = _priorities(data["priorities"], f"{path}.priorities")
     if "top" in data:
         rows = _list(data["top"], f"{path}.top")
         if len(rows) > MAX_TOP_ROWS:
             raise _Invalid(f"{path}.top", f"at most {MAX_TOP_ROWS} rows", rows)
         pool["top"] = [_top_row(row, f"{path}.top[{i}]") for i, row in enumerate(rows)]
     return pool
+
+
+MAX_PRIORITIES = 16  # three classes today; room for more without reading an unbounded dict
+
+
+def _priorities(value: Any, path: str) -> dict[str, PrioritySnapshot]:
+    classes = _object(value, path)
+    if len(classes) > MAX_PRIORITIES:
+        raise _Invalid(path, f"at most {MAX_PRIORITIES} classes", classes)
+    out: dict[str, PrioritySnapshot] = {}
+    for name, entry in classes.items():
+        where = f"{path}.{name}"
+        data = _object(entry, where)
+        out[_name(name, path)] = {
+            "acquired_total": _count(data.get("acquired_total", 0), f"{where}.acquired_total"),
+            "refused_total": _count(data.get("refused_total", 0), f"{where}.refused_total"),
+            "shed_total": _count(data.get("shed_total", 0), f"{where}.shed_total"),
+            "acquire_ms": _percentiles(data.get("acquire_ms", {}), f"{where}.acquire_ms"),
+        }
+    return out
 
 
 # --- The pool-time profile's rows (aliases.<alias>.top[]) -------------------------------------

@@ -12,6 +12,7 @@ from django_poolguard.engine import stacks
 from django_poolguard.engine.context import process_role
 from django_poolguard.engine.ledger import Checkout, percentiles
 from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.engine.priority import PRIORITY_CLASSES
 from django_poolguard.fleet.schema import (
     CRITICAL,
     HEALTHY,
@@ -21,6 +22,7 @@ from django_poolguard.fleet.schema import (
     CheckoutSnapshot,
     Percentiles,
     PoolState,
+    PrioritySnapshot,
     ProcessSnapshot,
 )
 
@@ -107,9 +109,28 @@ def pool_snapshot(
     }
     if with_checkouts:
         data["checkouts"] = [checkout_snapshot(c, stack_limit) for c in checkouts]
+    if pool.admission is not None or ledger.shed_by_priority:
+        data["priorities"] = priority_snapshot(pool)
     if guard_settings.PROFILE:
         data["top"] = ledger.profile.rows()  # the pool-time profile (fleet/top.py sums it)
     return data
+
+
+def priority_snapshot(pool: GuardedPool) -> dict[str, PrioritySnapshot]:
+    """Served, refused and shed checkouts and acquire times, by priority class."""
+    shed = dict(pool.ledger.shed_by_priority)
+    admission = pool.admission
+    totals = admission.totals() if admission is not None else {}
+    out: dict[str, PrioritySnapshot] = {}
+    for rank, name in enumerate(PRIORITY_CLASSES):
+        total = totals.get(name)
+        out[name] = {
+            "acquired_total": total.acquired if total else 0,
+            "refused_total": total.refused if total else 0,
+            "shed_total": shed.get(name, 0),
+            "acquire_ms": _percentiles(admission.acquire_samples(rank) if admission else []),
+        }
+    return out
 
 
 def checkout_snapshot(checkout: Checkout, stack_limit: int | None = 20) -> CheckoutSnapshot:

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.ledger import Ledger
 from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.engine.priority import NORMAL, PRIORITY_CLASSES
 from django_poolguard.engine.profile import OTHER, busy_ratio
 
 # Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
@@ -80,8 +81,14 @@ acquire_rejected = Counter(
 )
 requests_shed = Counter(
     "poolguard_requests_shed_total",
-    "Requests PoolGuardMiddleware answered 503 because the alias's pool was exhausted.",
-    ["alias"],
+    "Requests PoolGuardMiddleware answered 503 because the alias's pool was exhausted, by priority class.",
+    ["alias", "priority"],
+)
+priority_acquire_seconds = Histogram(
+    "poolguard_priority_acquire_seconds",
+    "Time a checkout waited for a connection, by priority class (aliases with a reserve only).",
+    ["alias", "priority"],
+    buckets=ACQUIRE_BUCKETS,
 )
 leaks_detected = Counter(
     "poolguard_leaks_detected_total",
@@ -133,7 +140,6 @@ db_busy_ratio = Gauge(
 _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
     (acquire_timeouts, {}, lambda pool: pool.ledger.timeouts_total),
     (acquire_rejected, {}, lambda pool: pool.ledger.rejected_total),
-    (requests_shed, {}, lambda pool: pool.ledger.shed_total),
     (leaks_detected, {"kind": "leak"}, lambda pool: pool.ledger.leaks_total),
     (leaks_detected, {"kind": "hoard"}, lambda pool: pool.ledger.hoards_total),
     (connections_opened, {}, lambda pool: pool.connections_opened()),
@@ -153,6 +159,7 @@ class _PoolProgress:
         self.pool_ref = weakref.ref(pool)
         self.acquire_seq = 0
         self.held_seq = 0
+        self.priority_seq = [0] * len(PRIORITY_CLASSES)
         self.totals: dict[tuple[int, tuple[tuple[str, str], ...]], int] = {}
         self.profile_last: dict[str, tuple[float, float]] = {}  # profile label -> exported totals
         self.exported_labels: set[str] = set()  # labels with their own series (PROFILE_TOP at most)
@@ -171,6 +178,7 @@ def _initialize(alias: str) -> None:
         counter.labels(alias=alias, **extra)
     acquire_seconds.labels(alias=alias)
     checkout_seconds.labels(alias=alias)
+    requests_shed.labels(alias=alias, priority=NORMAL)
 
 
 class Exporter:
@@ -233,6 +241,18 @@ class Exporter:
             grown = progress.delta((-1, (("reason", reason),)), value)
             if grown:
                 connections_reclaimed.labels(alias=alias, reason=reason).inc(grown)
+        for priority, value in dict(ledger.shed_by_priority).items():
+            grown = progress.delta((-2, (("priority", priority),)), value)
+            if grown:
+                requests_shed.labels(alias=alias, priority=priority).inc(grown)
+        if pool.admission is not None:
+            for rank, priority in enumerate(PRIORITY_CLASSES):
+                samples, progress.priority_seq[rank] = pool.admission.samples_since(
+                    rank, progress.priority_seq[rank]
+                )
+                histogram = priority_acquire_seconds.labels(alias=alias, priority=priority)
+                for sample in samples:
+                    histogram.observe(sample)
         if guard_settings.PROFILE:
             _export_profile(alias, pool, progress)
 

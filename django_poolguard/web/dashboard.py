@@ -19,9 +19,11 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard.conf import hostname, is_guarded
+from django_poolguard.engine.priority import PRIORITY_CLASSES
 from django_poolguard.fleet.activity import longest_first, session_age, sessions
 from django_poolguard.fleet.collect import AliasTotals, collect, totals
 from django_poolguard.fleet.schema import (
+    AliasSnapshot,
     EncodedPoint,
     HistoryPoint,
     Percentiles,
@@ -127,6 +129,7 @@ def _alias_cards(
                 "utilization_pct": round(100 * total["in_use"] / total["max"]) if total["max"] else 0,
                 "acquire_ms": acquire,
                 "sparkline": sparkline(history, now),
+                "priorities": _priority_rows(datas),
                 # The pool-time profile summed over processes (fleet/top.py); None when not published.
                 "top": total.get("top"),
                 "findings": total.get("findings") or [],
@@ -134,6 +137,29 @@ def _alias_cards(
             }
         )
     return cards
+
+
+def _priority_rows(datas: list[AliasSnapshot]) -> list[dict[str, Any]]:
+    """Per priority class over the processes: counts summed, the worst process's acquire times."""
+    entries = [d["priorities"] for d in datas if "priorities" in d]
+    if not entries:
+        return []
+    names = [name for name in PRIORITY_CLASSES if any(name in e for e in entries)]
+    names += sorted({name for e in entries for name in e} - set(names))  # a newer release's classes
+    rows = []
+    for name in names:
+        classes = [e[name] for e in entries if name in e]
+        rows.append(
+            {
+                "name": name,
+                "acquired_total": sum(c["acquired_total"] for c in classes),
+                "refused_total": sum(c["refused_total"] for c in classes),
+                "shed_total": sum(c["shed_total"] for c in classes),
+                "acquire_p50_ms": max(c["acquire_ms"]["p50"] for c in classes),
+                "acquire_p99_ms": max(c["acquire_ms"]["p99"] for c in classes),
+            }
+        )
+    return rows
 
 
 def _process_rows(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:

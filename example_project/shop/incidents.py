@@ -27,6 +27,7 @@ from django.db import connections
 from django_poolguard import workload
 
 PROBE_PATH = "/products/"
+CHECKOUT_PATH = "/checkout/"
 # A probe answer slower than this is "not answering": the guarded web pool's timeout is 3 s.
 ANSWER_WITHIN = 4.0
 
@@ -55,6 +56,8 @@ class Scenario:
     run: Callable[[Run], None]
     duration: float
     warmup: tuple[str, ...] = (PROBE_PATH,)  # production pools are warm: connect before the clock starts
+    # The SHOP_POOL_MODE of each run: Django's pool, poolguard, and for some poolguard with priorities.
+    sides: tuple[str, ...] = ("native", "guarded")
 
 
 @dataclass
@@ -132,6 +135,17 @@ class Run:
         for i in range(3):
             self.spawn(loop, f"probe-{i}")
 
+    def buyers(self, until: float) -> None:
+        """Two shoppers checking out every 0.2 s: the critical work of the shop."""
+
+        def loop() -> None:
+            while self.now() < until:
+                self.request("POST", CHECKOUT_PATH)
+                time.sleep(0.2)
+
+        for i in range(2):
+            self.spawn(loop, f"buyer-{i}")
+
     def wait(self, until: float) -> None:
         while self.now() < until:
             time.sleep(0.1)
@@ -181,8 +195,20 @@ class Run:
             "named_at_s": named_at,
             "named": named,
             "first_error": first_error.text if first_error else "",
+            **self._checkouts(),
             "findings": [f"{f.at:>6.2f} s  {f.source}: {f.text[:400]}" for f in self.findings[:12]],
             **self.extra,
+        }
+
+    def _checkouts(self) -> dict[str, Any]:
+        """How the shoppers' checkouts fared, when the scenario has any."""
+        checkouts = [r for r in self.responses if r.path == CHECKOUT_PATH]
+        if not checkouts:
+            return {}
+        return {
+            "checkouts": len(checkouts),
+            "checkouts_served": sum(1 for r in checkouts if r.status < 400),
+            "checkout_worst_s": round(max(r.elapsed for r in checkouts), 2),
         }
 
 
@@ -276,8 +302,10 @@ def _slow_report(run: Run) -> None:
 
 def _spike(run: Run) -> None:
     # 1000 rps on 20 connections, scaled: 40 clients at once on 6 connections, each request an
-    # N+1 listing holding its connection for a hundred round trips, three waves.
+    # N+1 listing holding its connection for a hundred round trips, three waves. Meanwhile
+    # shoppers keep buying: the checkouts are what the spike must not cost.
     run.probe(until=8)
+    run.buyers(until=8)
     for _ in range(3):
         run.burst(40, "GET", "/products/by-category/")
         time.sleep(2)
@@ -378,6 +406,7 @@ SCENARIOS: dict[str, Scenario] = {
             ["/products/by-category/", "products_by_category"],
             _spike,
             duration=10,
+            sides=("native", "guarded", "prioritized"),
         ),
         Scenario(
             "hoard",

@@ -37,9 +37,12 @@ GUNICORN_WORKERS = 2
 CELERY_WORKER_CONCURRENCY = 2  # <= the worker alias's max_size (3): checked at worker start
 
 POOL_MODE = os.environ.get("SHOP_POOL_MODE", "guarded")
-if POOL_MODE not in ("guarded", "native"):
-    raise ValueError(f"SHOP_POOL_MODE is {POOL_MODE!r}; use 'guarded' (default) or 'native'.")
-GUARDED = POOL_MODE == "guarded"
+if POOL_MODE not in ("guarded", "native", "prioritized"):
+    raise ValueError(f"SHOP_POOL_MODE is {POOL_MODE!r}; use 'guarded' (default), 'prioritized' or 'native'.")
+GUARDED = POOL_MODE in ("guarded", "prioritized")
+# "prioritized": guarded, plus priority classes: checkout and payments keep the last two web
+# connections, the revenue report is shed first (see docs/priority.md).
+PRIORITIZED = POOL_MODE == "prioritized"
 # django-prometheus 2.5 pins Django < 6.1: without it /metrics is served by prometheus_client alone.
 DJANGO_PROMETHEUS = importlib.util.find_spec("django_prometheus") is not None
 
@@ -115,6 +118,8 @@ if GUARDED:
                 "hoard_threshold": 2,
                 "statement_timeout": 2,
                 "idle_in_transaction_timeout": 30,
+                # The last 2 free connections only for critical work, 1 more not for low work.
+                **({"reserve": {"critical": 2, "normal": 1}} if PRIORITIZED else {}),
             },
         ),
         # Celery tasks: their own bounded pool, so a backfill can only drain this one.
@@ -165,6 +170,9 @@ POOLGUARD = {
     else {},
     "RESERVED_CONNECTIONS": 10,
 }
+if PRIORITIZED:
+    # By URL name: buying and paying are what the shop lives on; the report can wait for a quiet hour.
+    POOLGUARD["PRIORITIES"] = {"critical": ["checkout", "pay"], "low": ["revenue-report"]}
 
 # --- Celery -----------------------------------------------------------------------------------
 

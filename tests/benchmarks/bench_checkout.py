@@ -6,8 +6,8 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
 
     python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
-
     python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
+    python tests/benchmarks/bench_checkout.py --priorities     # adds an alias with a priority reserve
 
 "poolguard" runs with the pool-time profile (``PROFILE``, the default) on, "profile off" without it.
 
@@ -34,6 +34,10 @@ from django.conf import settings
 from django_poolguard.testing import database_settings
 
 POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
+# --priorities: the reserve's 3 connections come on top, so 8 threads never dip into it (the
+# uncontended path); min_size keeps the same 8 sessions open as the other pools.
+PRIORITY_POOL = {**POOL, "max_size": 11}
+PRIORITY_GUARD = {"reserve": {"critical": 2, "normal": 1}}
 
 
 def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
@@ -54,6 +58,11 @@ def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
                 "OPTIONS": {"pool": POOL, "poolguard": guard},
             },
             "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
+            "priorities": {
+                "ENGINE": "django_poolguard.backends.postgresql",
+                **connection,
+                "OPTIONS": {"pool": PRIORITY_POOL, "poolguard": {**guard, **PRIORITY_GUARD}},
+            },
         },
     )
     django.setup()
@@ -117,13 +126,15 @@ def count_instructions(
     return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
 
 
-def instructions(timeouts_via: str | None = None) -> None:
+def instructions(timeouts_via: str | None = None, priorities: bool = False) -> None:
     rows = {
         "native": ("native", True, True),
         "poolguard": ("poolguard", True, True),
         "poolguard, profile off": ("poolguard", True, False),
         "poolguard, no stacks": ("poolguard", False, True),
     }
+    if priorities:
+        rows["poolguard, priorities"] = ("priorities", True, True)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -138,7 +149,7 @@ def instructions(timeouts_via: str | None = None) -> None:
         print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
 
 
-def opcodes() -> None:
+def opcodes(priorities: bool = False) -> None:
     """Python bytecodes executed per checkout, by engine: exact and the same on a busy machine
     (C work, libpq and the server are not counted; see --instructions for those)."""
     from django_poolguard.conf import guard_settings
@@ -158,6 +169,8 @@ def opcodes() -> None:
         "poolguard, profile off": ("poolguard", True, False),
         "poolguard, no stacks": ("poolguard", False, True),
     }
+    if priorities:
+        rows["poolguard, priorities"] = ("priorities", True, True)
     print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
     print()
     print("| engine | bytecodes per checkout | / native |")
@@ -201,6 +214,11 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
     parser.add_argument("--opcodes", action="store_true", help="count Python bytecodes per checkout")
     parser.add_argument(
+        "--priorities",
+        action="store_true",
+        help='add "poolguard, priorities": an alias with reserve {"critical": 2, "normal": 1}',
+    )
+    parser.add_argument(
         "--timeouts-via",
         choices=["startup", "set"],
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
@@ -208,11 +226,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.opcodes:
         configure(capture_stacks=True)
-        opcodes()
+        opcodes(args.priorities)
         return
     if args.instructions:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
-        instructions(args.timeouts_via)
+        instructions(args.timeouts_via, args.priorities)
         return
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
@@ -224,6 +242,8 @@ def main() -> None:
         "profile off": ("poolguard", True, False),
         "poolguard, no stacks": ("poolguard", False, True),
     }
+    if args.priorities:
+        engines["poolguard, priorities"] = ("priorities", True, True)
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
@@ -236,10 +256,12 @@ def main() -> None:
     if args.timeouts_via:
         print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
+    extra = " priorities / native |" if args.priorities else ""
     print(
         f"| threads | {' | '.join(engines)} | poolguard / native | profile off / native | no stacks / native |"
+        f"{extra}"
     )
-    print("|---|" + "---|" * len(engines) + "---|---|---|")
+    print("|---|" + "---|" * len(engines) + "---|---|---|" + ("---|" if extra else ""))
     for threads in args.threads:
         results: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.rounds):
@@ -254,7 +276,10 @@ def main() -> None:
         ratio = medians["poolguard"] / medians["native"]
         bare = medians["poolguard, no stacks"] / medians["native"]
         unprofiled = medians["profile off"] / medians["native"]
-        print(f"| {threads} | {cells} | {ratio:.3f} | {unprofiled:.3f} | {bare:.3f} |")
+        row = f"| {threads} | {cells} | {ratio:.3f} | {unprofiled:.3f} | {bare:.3f} |"
+        if args.priorities:
+            row += f" {medians['poolguard, priorities'] / medians['native']:.3f} |"
+        print(row)
 
 
 if __name__ == "__main__":

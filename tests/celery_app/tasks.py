@@ -106,3 +106,11 @@ def leak_into_thread(seconds: float) -> int:
     threading.Thread(target=run, name="report-uploader", daemon=True).start()
     started.wait(10)
     return os.getpid()
+
+
+@app.task
+def priority_class() -> str:
+    """The priority class the task's checkouts get (POOLGUARD["PRIORITIES"] by task name)."""
+    from django_poolguard import current_priority
+
+    return current_priority()

@@ -56,7 +56,7 @@ def shed_total(metrics_text: str) -> float:
     return sum(
         float(value)
         for value in re.findall(
-            r'^poolguard_requests_shed_total\{alias="default"\} (\S+)$', metrics_text, re.M
+            r'^poolguard_requests_shed_total\{alias="default",priority="\w+"\} (\S+)$', metrics_text, re.M
         )
     )
 

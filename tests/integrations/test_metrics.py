@@ -28,7 +28,8 @@ DOCUMENTED_METRICS = {
     "poolguard_acquire_seconds": ("histogram", {"alias"}),
     "poolguard_checkout_seconds": ("histogram", {"alias"}),
     "poolguard_acquire_timeouts": ("counter", {"alias"}),
-    "poolguard_requests_shed": ("counter", {"alias"}),
+    "poolguard_requests_shed": ("counter", {"alias", "priority"}),
+    "poolguard_priority_acquire_seconds": ("histogram", {"alias", "priority"}),
     "poolguard_leaks_detected": ("counter", {"alias", "kind"}),
     "poolguard_leaks_active": ("gauge", {"alias"}),
     "poolguard_connections_reclaimed": ("counter", {"alias", "reason"}),
@@ -84,12 +85,12 @@ def test_shed_requests_and_timeouts_are_counted_once_and_served_on_metrics(make_
     get_runtime().watchdog.run_once(force=True)
     get_runtime().watchdog.run_once(force=True)
 
-    assert value("poolguard_requests_shed_total", alias=alias) == 3
+    assert value("poolguard_requests_shed_total", alias=alias, priority="normal") == 3
     assert value("poolguard_acquire_timeouts_total", alias=alias) == 3
     assert value("poolguard_acquire_rejected_total", alias=alias) == 0
 
     body = client.get("/metrics").content.decode()
-    assert f'poolguard_requests_shed_total{{alias="{alias}"}} 3.0' in body
+    assert f'poolguard_requests_shed_total{{alias="{alias}",priority="normal"}} 3.0' in body
     assert f'poolguard_pool_connections{{alias="{alias}",state="in_use"}} 1.0' in body
 
 
@@ -187,3 +188,27 @@ def test_poolguard_serves_the_registry_without_django_prometheus(rf):
     body = response.content.decode()
     assert "# TYPE poolguard_pool_connections gauge" in body
     assert "# TYPE poolguard_acquire_seconds histogram" in body
+
+
+@pytest.mark.urls("tests.testapp.priority_views")
+def test_sheds_and_acquire_waits_are_exported_by_priority_class(make_alias, holders, settings):
+    settings.POOLGUARD = {
+        **settings.POOLGUARD,
+        "PRIORITIES": {"low": ["reports:*"], "critical": ["checkout"]},
+    }
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 2, "timeout": 2}, poolguard={"reserve": {"critical": 1}}
+    )
+    client = Client()
+    assert client.get("/checkout/", {"alias": alias}).content == b"critical"
+    connections[alias].close()  # the test client keeps the request's connection
+    holders(alias)
+    assert client.get("/reports/export/", {"alias": alias}).status_code == 503
+    get_runtime().watchdog.run_once(force=True)
+
+    assert value("poolguard_requests_shed_total", alias=alias, priority="low") == 1
+    assert value("poolguard_requests_shed_total", alias=alias, priority="critical") == 0
+    assert value("poolguard_priority_acquire_seconds_count", alias=alias, priority="critical") == 1
+    assert (
+        value("poolguard_priority_acquire_seconds_count", alias=alias, priority="normal") == 1
+    )  # the holder

@@ -31,6 +31,7 @@ from django_poolguard.engine.pool import (
     _pools,
     discard_pool,
     get_or_create_pool,
+    pool_class,
     pools_kept_open,
     register_backend,
     wrapper_collected,
@@ -133,7 +134,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         options.setdefault("check", GuardedPool.check_connection if enable_checks else None)
         connect_kwargs = self.get_connection_params()
         connect_kwargs["autocommit"] = True  # as Django: it sets autocommit itself later
-        pool = GuardedPool(
+        pool = pool_class(self.guard_config)(
             kwargs=connect_kwargs,
             open=False,  # opened on first checkout, never at import or startup
             configure=self._configure_connection,  # type: ignore[attr-defined]

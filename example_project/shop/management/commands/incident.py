@@ -22,19 +22,27 @@ NAMES = [*SCENARIOS, "autoscale"]
 MANAGE = Path(__file__).resolve().parents[3] / "manage.py"
 PROGRESS = "progress: "  # a child's stderr lines the parent shows while the side runs
 SIDE_TIMEOUT = 300.0  # s
+# SHOP_POOL_MODE -> what the run is called in the report and in its table.
+SIDES = {
+    "native": "Django's own pool",
+    "guarded": "poolguard",
+    "prioritized": "poolguard with priorities",
+}
+SHORT = {"native": "Django", "guarded": "poolguard", "prioritized": "poolguard + priorities"}
 
 
 class Command(BaseCommand):
     help = (
         "Replay a seed incident against the example shop, once with Django's own pool and once with "
-        "poolguard, and print what happened and what poolguard named as the cause."
+        "poolguard (the spike also with poolguard's priorities), and print what happened and what "
+        "poolguard named as the cause."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help=f"one of: {', '.join(NAMES)}")
         parser.add_argument(
             "--only",
-            choices=["guarded", "native"],
+            choices=["guarded", "native", "prioritized"],
             help="run one side only, in this process (the default runs both, each in its own process)",
         )
         parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -68,7 +76,7 @@ class Command(BaseCommand):
         # demo's, nor merge its leak events with the demo's.
         database = f"poolguard_incident_{os.getpid()}"
         try:
-            results = [self._side(name, side, database) for side in ("native", "guarded")]
+            results = [self._side(name, side, database) for side in SCENARIOS[name].sides]
         finally:
             bootstrap.drop_database(database)
             if stop_embedded_server() is not None:
@@ -83,7 +91,7 @@ class Command(BaseCommand):
     def _side(self, name: str, side: str, database: str) -> dict[str, Any]:
         """One side in a fresh process: its pools, engine and middleware come from its settings."""
         env = {**os.environ, "SHOP_POOL_MODE": side, "SHOP_DATABASE_NAME": database}
-        self.stderr.write(f"Replaying {name!r} {'with Django' if side == 'native' else 'with poolguard'}...")
+        self.stderr.write(f"Replaying {name!r} with {SIDES[side]}...")
         command = [sys.executable, str(MANAGE), "incident", name, "--only", side, "--json"]
         started = time.monotonic()
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -115,7 +123,7 @@ class Command(BaseCommand):
 
     def _describe(self, r: dict[str, Any]) -> str:
         scenario = SCENARIOS[r["scenario"]]
-        side = "Django's own pool" if r["mode"] == "native" else "poolguard"
+        side = SIDES[r["mode"]]
         lines = [
             "",
             f"== {r['scenario']} ({scenario.seed}: {scenario.title}) with {side}",
@@ -124,6 +132,11 @@ class Command(BaseCommand):
             f"   product-list probe answered {r['probes_answered']}/{r['probes']} within 4 s "
             f"(worst {r['probe_worst_s']} s); pool afterwards: {r['usable_after']} connections usable",
         ]
+        if "checkouts" in r:
+            lines.append(
+                f"   checkouts (critical work) served {r['checkouts_served']}/{r['checkouts']} "
+                f"(slowest {r['checkout_worst_s']} s)"
+            )
         if r["named_at_s"] is not None:
             lines.append(f"   poolguard named the cause after {r['named_at_s']} s: {r['named']}")
         elif r["mode"] == "guarded":
@@ -133,17 +146,23 @@ class Command(BaseCommand):
         return "\n".join(lines)
 
     def _table(self, results: list[dict[str, Any]]) -> str:
+        checkouts = all("checkouts" in r for r in results)
         head = (
             "| pool | served | 503 fast | 5xx | probe answered | worst probe | usable after | cause named |"
         )
-        rows = [head, "|" + "---|" * 8]
+        if checkouts:
+            head += " checkouts served | slowest checkout |"
+        rows = [head, "|" + "---|" * (10 if checkouts else 8)]
         for r in results:
             named = f"{r['named_at_s']} s" if r["named_at_s"] is not None else "no"
-            rows.append(
-                f"| {'Django' if r['mode'] == 'native' else 'poolguard'} | {r['served']} | {r['shed_503']} | "
+            row = (
+                f"| {SHORT[r['mode']]} | {r['served']} | {r['shed_503']} | "
                 f"{r['failed_5xx']} | {r['probes_answered']}/{r['probes']} | {r['probe_worst_s']} s | "
                 f"{r['usable_after']} | {named} |"
             )
+            if checkouts:
+                row += f" {r['checkouts_served']}/{r['checkouts']} | {r['checkout_worst_s']} s |"
+            rows.append(row)
         return "\n" + "\n".join(rows)
 
 
