@@ -26,6 +26,7 @@ class Checkout:
         "__weakref__",
         "connection",
         "context",
+        "held_reason",
         "hoard_reported",
         "last_used",
         "reported",
@@ -52,6 +53,8 @@ class Checkout:
         self.reported: float | None = None  # when the watchdog reported it as a leak
         self.hoard_reported: float | None = None
         self.returned: float | None = None  # when it came back, for "returned after N s" reports
+        # In transaction release mode: why the holder kept it when it could have given it back.
+        self.held_reason: str | None = None
 
     @property
     def held(self) -> float:
@@ -82,6 +85,7 @@ class Checkout:
             "wait_ms": round(self.wait * 1000, 3),
             "context": self.label,
             "in_transaction": self.tx_started is not None,
+            "held_reason": self.held_reason,
             "stack": stacks.format_stack(self.stack, stack_limit),
         }
 
@@ -125,6 +129,10 @@ class Ledger:
         self.leaks_total = 0
         self.hoards_total = 0
         self.reclaimed_by_reason: dict[str, int] = {}  # "thread_exited" / "wrapper_collected" -> count
+        # Transaction release mode: checkouts given back between transactions (one per release,
+        # so no lock), and connections pinned to their request or task, by what pinned them.
+        self._released = AtomicCounter()
+        self.pinned_by_reason: dict[str, int] = {}
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
 
@@ -135,6 +143,10 @@ class Ledger:
     @property
     def returned_total(self) -> int:
         return self._returned.value
+
+    @property
+    def released_total(self) -> int:
+        return self._released.value
 
     @property
     def reclaimed_total(self) -> int:
@@ -168,6 +180,13 @@ class Ledger:
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+
+    def count_release(self) -> None:
+        self._released.increment()
+
+    def count_pinned(self, reason: str) -> None:
+        with self._lock:
+            self.pinned_by_reason[reason] = self.pinned_by_reason.get(reason, 0) + 1
 
     def count_reclaimed(self, reason: str) -> None:
         with self._lock:

@@ -139,7 +139,7 @@ def _plumbing_codes() -> frozenset[int]:
     try:
         from django_poolguard.backends.postgresql.base import DatabaseWrapper as GuardedWrapper
 
-        functions.append(GuardedWrapper.get_new_connection)
+        functions.extend((GuardedWrapper.get_new_connection, GuardedWrapper.connect))
     except ImportError:  # pragma: no cover
         pass
     # By id: these functions live as long as their modules, so their code objects do too.

@@ -20,6 +20,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
+from psycopg.pq import TransactionStatus
 
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.validation import FIX, W011, DatabaseValidation, without_app
@@ -32,10 +33,19 @@ from django_poolguard.engine.pool import (
     get_or_create_pool,
     pools_kept_open,
 )
+from django_poolguard.engine.release import (
+    HELD_BY_CODE,
+    HELD_TRANSACTION,
+    ReleasingCursorDebugWrapper,
+    ReleasingCursorWrapper,
+    holding,
+    needs_session,
+)
 from django_poolguard.engine.session_timeouts import configure_session, timeout_settings
 from django_poolguard.exceptions import PoolExhausted
 from django_poolguard.watchdog.leaks import wrapper_collected
 
+_TRANSACTION_IDLE = TransactionStatus.IDLE
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 _CONNECT_CODE = getattr(BaseDatabaseWrapper.connect, "__wrapped__", BaseDatabaseWrapper.connect).__code__
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
@@ -87,6 +97,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # reclaim soon when this wrapper is garbage-collected while a checkout still refers to it.
         self._guard_ref = weakref.ref(self, wrapper_collected)
         self._guard_config: tuple[Any, AliasConfig] | None = None
+        # Transaction release mode (see release_if_idle): set per checkout from the pool's config.
+        self._guard_releasing = False
+        self._guard_pinned: str | None = None  # why this session must stay checked out, if it must
+        self._guard_open_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def guard_config(self) -> AliasConfig:
@@ -189,6 +203,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self._guard_checkout = checkout
         return connection
 
+    def connect(self) -> None:
+        self._guard_releasing = False  # never while connecting: connection_created receivers query
+        super().connect()
+        checkout = self._guard_checkout
+        if checkout is not None and checkout.connection._pool.config.release == "transaction":
+            self._guard_releasing = True
+
     def forget_connection(self) -> None:
         """Drop ``self.connection`` without returning it, and reset the transaction state.
 
@@ -205,10 +226,89 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.closed_in_transaction = False
         self.run_on_commit = []
         self.autocommit = False
+        self._guard_pinned = None
+        self._guard_open_cursors.clear()
 
     def _close(self) -> None:
         self._guard_checkout = None
+        self._guard_pinned = None  # the session ends or goes back: its state no longer binds us
+        self._guard_open_cursors.clear()
         super()._close()  # type: ignore[misc]
+
+    # --- Transaction release mode: give the connection back whenever it is idle in autocommit ---
+
+    def make_cursor(self, cursor: Any) -> Any:
+        if self._guard_releasing:
+            return ReleasingCursorWrapper(cursor, self)
+        return super().make_cursor(cursor)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if self._guard_releasing:
+            return ReleasingCursorDebugWrapper(cursor, self)
+        return super().make_debug_cursor(cursor)
+
+    def cursor_opened(self, cursor: Any) -> None:
+        self._guard_open_cursors.add(cursor)
+
+    def cursor_closed(self, cursor: Any) -> None:
+        self._guard_open_cursors.discard(cursor)
+        self.release_if_idle()
+
+    def cursor_exhausted(self, cursor: Any) -> None:
+        self.release_if_idle()
+
+    def pin_connection(self, reason: str) -> None:
+        """Keep this checkout until the request or task ends: ``reason`` left state in the session."""
+        checkout = self._guard_checkout
+        if self._guard_pinned is not None or checkout is None:
+            return
+        self._guard_pinned = checkout.held_reason = reason
+        self.connection._pool.ledger.count_pinned(reason)
+
+    def release_if_idle(self) -> bool:
+        """Return the connection to the pool if nothing needs its session; say why not otherwise.
+
+        Only in ``transaction`` release mode, outside any atomic block, in autocommit, with no
+        on-commit callback pending, no pin, no ``hold_connection()``, no server-side cursor or
+        cursor with unread rows open, and the server agreeing no transaction is open. The next
+        query checks a connection out again.
+        """
+        checkout = self._guard_checkout
+        connection = self.connection
+        if (
+            not self._guard_releasing
+            or checkout is None
+            or connection is None
+            or self.in_atomic_block
+            or not self.autocommit
+            or self.run_on_commit
+        ):
+            return False
+        reason = self._guard_pinned or (HELD_BY_CODE if holding() else None)
+        if reason is None:
+            reason = needs_session(iter(list(self._guard_open_cursors)))
+        if reason is None and connection.info.transaction_status != _TRANSACTION_IDLE:
+            reason = HELD_TRANSACTION  # begun by raw SQL Django does not know about
+        if reason is not None:
+            checkout.held_reason = reason
+            return False
+        ledger = connection._pool.ledger
+        self.close()  # Django's pooled close(): putconn, and self.connection = None
+        ledger.count_release()
+        return True
+
+    def set_autocommit(
+        self, autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        # The outermost atomic block ends here (after its commit or rollback and on-commit
+        # callbacks): the moment a transaction-scoped checkout goes back.
+        checkout = self._guard_checkout
+        ended = (
+            autocommit and self._guard_releasing and checkout is not None and checkout.tx_started is not None
+        )
+        super().set_autocommit(autocommit, force_begin_transaction_with_broken_autocommit)
+        if ended:
+            self.release_if_idle()
 
     def create_cursor(self, name: Any = None) -> Any:
         checkout = self._guard_checkout
@@ -224,7 +324,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             else:
                 checkout.tx_started = checkout.last_used = monotonic()
                 checkout.tx_stack = (
-                    stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+                    # From the caller of Django's set_autocommit(), past this class's override.
+                    stacks.capture(2, guard_settings.STACK_DEPTH, _SET_AUTOCOMMIT_CODES)
+                    if guard_settings.CAPTURE_STACKS
+                    else ()
                 )
             if self.connection.autocommit == autocommit:
                 # Django sets autocommit on every checkout; a pooled connection usually has it
@@ -232,5 +335,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
+
+_SET_AUTOCOMMIT_CODES = frozenset({id(DatabaseWrapper.set_autocommit.__code__)})
 
 __all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]
