@@ -9,7 +9,7 @@ import time
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, transaction
+from django.db import InterfaceError, connections, transaction
 
 import django_poolguard
 from django_poolguard.engine.pool import get_pool
@@ -230,3 +230,23 @@ def test_a_bad_release_mode_names_the_setting(make_alias):
         connections[alias].ensure_connection()
     message = str(raised.value)
     assert "release" in message and "'statement'" in message and '"transaction"' in message
+
+
+def test_a_closed_cursor_still_refuses_to_execute(tx_alias):
+    with connections[tx_alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    with pytest.raises(InterfaceError):
+        cursor.execute("SELECT 1")
+    assert held(tx_alias) == 0
+
+
+def test_copy_on_a_kept_cursor_takes_a_connection_again(tx_alias):
+    Item.objects.using(tx_alias).create(name="a")
+    cursor = connections[tx_alias].cursor()
+    cursor.execute("SELECT 1")
+    cursor.fetchall()
+    assert held(tx_alias) == 0
+    with cursor.copy("COPY testapp_item (name) TO STDOUT") as copy:
+        assert [bytes(block) for block in copy] == [b"a\n"]
+    cursor.close()
+    assert held(tx_alias) == 0

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import ContextDecorator
 from typing import Any
 
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.postgresql.base import CursorDebugWrapper
+from django.db.backends.utils import CursorWrapper
 from psycopg import ServerCursor
 
 # Statements whose effect outlives the transaction that ran them, and the reason shown while a
@@ -137,9 +138,15 @@ class ReleasingCursorMixin:
         self._bind(sql)
         return super().executemany(sql, param_list)  # type: ignore[misc]
 
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        self._bind(statement)
+        # Django's debug wrapper logs COPY; the plain one reaches psycopg's cursor.copy().
+        copy = getattr(super(), "copy", None) or self.cursor.copy
+        return copy(statement, *args, **kwargs)
+
     def _bind(self, sql: Any) -> None:
         db = self.db
-        if db.connection is None or self.cursor.connection is not db.connection:
+        if not self.cursor.closed and (db.connection is None or self.cursor.connection is not db.connection):
             # Its connection went back to the pool after an earlier statement: take one again.
             db.ensure_connection()
             self.cursor = db.create_cursor()

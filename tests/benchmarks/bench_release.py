@@ -163,7 +163,7 @@ def main() -> None:
             f"{config:12} {r['served_per_s']:7.1f} {r['served']:7.0f} {r['p50_s']:7.2f} {r['p99_s']:7.2f} "
             f"{r['shed_503']:6.0f} {r['errors']:7.0f}"
         )
-    if "request" in results and "transaction" in results and results["request"]["served"]:
+    if "request" in results and "transaction" in results and results["request"]["served_per_s"]:
         print(
             f"transaction / request: {results['transaction']['served'] / results['request']['served']:.1f} x"
         )
