@@ -8,7 +8,7 @@ a local HTTP server that answers after 1 s, then writes, with no transaction aro
   request      poolguard, release="request": the connection is held for the whole request
   transaction  poolguard, release="transaction": given back between the read and the write
 
-Printed: requests served per second, p50/p99 latency of the answered requests, 503s and other
+Printed: requests served per second, p50/p99 latency of the answered requests, 503s, 500s and other
 errors. Loopback only; every process is stopped when the run ends.
 
     python tests/benchmarks/bench_release.py                      # the three, 30 s each
@@ -120,7 +120,8 @@ def load(port: int, seconds: float) -> dict[str, float]:
         "p50_s": pct(50),
         "p99_s": pct(99),
         "shed_503": statuses.get(503, 0),
-        "errors": sum(n for status, n in statuses.items() if status not in (200, 503)),
+        "failed_500": statuses.get(500, 0),
+        "errors": sum(n for status, n in statuses.items() if status not in (200, 500, 503)),
     }
 
 
@@ -157,11 +158,13 @@ def main() -> None:
     print(
         f"pool {POOL}, {CLIENTS} clients, {args.seconds:.0f} s each, view: query + {EXTERNAL_SECONDS:.0f} s call + write"
     )
-    print(f"{'config':12} {'req/s':>7} {'served':>7} {'p50 s':>7} {'p99 s':>7} {'503s':>6} {'errors':>7}")
+    print(
+        f"{'config':12} {'req/s':>7} {'served':>7} {'p50 s':>7} {'p99 s':>7} {'503s':>6} {'500s':>6} {'errors':>7}"
+    )
     for config, r in results.items():
         print(
             f"{config:12} {r['served_per_s']:7.1f} {r['served']:7.0f} {r['p50_s']:7.2f} {r['p99_s']:7.2f} "
-            f"{r['shed_503']:6.0f} {r['errors']:7.0f}"
+            f"{r['shed_503']:6.0f} {r['failed_500']:6.0f} {r['errors']:7.0f}"
         )
     if "request" in results and "transaction" in results and results["request"]["served_per_s"]:
         print(
