@@ -4,6 +4,7 @@ and stays while its session matters (transaction, server-side cursor, unread row
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -250,3 +251,40 @@ def test_copy_on_a_kept_cursor_takes_a_connection_again(tx_alias):
         assert [bytes(block) for block in copy] == [b"a\n"]
     cursor.close()
     assert held(tx_alias) == 0
+
+
+def test_snapshots_and_poolstats_show_the_mode_releases_and_why_a_checkout_is_held(tx_alias, make_alias):
+    import io
+
+    from django.core.management import call_command
+
+    from django_poolguard.fleet.schema import Unreadable, read_entry
+    from django_poolguard.fleet.snapshots import pool_snapshot, process_snapshot
+
+    other = make_alias()
+    count(other)
+    Item.objects.using(tx_alias).bulk_create(Item(name=str(i)) for i in range(3))
+    with connections[tx_alias].cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(7)")
+    rows = Item.objects.using(tx_alias).iterator(chunk_size=1)
+    next(rows)
+    snapshot = pool_snapshot(get_pool(tx_alias))
+    assert snapshot["release"] == "transaction" and snapshot["released_total"] == 1
+    assert snapshot["pinned_by_reason"] == {"session advisory lock": 1}
+    [held_checkout] = snapshot["checkouts"]
+    assert held_checkout["held_reason"] == "session advisory lock"
+    assert pool_snapshot(get_pool(other))["release"] == "request"
+    # Published and read back through the schema unchanged.
+    entry = read_entry(process_snapshot())
+    assert not isinstance(entry, Unreadable)
+    assert entry["aliases"][tx_alias]["pinned_by_reason"] == {"session advisory lock": 1}
+    out = io.StringIO()
+    call_command("poolstats", "--alias", tx_alias, stdout=out)
+    assert "RELEASE" in out.getvalue() and "transaction (1 released)" in out.getvalue(), out.getvalue()
+    out = io.StringIO()
+    call_command("poolstats", "--json", stdout=out)
+    document = json.loads(out.getvalue())
+    assert document["aliases"][tx_alias]["release"] == "transaction"
+    assert document["aliases"][other]["release"] == "request"
+    list(rows)
+    connections[tx_alias].close()
