@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, connections, transaction
 
 import django_poolguard
+from django_poolguard.backends.postgresql.base import DatabaseWrapper, TransactionReleasingWrapper
 from django_poolguard.engine.pool import get_pool
 from tests.testapp.models import Item
 from tests.watching import recording
@@ -53,11 +54,21 @@ def test_a_query_outside_atomic_gives_the_connection_back(tx_alias):
 
 def test_request_mode_keeps_the_connection_until_closed(make_alias):
     alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 3})
+    # No release machinery at all on a request-mode alias: its checkouts cost what they did.
+    assert type(connections[alias]) is DatabaseWrapper
     assert count(alias) == 0
     assert held(alias) == 1 and connections[alias].connection is not None
     assert get_pool(alias).ledger.released_total == 0
     connections[alias].close()
     assert held(alias) == 0
+
+
+def test_the_release_mode_picks_the_wrapper_class(tx_alias):
+    wrapper = connections[tx_alias]
+    assert type(wrapper) is TransactionReleasingWrapper
+    assert type(wrapper.copy()) is TransactionReleasingWrapper
+    settings_dict = {**wrapper.settings_dict, "OPTIONS": {"pool": {"max_size": 1}}}
+    assert type(DatabaseWrapper(settings_dict, "plain")) is DatabaseWrapper
 
 
 def test_atomic_holds_until_the_outermost_block_ends(tx_alias):

@@ -138,8 +138,9 @@ def _plumbing_codes() -> frozenset[int]:
                 functions.append(getattr(function, "__wrapped__", function))
     try:
         from django_poolguard.backends.postgresql.base import DatabaseWrapper as GuardedWrapper
+        from django_poolguard.backends.postgresql.base import TransactionReleasingWrapper
 
-        functions.extend((GuardedWrapper.get_new_connection, GuardedWrapper.connect))
+        functions.extend((GuardedWrapper.get_new_connection, TransactionReleasingWrapper.connect))
     except ImportError:  # pragma: no cover
         pass
     # By id: these functions live as long as their modules, so their code objects do too.

@@ -90,6 +90,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
     validation_class = DatabaseValidation
 
+    def __new__(cls, settings_dict: Any, *args: Any, **kwargs: Any) -> DatabaseWrapper:
+        # The release mode picks the class, once per wrapper, from the settings as written (they
+        # are checked when it connects): an alias in "request" mode runs none of the release code.
+        if cls is DatabaseWrapper or cls is TransactionReleasingWrapper:
+            cls = (
+                TransactionReleasingWrapper
+                if release_mode(settings_dict) == "transaction"
+                else DatabaseWrapper
+            )
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard_checkout: Any = None  # the ledger entry of self.connection, when pooled
@@ -97,10 +108,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # reclaim soon when this wrapper is garbage-collected while a checkout still refers to it.
         self._guard_ref = weakref.ref(self, wrapper_collected)
         self._guard_config: tuple[Any, AliasConfig] | None = None
-        # Transaction release mode (see release_if_idle): set per checkout from the pool's config.
-        self._guard_releasing = False
-        self._guard_pinned: str | None = None  # why this session must stay checked out, if it must
-        self._guard_open_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def guard_config(self) -> AliasConfig:
@@ -203,13 +210,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self._guard_checkout = checkout
         return connection
 
-    def connect(self) -> None:
-        self._guard_releasing = False  # never while connecting: connection_created receivers query
-        super().connect()
-        checkout = self._guard_checkout
-        if checkout is not None and checkout.connection._pool.config.release == "transaction":
-            self._guard_releasing = True
-
     def forget_connection(self) -> None:
         """Drop ``self.connection`` without returning it, and reset the transaction state.
 
@@ -226,16 +226,58 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self.closed_in_transaction = False
         self.run_on_commit = []
         self.autocommit = False
-        self._guard_pinned = None
-        self._guard_open_cursors.clear()
 
     def _close(self) -> None:
         self._guard_checkout = None
-        self._guard_pinned = None  # the session ends or goes back: its state no longer binds us
-        self._guard_open_cursors.clear()
         super()._close()  # type: ignore[misc]
 
-    # --- Transaction release mode: give the connection back whenever it is idle in autocommit ---
+    def create_cursor(self, name: Any = None) -> Any:
+        checkout = self._guard_checkout
+        if checkout is not None:
+            checkout.last_used = monotonic()
+        return super().create_cursor(name)
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        checkout = self._guard_checkout
+        if checkout is not None:
+            if autocommit:
+                checkout.tx_started = checkout.tx_stack = None
+            else:
+                checkout.tx_started = checkout.last_used = monotonic()
+                checkout.tx_stack = (
+                    # From the caller of set_autocommit() (Django's, and the release mode's override).
+                    stacks.capture(1, guard_settings.STACK_DEPTH, _SET_AUTOCOMMIT_CODES)
+                    if guard_settings.CAPTURE_STACKS
+                    else ()
+                )
+            if self.connection.autocommit == autocommit:
+                # Django sets autocommit on every checkout; a pooled connection usually has it
+                # already, and psycopg would still take its lock and run a generator to say so.
+                return
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
+
+
+class TransactionReleasingWrapper(DatabaseWrapper):
+    """The wrapper of an alias with ``OPTIONS["poolguard"]["release"] = "transaction"``: it gives its
+    connection back to the pool whenever it is idle in autocommit (see :meth:`release_if_idle`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_releasing = False  # connected, outside connect(), on a guarded pool
+        self._guard_pinned: str | None = None  # why this session must stay checked out, if it must
+        self._guard_open_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def connect(self) -> None:
+        # A new checkout: no pin, no open cursor. Never released while connecting: the
+        # connection_created receivers query.
+        self._guard_releasing = False
+        self._guard_pinned = None
+        self._guard_open_cursors.clear()
+        super().connect()
+        checkout = self._guard_checkout
+        self._guard_releasing = (
+            checkout is not None and checkout.connection._pool.config.release == "transaction"
+        )
 
     def make_cursor(self, cursor: Any) -> Any:
         if self._guard_releasing:
@@ -310,32 +352,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if ended:
             self.release_if_idle()
 
-    def create_cursor(self, name: Any = None) -> Any:
-        checkout = self._guard_checkout
-        if checkout is not None:
-            checkout.last_used = monotonic()
-        return super().create_cursor(name)
 
-    def _set_autocommit(self, autocommit: bool) -> None:
-        checkout = self._guard_checkout
-        if checkout is not None:
-            if autocommit:
-                checkout.tx_started = checkout.tx_stack = None
-            else:
-                checkout.tx_started = checkout.last_used = monotonic()
-                checkout.tx_stack = (
-                    # From the caller of Django's set_autocommit(), past this class's override.
-                    stacks.capture(2, guard_settings.STACK_DEPTH, _SET_AUTOCOMMIT_CODES)
-                    if guard_settings.CAPTURE_STACKS
-                    else ()
-                )
-            if self.connection.autocommit == autocommit:
-                # Django sets autocommit on every checkout; a pooled connection usually has it
-                # already, and psycopg would still take its lock and run a generator to say so.
-                return
-        super()._set_autocommit(autocommit)  # type: ignore[misc]
+def release_mode(settings_dict: Any) -> Any:
+    """``OPTIONS["poolguard"]["release"]`` as written (``None`` when unset or unreadable)."""
+    guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
+    return guard.get("release") if isinstance(guard, dict) else None
 
 
-_SET_AUTOCOMMIT_CODES = frozenset({id(DatabaseWrapper.set_autocommit.__code__)})
+# The frames between _set_autocommit() and the code that began the transaction.
+_SET_AUTOCOMMIT_CODES = frozenset(
+    {id(BaseDatabaseWrapper.set_autocommit.__code__), id(TransactionReleasingWrapper.set_autocommit.__code__)}
+)
 
-__all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]
+__all__ = [
+    "DEFAULT_DB_ALIAS",
+    "DatabaseWrapper",
+    "TransactionReleasingWrapper",
+    "application_name",
+    "release_mode",
+    "session_options",
+]
