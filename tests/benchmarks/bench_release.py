@@ -168,7 +168,9 @@ def main() -> None:
         )
     if "request" in results and "transaction" in results and results["request"]["served_per_s"]:
         print(
-            f"transaction / request: {results['transaction']['served'] / results['request']['served']:.1f} x"
+            "transaction / request: "
+            f"{results['transaction']['served_per_s'] / results['request']['served_per_s']:.1f} x the req/s, "
+            f"{results['transaction']['served'] / max(1, results['request']['served']):.1f} x the requests served"
         )
 
 
