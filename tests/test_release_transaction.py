@@ -4,6 +4,7 @@ and stays while its session matters (transaction, server-side cursor, unread row
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -69,6 +70,27 @@ def test_the_release_mode_picks_the_wrapper_class(tx_alias):
     assert type(wrapper.copy()) is TransactionReleasingWrapper
     settings_dict = {**wrapper.settings_dict, "OPTIONS": {"pool": {"max_size": 1}}}
     assert type(DatabaseWrapper(settings_dict, "plain")) is DatabaseWrapper
+    assert type(copy.copy(wrapper)) is TransactionReleasingWrapper
+    assert repr(wrapper) == f"<DatabaseWrapper vendor='postgresql' alias='{tx_alias}'>"
+
+
+def test_a_query_made_while_a_cursor_is_being_opened_does_not_pull_the_connection_away(tx_alias):
+    wrapper = connections[tx_alias]
+    real_ensure_connection = wrapper.ensure_connection
+
+    def ensure_connection_then_configure() -> None:
+        opening = wrapper.connection is None
+        real_ensure_connection()
+        if opening:  # e.g. an instrumentation hook's query on each new connection
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT 1")
+
+    wrapper.ensure_connection = ensure_connection_then_configure
+    try:
+        assert count(tx_alias) == 0
+    finally:
+        del wrapper.ensure_connection
+    assert held(tx_alias) == 0
 
 
 def test_atomic_holds_until_the_outermost_block_ends(tx_alias):

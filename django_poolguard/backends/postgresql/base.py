@@ -90,10 +90,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
     validation_class = DatabaseValidation
 
-    def __new__(cls, settings_dict: Any, *args: Any, **kwargs: Any) -> DatabaseWrapper:
+    def __new__(cls, settings_dict: Any = None, *args: Any, **kwargs: Any) -> DatabaseWrapper:
         # The release mode picks the class, once per wrapper, from the settings as written (they
         # are checked when it connects): an alias in "request" mode runs none of the release code.
-        if cls is DatabaseWrapper or cls is TransactionReleasingWrapper:
+        # (No settings: copy.copy() rebuilding an existing wrapper, which keeps its class.)
+        if settings_dict is not None and (cls is DatabaseWrapper or cls is TransactionReleasingWrapper):
             cls = (
                 TransactionReleasingWrapper
                 if release_mode(settings_dict) == "transaction"
@@ -266,6 +267,20 @@ class TransactionReleasingWrapper(DatabaseWrapper):
         self._guard_releasing = False  # connected, outside connect(), on a guarded pool
         self._guard_pinned: str | None = None  # why this session must stay checked out, if it must
         self._guard_open_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Cursors being made (between ensure_connection() and create_cursor()): a query made on the
+        # way, e.g. by code wrapping ensure_connection(), must not give the connection back.
+        self._guard_opening_cursors = 0
+
+    def __repr__(self) -> str:
+        # The engine's class, as Django and code matching on it know it.
+        return f"<DatabaseWrapper vendor={self.vendor!r} alias={self.alias!r}>"
+
+    def _cursor(self, name: Any = None) -> Any:
+        self._guard_opening_cursors += 1
+        try:
+            return super()._cursor(name)  # type: ignore[misc]
+        finally:
+            self._guard_opening_cursors -= 1
 
     def connect(self) -> None:
         # A new checkout: no pin, no open cursor. Never released while connecting: the
@@ -319,6 +334,7 @@ class TransactionReleasingWrapper(DatabaseWrapper):
         connection = self.connection
         if (
             not self._guard_releasing
+            or self._guard_opening_cursors
             or checkout is None
             or connection is None
             or self.in_atomic_block
