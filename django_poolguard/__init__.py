@@ -25,7 +25,7 @@ __all__ = [
 
 _LAZY = {
     "checkout_context": ("django_poolguard.engine.context", "checkout_context"),
-    "hold_connection": ("django_poolguard.engine.release", "hold_connection"),
+    "hold_connection": ("django_poolguard.backends.postgresql.release", "hold_connection"),
     "snapshot": ("django_poolguard.fleet.snapshots", "snapshot"),
     "process_snapshot": ("django_poolguard.fleet.snapshots", "process_snapshot"),
     "workload": ("django_poolguard.integrations.workloads", "workload"),

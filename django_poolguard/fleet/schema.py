@@ -94,7 +94,7 @@ class CheckoutSnapshot(TypedDict):
     wait_ms: float
     context: str
     in_transaction: bool
-    held_reason: str  # why a transaction-mode holder kept it (see engine/release.py), or ""
+    held_reason: str  # why a transaction-mode holder kept it (see backends/postgresql/release.py), or ""
     stack: list[str]
 
 

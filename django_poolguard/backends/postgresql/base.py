@@ -23,6 +23,14 @@ from django.utils.functional import cached_property
 from psycopg.pq import TransactionStatus
 
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
+from django_poolguard.backends.postgresql.release import (
+    HELD_BY_CODE,
+    HELD_TRANSACTION,
+    ReleasingCursorDebugWrapper,
+    ReleasingCursorWrapper,
+    holding,
+    needs_session,
+)
 from django_poolguard.backends.postgresql.validation import FIX, W011, DatabaseValidation, without_app
 from django_poolguard.conf import AliasConfig, guard_settings, hostname, pool_findings
 from django_poolguard.engine import stacks
@@ -32,14 +40,6 @@ from django_poolguard.engine.pool import (
     discard_pool,
     get_or_create_pool,
     pools_kept_open,
-)
-from django_poolguard.engine.release import (
-    HELD_BY_CODE,
-    HELD_TRANSACTION,
-    ReleasingCursorDebugWrapper,
-    ReleasingCursorWrapper,
-    holding,
-    needs_session,
 )
 from django_poolguard.engine.session_timeouts import configure_session, timeout_settings
 from django_poolguard.exceptions import PoolExhausted
