@@ -321,3 +321,30 @@ def test_snapshots_and_poolstats_show_the_mode_releases_and_why_a_checkout_is_he
     assert document["aliases"][other]["release"] == "request"
     list(rows)
     connections[tx_alias].close()
+
+
+def test_the_dashboard_shows_the_mode_the_releases_and_why_a_checkout_is_held(tx_alias, make_alias):
+    import re
+
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    other = make_alias()
+    count(other)
+    count(tx_alias)
+    with connections[tx_alias].cursor() as cursor:
+        cursor.execute("LISTEN poolguard_dashboard")
+    client = Client()
+    client.force_login(User.objects.create_superuser("release-admin", password="x-not-used"))
+    page = client.get("/admin/django_poolguard/pool/").content.decode()
+
+    def card(alias: str) -> str:
+        found = re.search(rf'<article class="pg-card[^"]*" data-alias="{alias}">(.*?)</article>', page, re.S)
+        assert found, page
+        return found.group(1)
+
+    assert re.search(r'<dd class="pg-release">transaction &middot; 1 released</dd>', card(tx_alias))
+    assert re.search(r'<dd class="pg-release">request</dd>', card(other))
+    assert "held: LISTEN" in page
+    connections[tx_alias].close()
+    connections[other].close()
