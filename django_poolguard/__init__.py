@@ -17,6 +17,7 @@ __all__ = [
     "checkout_context",
     "current_alias",
     "current_workload",
+    "hold_connection",
     "process_snapshot",
     "snapshot",
     "workload",
@@ -24,6 +25,7 @@ __all__ = [
 
 _LAZY = {
     "checkout_context": ("django_poolguard.engine.context", "checkout_context"),
+    "hold_connection": ("django_poolguard.backends.postgresql.release", "hold_connection"),
     "snapshot": ("django_poolguard.fleet.snapshots", "snapshot"),
     "process_snapshot": ("django_poolguard.fleet.snapshots", "process_snapshot"),
     "workload": ("django_poolguard.integrations.workloads", "workload"),

@@ -308,6 +308,19 @@ def initial_state(settings_dict: dict[str, Any], alias: str) -> dict[str, Any]:
     return {name: getattr(blank, name) for name in WRAPPER_CONNECTION_STATE}
 
 
+_fence(
+    "on_commit_pending",
+    "BaseDatabaseWrapper.run_on_commit (the on_commit() callbacks not yet run)",
+    "transaction release mode keeps a connection while on-commit callbacks wait for their commit",
+    DJANGO_CHECKED,
+)
+
+
+def on_commit_pending(wrapper: Any) -> bool:
+    """``transaction.on_commit()`` callbacks are waiting on this wrapper's connection."""
+    return bool(wrapper.run_on_commit)
+
+
 # --- Method overrides --------------------------------------------------------------------------
 
 
@@ -333,8 +346,8 @@ def _postgres_creation() -> type:
     return DatabaseCreation
 
 
-#: Overridden in engine/pool.py (GuardedPool, _TransitTask) and backends/postgresql/ (the wrapper,
-#: its creation class).
+#: Overridden in engine/pool.py (GuardedPool, _TransitTask) and backends/postgresql/ (the wrappers,
+#: their creation class).
 OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
@@ -344,12 +357,14 @@ OVERRIDDEN_HOOKS = (
     Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_close", ("self",), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_set_autocommit", ("self", "autocommit"), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "_cursor", ("self", "name"), DJANGO_CHECKED),
     Hook(_postgres_creation, "_destroy_test_db", ("self", "test_database_name", "verbosity"), DJANGO_CHECKED),
 )
 _fence(
     "OVERRIDDEN_HOOKS",
     "ConnectionPool._connect, run_task, schedule_task; MaintenanceTask.run, _run; postgresql "
-    "DatabaseWrapper._configure_connection, _close, _set_autocommit; DatabaseCreation._destroy_test_db",
+    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _cursor; "
+    "DatabaseCreation._destroy_test_db",
     "poolguard overrides them in its pool, its wrapper and its test-database creation",
     f"{PSYCOPG_POOL_CHECKED}; {DJANGO_CHECKED}",
 )
@@ -392,6 +407,7 @@ __all__ = [
     "idle_connections",
     "initial_state",
     "mark_response_logged",
+    "on_commit_pending",
     "pool_growing",
     "pool_lock",
     "pop_idle_connection",

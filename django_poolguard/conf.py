@@ -101,6 +101,9 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
 
 PG_TIMEOUT_FIX = f"Use between 0.001 and {PG_MAX_MILLISECONDS / 1000} seconds"
 
+#: When a checkout goes back to the pool (``OPTIONS["poolguard"]["release"]``).
+RELEASE_MODES = ("request", "transaction")
+
 #: How an alias's timeouts reach its sessions (``OPTIONS["poolguard"]["timeouts_via"]``).
 TIMEOUTS_VIA = ("startup", "set", "server")
 
@@ -126,6 +129,12 @@ ALIAS_SETTINGS: dict[str, Setting] = {
         fix='Use "startup" (default: in the connection\'s startup packet), "set" (by SET once per '
         'connection: PgBouncer in session mode) or "server" (set by the role or PgBouncer\'s '
         "connect_query; poolguard checks them: PgBouncer in transaction mode)",
+    ),
+    "release": Setting(
+        "request",
+        OneOf(RELEASE_MODES),
+        fix='Use "request" (default: a connection is kept from the first query to the end of the request '
+        'or task) or "transaction" (given back to the pool whenever idle between transactions)',
     ),
 }
 
@@ -226,6 +235,7 @@ class AliasConfig:
     statement_timeout: float | None
     idle_in_transaction_timeout: float | None
     timeouts_via: str = "startup"
+    release: str = "request"
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -244,6 +254,7 @@ class AliasConfig:
             statement_timeout=options["statement_timeout"],
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
             timeouts_via=options["timeouts_via"],
+            release=options["release"],
         )
 
 

@@ -107,6 +107,17 @@ connection_errors = Counter(
     "Failed attempts to open a connection.",
     ["alias"],
 )
+checkouts_released = Counter(
+    "poolguard_checkouts_released_total",
+    "Checkouts given back to the pool between transactions (release mode 'transaction').",
+    ["alias"],
+)
+checkouts_pinned = Counter(
+    "poolguard_checkouts_pinned_total",
+    "Checkouts kept until their request or task ended because their session holds state "
+    "(release mode 'transaction'), by what pinned them.",
+    ["alias", "reason"],
+)
 
 # (counter, extra labels, reading) for the counters that mirror a single pool or ledger total.
 _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
@@ -118,6 +129,7 @@ _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...
     (connections_opened, {}, lambda pool: pool.connections_opened()),
     (connection_errors, {}, lambda pool: pool.connection_errors()),
     (invariant_violations, {}, lambda pool: pool.ledger.invariant_violations_total),
+    (checkouts_released, {}, lambda pool: pool.ledger.released_total),
 )
 
 
@@ -206,6 +218,10 @@ class Exporter:
             grown = progress.delta((-1, (("reason", reason),)), value)
             if grown:
                 connections_reclaimed.labels(alias=alias, reason=reason).inc(grown)
+        for reason, value in dict(ledger.pinned_by_reason).items():
+            grown = progress.delta((-2, (("reason", reason),)), value)
+            if grown:
+                checkouts_pinned.labels(alias=alias, reason=reason).inc(grown)
 
 
 __all__ = ["Exporter"]

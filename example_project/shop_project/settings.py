@@ -7,6 +7,8 @@ database is ``DATABASE_URL`` when set, else a local or embedded PostgreSQL found
 
 ``SHOP_POOL_MODE=native`` swaps poolguard out for Django's own pool (same database, one alias, the
 same ``max_size``): ``manage.py incident`` uses it to show each incident without poolguard.
+``SHOP_RELEASE=transaction`` gives the web alias's connections back between transactions
+(``OPTIONS["poolguard"]["release"]``); the ``hoard-fixed`` incident compares both.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ POOL_MODE = os.environ.get("SHOP_POOL_MODE", "guarded")
 if POOL_MODE not in ("guarded", "native"):
     raise ValueError(f"SHOP_POOL_MODE is {POOL_MODE!r}; use 'guarded' (default) or 'native'.")
 GUARDED = POOL_MODE == "guarded"
+RELEASE = os.environ.get("SHOP_RELEASE", "request")
+if RELEASE not in ("request", "transaction"):
+    raise ValueError(f"SHOP_RELEASE is {RELEASE!r}; use 'request' (default) or 'transaction'.")
 # django-prometheus 2.5 pins Django < 6.1: without it /metrics is served by prometheus_client alone.
 DJANGO_PROMETHEUS = importlib.util.find_spec("django_prometheus") is not None
 
@@ -115,6 +120,7 @@ if GUARDED:
                 "hoard_threshold": 2,
                 "statement_timeout": 2,
                 "idle_in_transaction_timeout": 30,
+                "release": RELEASE,
             },
         ),
         # Celery tasks: their own bounded pool, so a backfill can only drain this one.
