@@ -20,6 +20,7 @@ from itertools import count
 from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection, WaitingClient
 
@@ -309,6 +310,19 @@ def initial_state(settings_dict: dict[str, Any], alias: str) -> dict[str, Any]:
 
 
 _fence(
+    "DJANGO_CURSOR_CLASSES",
+    "BaseDatabaseWrapper.make_cursor / make_debug_cursor build CursorWrapper / CursorDebugWrapper "
+    "(cursor, wrapper); CursorWrapper.execute/executemany run _execute/_executemany once per statement",
+    "the profile's cursors are those classes with the innermost call timed, built without super()",
+    DJANGO_CHECKED,
+)
+
+#: What Django's ``make_cursor`` and ``make_debug_cursor`` build, in that order; the profile's
+#: wrapper builds them itself (one call less per cursor) when it has nothing to time.
+DJANGO_CURSOR_CLASSES = (CursorWrapper, CursorDebugWrapper)
+
+
+_fence(
     "on_commit_pending",
     "BaseDatabaseWrapper.run_on_commit (the on_commit() callbacks not yet run)",
     "transaction release mode keeps a connection while on-commit callbacks wait for their commit",
@@ -347,7 +361,7 @@ def _postgres_creation() -> type:
 
 
 #: Overridden in engine/pool.py (GuardedPool, _TransitTask) and backends/postgresql/ (the wrappers,
-#: their creation class).
+#: their creation class, the profile's timed cursors).
 OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
@@ -358,14 +372,27 @@ OVERRIDDEN_HOOKS = (
     Hook(_postgres_wrapper, "_close", ("self",), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_set_autocommit", ("self", "autocommit"), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_cursor", ("self", "name"), DJANGO_CHECKED),
+    # The pool-time profile: statements timed in the innermost call, commits timed, timed cursors made.
+    Hook(_postgres_wrapper, "_commit", ("self",), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "make_cursor", ("self", "cursor"), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "make_debug_cursor", ("self", "cursor"), DJANGO_CHECKED),
+    Hook(
+        lambda: CursorWrapper, "_execute", ("self", "sql", "params", "ignored_wrapper_args"), DJANGO_CHECKED
+    ),
+    Hook(
+        lambda: CursorWrapper,
+        "_executemany",
+        ("self", "sql", "param_list", "ignored_wrapper_args"),
+        DJANGO_CHECKED,
+    ),
     Hook(_postgres_creation, "_destroy_test_db", ("self", "test_database_name", "verbosity"), DJANGO_CHECKED),
 )
 _fence(
     "OVERRIDDEN_HOOKS",
     "ConnectionPool._connect, run_task, schedule_task; MaintenanceTask.run, _run; postgresql "
-    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _cursor; "
-    "DatabaseCreation._destroy_test_db",
-    "poolguard overrides them in its pool, its wrapper and its test-database creation",
+    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _cursor, _commit, make_cursor, "
+    "make_debug_cursor; CursorWrapper._execute, _executemany; DatabaseCreation._destroy_test_db",
+    "poolguard overrides them in its pool, its wrappers, its timed cursors and its test-database creation",
     f"{PSYCOPG_POOL_CHECKED}; {DJANGO_CHECKED}",
 )
 
@@ -385,9 +412,23 @@ def count_value(counter: count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+_fence(
+    "current_frames",
+    "sys._current_frames() (thread ident -> its innermost frame)",
+    "the profile's watchdog task looks where each holder waits between queries, off the checkout path",
+    PYTHON_CHECKED,
+)
+
+
+def current_frames() -> dict[int, Any]:
+    """Every thread's innermost frame, by thread ident."""
+    return sys._current_frames()
+
+
 __all__ = [
     "CONNECT_CONFIGURATION",
     "DJANGO_CONNECT_PATH",
+    "DJANGO_CURSOR_CLASSES",
     "INTERNALS",
     "OVERRIDDEN_HOOKS",
     "WRAPPER_CONFIGURATION",
@@ -401,6 +442,7 @@ __all__ = [
     "configure_timezone",
     "connection_pool",
     "count_value",
+    "current_frames",
     "fail_client",
     "grow_pool",
     "has_sleeper",

@@ -94,6 +94,20 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
         fix='Use e.g. {"web": {"instances": 24, "processes": 4}, "worker": {"instances": 4, "processes": 8}}, '
         "at maximum autoscale",
     ),
+    # Off by default: it costs about 6 % of a bare checkout's instructions (docs/benchmarks/checkout.md).
+    "PROFILE": Setting(False, Switch()),
+    "PROFILE_TOP": Setting(
+        20, Whole(1), fix="Use e.g. 20: the labels shown per alias, the rest summed as 'other'"
+    ),
+    "PROFILE_IDLE_SHARE": Setting(
+        0.2, Fraction(), fix="Use e.g. 0.2 to report labels whose database share of the hold is below 20 %"
+    ),
+    "PROFILE_IDLE_SECONDS": Setting(
+        0.1, Seconds(), fix="Use e.g. 0.1: the mean idle time per checkout worth reporting"
+    ),
+    "PROFILE_N_PLUS_ONE": Setting(
+        50, Whole(2), fix="Use e.g. 50 queries in one checkout to report an N+1 pattern"
+    ),
     "RESERVED_CONNECTIONS": Setting(
         10, Whole(0), fix="Keep some connections (e.g. 10) free for admin, migrations and emergencies"
     ),

@@ -33,6 +33,7 @@ from django_poolguard import _compat
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.context import reset_context, set_context
 from django_poolguard.engine.pool import get_pool
+from django_poolguard.engine.profile import Scope, reset_scope, route_label, set_scope
 from django_poolguard.escaping import escape_controls
 from django_poolguard.exceptions import PoolExhausted
 
@@ -41,6 +42,9 @@ logger = logging.getLogger("django_poolguard")
 CONTEXT_PATH_CHARS = 120  # ledger labels stay short: a long path adds nothing an engineer needs
 LOG_EVERY = 10.0  # s: under a spike, one WARNING per alias per interval instead of one per request
 _EXHAUSTION_ATTRIBUTE = "_poolguard_exhausted"
+_SCOPE_ATTRIBUTE = "_poolguard_scope"
+#: Methods kept in profile labels; any other is "OTHER" (the method is the client's choice).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class PoolGuardMiddleware:
@@ -59,20 +63,33 @@ class PoolGuardMiddleware:
         if self.is_async:
             return self.__acall__(request)
         token = set_context(request_label(request))
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             response = self.get_response(request)
         finally:
+            if scope_token is not None:
+                reset_scope(scope_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         token = set_context(request_label(request))
+        scope_token = set_scope(request_scope(request)) if guard_settings.PROFILE else None
         try:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
             response = await get_response(request)
         finally:
+            if scope_token is not None:
+                reset_scope(scope_token)
             reset_context(token)
         return self._replace_converted_500(request, response)
+
+    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """The URL is resolved: the request's checkouts are profiled under its pattern."""
+        scope = getattr(request, _SCOPE_ATTRIBUTE, None)
+        match = request.resolver_match
+        if scope is not None and match is not None:
+            scope.label = route_label(_method(request), escape_controls(match.route))
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """The view raised: answer 503 before Django turns it into a 500 (and logs an error)."""
@@ -100,6 +117,17 @@ def request_label(request: HttpRequest) -> str:
     if len(path) > CONTEXT_PATH_CHARS:
         path = path[: CONTEXT_PATH_CHARS - 1] + "…"
     return f"{request.method} {path}"
+
+
+def _method(request: HttpRequest) -> str:
+    return request.method if request.method in METHODS else "OTHER"  # type: ignore[return-value]
+
+
+def request_scope(request: HttpRequest) -> Scope:
+    """The request's profile scope, ``"GET (no route)"`` until its URL pattern is known."""
+    scope = Scope(route_label(_method(request), None))
+    setattr(request, _SCOPE_ATTRIBUTE, scope)
+    return scope
 
 
 def find_exhaustion(exception: BaseException | None) -> PoolExhausted | None:

@@ -1,9 +1,10 @@
 """The process runtime: one object per process that owns poolguard's background work and its lifecycle.
 
 It holds the watchdog and its ordered list of tasks (leak scan, leak-event writer, alerts, slot
-check, publishing, metrics), the Prometheus exporter, and the two process hooks of the whole
-package: one ``os.register_at_fork`` handler that resets every component in a forked child in a
-fixed order, and one ``atexit`` hook that shuts them down in a fixed order. No other module
+check, the profile's idle sampling, publishing, metrics), the Prometheus exporter, and the two
+process hooks of the whole package: one ``os.register_at_fork`` handler that resets every
+component in a forked child in a fixed order, and one ``atexit`` hook that shuts them down in a
+fixed order. No other module
 registers a fork or exit handler.
 
 ``AppConfig.ready()`` creates and starts it (:func:`start`); without the app in ``INSTALLED_APPS``
@@ -27,7 +28,7 @@ from django.core.signals import setting_changed
 from django_poolguard.engine import pool as pools
 from django_poolguard.engine import side_connection
 from django_poolguard.fleet import publish
-from django_poolguard.watchdog import alerts, leak_events, leaks, slots
+from django_poolguard.watchdog import alerts, idle_sites, leak_events, leaks, slots
 from django_poolguard.watchdog.monitor import Watchdog, monitor_interval
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class Runtime:
         self.add_task(leak_events.TASK_NAME, leak_events.flush)  # right after the scan that queues them
         self.add_task(alerts.TASK_NAME, alerts.check)  # after the scan, so its leak counts are current
         self.add_task(slots.TASK_NAME, slots.check)  # lost connections recovered, wedged pools replaced
+        self.add_task(
+            idle_sites.TASK_NAME, idle_sites.sample
+        )  # the profile: before publish, so rows are fresh
         self.add_task("publish", publish.publish_now, every=publish.publish_interval)
         if importlib.util.find_spec("prometheus_client") is not None:  # the optional prometheus extra
             # Imported here: prometheus_client is optional, and importing metrics needs it.

@@ -314,6 +314,74 @@ def test_django_connect_path():
         )
 
 
+@canary("DJANGO_CURSOR_CLASSES")
+def test_django_cursor_classes():
+    wrapper = connections["default"]
+    wrapper.ensure_connection()
+    plain, debug = _compat.DJANGO_CURSOR_CLASSES
+    # Django's own methods, not poolguard's overrides: the profile writes their bodies out.
+    for make, expected in (
+        (BaseDatabaseWrapper.make_cursor, plain),
+        (BaseDatabaseWrapper.make_debug_cursor, debug),
+    ):
+        cursor = make(wrapper, wrapper.connection.cursor())
+        assert type(cursor) is expected, changed(
+            "DJANGO_CURSOR_CLASSES", f"{make.__name__} built {type(cursor)}"
+        )
+        cursor.close()
+
+    order: list[str] = []
+
+    class Counting(plain):  # type: ignore[misc,valid-type]
+        def _execute(self, *args: Any) -> Any:
+            order.append("_execute")
+            return super()._execute(*args)
+
+        def _executemany(self, *args: Any) -> Any:
+            order.append("_executemany")
+            return super()._executemany(*args)
+
+    def around(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        order.append("wrapper")
+        result = execute(sql, params, many, context)
+        order.append("/wrapper")
+        return result
+
+    with wrapper.execute_wrapper(around), Counting(wrapper.connection.cursor(), wrapper) as cursor:
+        cursor.execute("SELECT %s", [1])
+        cursor.executemany("SELECT %s", [[1], [2]])
+    assert order == ["wrapper", "_execute", "/wrapper", "wrapper", "_executemany", "/wrapper"], changed(
+        "DJANGO_CURSOR_CLASSES", f"a statement ran {order}, not its innermost call once inside the wrappers"
+    )
+
+
+@canary("current_frames")
+def test_current_frames():
+    entered, release = threading.Event(), threading.Event()
+
+    def waits_here() -> None:
+        entered.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=waits_here)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        frames = _compat.current_frames()
+        own = frames[threading.get_ident()]
+        assert own.f_back is not None and own.f_back.f_code is test_current_frames.__code__, changed(
+            "current_frames", "this thread's innermost frame is not the running function's"
+        )
+        frame, names = frames.get(thread.ident), []  # type: ignore[arg-type]
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        assert "waits_here" in names, changed("current_frames", f"the waiting thread's stack is {names}")
+    finally:
+        release.set()
+        thread.join()
+
+
 @canary("configure_timezone")
 def test_configure_timezone():
     wrapper = connections["default"]

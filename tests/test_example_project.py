@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from stat import S_IMODE
+from typing import Any
 
 import psycopg
 import pytest
@@ -174,6 +175,13 @@ LEAK_THRESHOLD = 5  # the shop's web alias
 ANALYTICS_LEAK_THRESHOLD = 10  # the shop's analytics alias, where the report runs
 
 
+def _replay_databases(params: dict[str, Any]) -> set[str]:
+    """The replay databases on the server (other runs on a shared server may have their own)."""
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'poolguard_incident_%'")
+        return {name for (name,) in rows.fetchall()}
+
+
 def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> None:
     shop_params = _shop_params(shop_env)
     shop_db = shop_env["DATABASE_URL"].split("/")[-1].split("?")[0]
@@ -181,14 +189,12 @@ def test_leak_incident_names_the_leaking_code_and_keeps_answering(shop_env) -> N
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [shop_db]).fetchone():
             conn.execute(f'CREATE DATABASE "{shop_db}"')
     leaks_before = _leak_events(shop_db, shop_params)
+    replay_databases_before = _replay_databases(shop_params)
     runs = _incident("leak", shop_env)
     # Progress while each side replays, and the replay in a database of its own, dropped after it:
     # the shop's (the demo's) database is left as it was.
     assert "replaying for 12 s" in runs["progress"] and "requests," in runs["progress"], runs["progress"]
-    with psycopg.connect(dbname="postgres", autocommit=True, **shop_params) as conn:
-        assert not conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'poolguard_incident_%'"
-        ).fetchall()
+    assert _replay_databases(shop_params) <= replay_databases_before  # this run's own one is gone
     assert _leak_events(shop_db, shop_params) == leaks_before
     guarded, native = runs["guarded"], runs["native"]
     assert guarded["named_at_s"] is not None and guarded["named_at_s"] <= LEAK_THRESHOLD + 2, guarded
@@ -243,6 +249,25 @@ def test_hoard_fixed_incident_serves_every_payment_only_with_transaction_release
     assert released["served"] == released["requests"]
     assert released["probes_answered"] == released["probes"], released
     assert released["probe_worst_s"] < request["probe_worst_s"]
+
+
+def test_profile_incident_ranks_the_report_and_flags_the_payment_call_and_the_n_plus_one(shop_env) -> None:
+    guarded = _incident("profile", shop_env)["guarded"]
+    top, found = guarded["top"], guarded["profile_findings"]
+    # The slow report holds the most pool time, and the database is busy for nearly all of it.
+    assert (top[0]["alias"], top[0]["label"]) == ("analytics", "GET /reports/revenue/"), top
+    assert top[0]["db_share"] > 0.9, top[0]
+    # The payment route holds its connection idle across the provider call, named by its line.
+    views = (EXAMPLE / "shop" / "views.py").read_text().splitlines()
+    line = next(i for i, text in enumerate(views, 1) if "# the slow external call" in text)
+    idle = {f["label"]: f for f in found if f["kind"] == "holds connections idle"}
+    assert "POST /payments/pay/" in idle, found
+    assert idle["POST /payments/pay/"]["where"].startswith(f"shop/views.py:{line} in pay > shop/services.py:")
+    assert "GET /reports/revenue/" not in idle
+    # The listing's N+1: a query per category and per product, 105 in one checkout.
+    n_plus_one = {f["label"]: f for f in found if f["kind"] == "N+1"}
+    assert "ran up to 105 queries in one checkout" in n_plus_one["GET /products/by-category/"]["text"]
+    assert "shop/views.py" in n_plus_one["GET /products/by-category/"]["where"]
 
 
 def test_budget_counts_the_analytics_alias_in_every_web_process(shop_env) -> None:

@@ -45,7 +45,7 @@ def _is_atexit(call: str) -> bool:
 
 def test_the_app_starts_the_process_runtime_with_its_tasks_in_order() -> None:
     tasks = get_runtime().task_names()
-    expected = ["leaks", "leak-events", "alerts", "slots", "publish", "metrics"]
+    expected = ["leaks", "leak-events", "alerts", "slots", "profile", "publish", "metrics"]
     assert tasks == expected
 
 

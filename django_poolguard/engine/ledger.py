@@ -14,8 +14,10 @@ from time import monotonic
 from typing import Any
 
 from django_poolguard._compat import count_value
+from django_poolguard.conf import guard_settings
 from django_poolguard.engine import stacks
 from django_poolguard.engine.context import bounded
+from django_poolguard.engine.profile import Profile, _scope
 
 RING_SIZE = 4096  # samples kept for percentiles; a power of two so the index is a mask
 _MASK = RING_SIZE - 1
@@ -28,17 +30,25 @@ class Checkout:
         "__weakref__",
         "connection",
         "context",
+        "db_time",
         "dropped_seen",
         "held_reason",
         "hoard_reported",
+        "idle_site",
+        "last_query",
         "last_used",
+        "queries",
+        "query_started",
         "reported",
         "returned",
+        "scope",
+        "sql_counts",
         "stack",
         "started",
         "thread",
         "tx_stack",
         "tx_started",
+        "tx_time",
         "wait",
         "wrapper_ref",
     )
@@ -59,6 +69,15 @@ class Checkout:
         self.dropped_seen = False  # the watchdog saw its wrapper no longer holding it (leaks._orphaned)
         # In transaction release mode: why the holder kept it when it could have given it back.
         self.held_reason: str | None = None
+        # The pool-time profile's per-checkout figures, kept by the cursor (engine/profile.py).
+        self.scope = _scope.get()
+        self.queries = 0
+        self.db_time = 0.0  # seconds with a query or commit running
+        self.query_started: float | None = None  # a query is running since then
+        self.last_query = 0.0  # when the last query ended
+        self.tx_time = 0.0  # seconds in finished transactions
+        self.sql_counts: dict[str, list[Any]] | None = None  # past the N+1 threshold only
+        self.idle_site: str | None = None  # where the watchdog last found the holder between queries
 
     @property
     def held(self) -> float:
@@ -135,6 +154,7 @@ class Ledger:
         self.pinned_by_reason: dict[str, int] = {}
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
+        self.profile = Profile()
 
     @property
     def acquired_total(self) -> int:
@@ -163,6 +183,8 @@ class Ledger:
         if checkout is not None:
             checkout.returned = now = monotonic()  # for "returned after N s" reports
             self._held_ring[self._returned.increment() & _MASK] = now - checkout.started
+            if guard_settings.PROFILE:  # the pool-time profile
+                self.profile.fold(checkout, now)
         return checkout
 
     def get(self, connection: Any) -> Checkout | None:

@@ -227,6 +227,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     def _exhausted(self, started: float, *, queue_full: bool) -> PoolExhausted:
         waited = monotonic() - started
         self.ledger.count("rejected_total" if queue_full else "timeouts_total")
+        self.ledger.profile.mark_exhausted(started + waited)  # the next checkout is a retry
         state = self.state()
         in_use = f"{state['in_use']}/{state['max']} in use, {state['waiting']} waiting"
         if queue_full:

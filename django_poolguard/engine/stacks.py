@@ -161,3 +161,27 @@ def fingerprint(raw: RawStack) -> str:
     app = [f"{p}:{n}:{fn}" for p, n, fn, is_app in described if is_app]
     key = "\n".join(app or [f"{p}:{n}:{fn}" for p, n, fn, _ in described])
     return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def capture_frame(frame: FrameType | None, depth: int = 20) -> RawStack:
+    """The stack from ``frame`` outwards (another thread's, from ``sys._current_frames()``)."""
+    out: list[CodeType | int] = []
+    for _ in range(depth):
+        if frame is None:
+            break
+        out.append(frame.f_code)
+        out.append(frame.f_lasti)
+        frame = frame.f_back
+    return tuple(out)
+
+
+def call_chain(raw: RawStack, limit: int = 2) -> str | None:
+    """The innermost ``limit`` application frames, outermost first:
+    ``"shop/views.py:120 in pay > shop/services.py:14 in charge"``; None without any."""
+    app = [
+        f"{path}:{_lineno(code, offset)} in {function}"
+        for code, offset in _pairs(raw)
+        for path, function, is_app in (_info(code),)
+        if is_app
+    ][:limit]
+    return " > ".join(reversed(app)) if app else None

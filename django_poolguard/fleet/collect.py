@@ -33,6 +33,7 @@ from django_poolguard.fleet.schema import (
     read_entry,
 )
 from django_poolguard.fleet.snapshots import worst
+from django_poolguard.fleet.top import Holder, ProfileFinding, alias_profile
 
 logger = logging.getLogger("django_poolguard")
 
@@ -92,6 +93,11 @@ class AliasTotals(TypedDict):
     utilization: float
     status: str
     history: NotRequired[list[EncodedPoint]]
+    # The pool-time profile's keys (fleet/top.py), when any process published rows for the alias.
+    top: NotRequired[list[Holder]]
+    findings: NotRequired[list[ProfileFinding]]
+    busy_ratio: NotRequired[float | None]
+    pool_seconds: NotRequired[float]
 
 
 def default_alias() -> str:
@@ -207,6 +213,9 @@ def totals(processes: list[ProcessSnapshot], *, history: bool = True) -> dict[st
             total["acquire_p95_ms"] = max(total["acquire_p95_ms"], data["acquire_ms"]["p95"])
             statuses.setdefault(alias, []).append(data["status"])
     for alias, total in out.items():
+        profile = alias_profile(processes, alias)  # the pool-time profile, summed over processes
+        if profile is not None:
+            total.update(profile)
         total["utilization"] = round(total["in_use"] / total["max"], 4) if total["max"] else 0.0
         # The worst process decides: one exhausted gunicorn worker is an outage for its requests.
         total["status"] = worst(statuses[alias])

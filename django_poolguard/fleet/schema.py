@@ -29,6 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
+from django_poolguard.engine.profile import QUERY_BOUNDS, WAIT_BOUNDS, TopRow
+
 #: The version of the shapes below that this release writes, and the newest it reads.
 SCHEMA_VERSION = 2
 #: Entries without a ``"schema"`` key: the release before versioning wrote them.
@@ -127,6 +129,9 @@ class AliasSnapshot(PoolState):
     leak_threshold: float
     checkouts: NotRequired[list[CheckoutSnapshot]]
     history: NotRequired[list[EncodedPoint]]
+    #: The pool-time profile: per label, ranked by pool-seconds (``engine.profile.TopRow``); an
+    #: optional key older readers drop, so no new schema version.
+    top: NotRequired[list[TopRow]]
 
 
 class ProcessSnapshot(TypedDict):
@@ -435,7 +440,59 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
         pool["checkouts"] = [_checkout(c, f"{path}.checkouts[{i}]") for i, c in enumerate(checkouts)]
     if history and "history" in data:
         pool["history"] = _checked_history(data["history"])
+    if "top" in data:
+        rows = _list(data["top"], f"{path}.top")
+        if len(rows) > MAX_TOP_ROWS:
+            raise _Invalid(f"{path}.top", f"at most {MAX_TOP_ROWS} rows", rows)
+        pool["top"] = [_top_row(row, f"{path}.top[{i}]") for i, row in enumerate(rows)]
     return pool
+
+
+# --- The pool-time profile's rows (aliases.<alias>.top[]) -------------------------------------
+
+MAX_TOP_ROWS = 1001  # PROFILE_TOP labels plus "other"; a bigger PROFILE_TOP is cut here
+TOP_COUNTS = ("checkouts", "queries", "queries_max", "retries", "n1_checkouts", "n1_queries", "n1_count", "idle_samples")  # fmt: skip
+TOP_SECONDS = ("held_s", "db_s", "tx_s")
+TOP_PLACES = ("origin", "n1_shape", "n1_site", "idle_site")
+
+
+def _histogram(value: Any, path: str, buckets: int) -> list[int]:
+    counts = _list(value, path)
+    if len(counts) != buckets:
+        raise _Invalid(path, f"a list of {buckets} counts", counts)
+    return [_count(n, f"{path}[{i}]") for i, n in enumerate(counts)]
+
+
+def _top_row(value: Any, path: str) -> TopRow:
+    data = _object(value, path)
+    optional = {}
+    for key in TOP_PLACES:
+        place = data.get(key)
+        optional[key] = None if place is None else _text(place, f"{path}.{key}")
+    counts = {key: _count(data.get(key, 0), f"{path}.{key}") for key in TOP_COUNTS}
+    seconds = {key: _number(data.get(key, 0.0), f"{path}.{key}") for key in TOP_SECONDS}
+    return {
+        "label": _text(data.get("label", MISSING), f"{path}.label", MAX_NAME),
+        "checkouts": counts["checkouts"],
+        "held_s": seconds["held_s"],
+        "db_s": seconds["db_s"],
+        "tx_s": seconds["tx_s"],
+        "queries": counts["queries"],
+        "queries_max": counts["queries_max"],
+        "query_hist": _histogram(
+            data.get("query_hist", MISSING), f"{path}.query_hist", len(QUERY_BOUNDS) + 1
+        ),
+        "wait_hist": _histogram(data.get("wait_hist", MISSING), f"{path}.wait_hist", len(WAIT_BOUNDS) + 1),
+        "retries": counts["retries"],
+        "origin": optional["origin"],
+        "n1_checkouts": counts["n1_checkouts"],
+        "n1_queries": counts["n1_queries"],
+        "n1_count": counts["n1_count"],
+        "n1_shape": optional["n1_shape"],
+        "n1_site": optional["n1_site"],
+        "idle_site": optional["idle_site"],
+        "idle_samples": counts["idle_samples"],
+    }
 
 
 def _version(data: dict[Any, Any]) -> int:

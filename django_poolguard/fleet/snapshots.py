@@ -110,6 +110,8 @@ def pool_snapshot(
     }
     if with_checkouts:
         data["checkouts"] = [checkout_snapshot(c, stack_limit) for c in checkouts]
+    if guard_settings.PROFILE:
+        data["top"] = ledger.profile.rows()  # the pool-time profile (fleet/top.py sums it)
     return data
 
 

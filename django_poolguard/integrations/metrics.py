@@ -20,8 +20,10 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from django_poolguard.conf import guard_settings
 from django_poolguard.engine.ledger import Ledger
 from django_poolguard.engine.pool import GuardedPool, all_pools
+from django_poolguard.engine.profile import OTHER, busy_ratio
 
 # Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
 ACQUIRE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -119,6 +121,25 @@ checkouts_pinned = Counter(
     ["alias", "reason"],
 )
 
+# The pool-time profile (engine/profile.py): label is a route pattern, task, command or thread,
+# at most PROFILE_TOP of them per alias plus "other", so the series stay bounded.
+pool_seconds = Counter(
+    "poolguard_pool_seconds_total",
+    "Seconds connections were held (checkout to return), by route, task, command or thread.",
+    ["alias", "label"],
+)
+db_seconds = Counter(
+    "poolguard_db_seconds_total",
+    "Of the pool-seconds held, the seconds a query or commit was running: the database's share.",
+    ["alias", "label"],
+)
+db_busy_ratio = Gauge(
+    "poolguard_db_busy_ratio",
+    "The database's share of the pool time held in this process since its pool opened (goodput).",
+    ["alias"],
+    multiprocess_mode="liveall",
+)
+
 # (counter, extra labels, reading) for the counters that mirror a single pool or ledger total.
 _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
     (acquire_timeouts, {}, lambda pool: pool.ledger.timeouts_total),
@@ -145,6 +166,8 @@ class _PoolProgress:
         self.acquire_seq = 0
         self.held_seq = 0
         self.totals: dict[tuple[int, tuple[tuple[str, str], ...]], int] = {}
+        self.profile_last: dict[str, tuple[float, float]] = {}  # profile label -> exported totals
+        self.exported_labels: set[str] = set()  # labels with their own series (PROFILE_TOP at most)
 
     def delta(self, key: tuple[int, tuple[tuple[str, str], ...]], value: int) -> int:
         """Growth since the last export; a counter that went back (stats reset) counts from zero."""
@@ -190,6 +213,10 @@ class Exporter:
                 pool_max_connections.labels(alias=alias).set(0)
                 pool_waiting.labels(alias=alias).set(0)
                 leaks_active.labels(alias=alias).set(0)
+                try:
+                    db_busy_ratio.remove(alias)
+                except KeyError:
+                    pass
 
     def _export_pool(self, alias: str, pool: GuardedPool, progress: _PoolProgress) -> None:
         state = pool.state()
@@ -222,6 +249,52 @@ class Exporter:
             grown = progress.delta((-2, (("reason", reason),)), value)
             if grown:
                 checkouts_pinned.labels(alias=alias, reason=reason).inc(grown)
+        if guard_settings.PROFILE:
+            _export_profile(alias, pool, progress)
+
+
+def _export_profile(alias: str, pool: GuardedPool, progress: _PoolProgress) -> None:
+    """Each label's growth since the last export, on its own series while there is room
+    (``PROFILE_TOP``), else on ``other``. A label the profile evicted has its series removed;
+    what it had exported is subtracted from the growth ``other`` shows for it, so nothing is
+    counted twice."""
+    current = pool.ledger.profile.label_totals()
+    last = progress.profile_last
+    gone = [label for label in last if label not in current]
+    lost_held = sum(last[label][0] for label in gone)
+    lost_db = sum(last[label][1] for label in gone)
+    for label in gone:
+        del last[label]
+        if label in progress.exported_labels:
+            progress.exported_labels.discard(label)
+            for counter in (pool_seconds, db_seconds):
+                try:
+                    counter.remove(alias, label)
+                except KeyError:
+                    pass
+    room = int(guard_settings.PROFILE_TOP)
+    # "other" comes last in label_totals(): what the labels above lost to it is known by then.
+    for label, (held, db) in current.items():
+        before_held, before_db = last.get(label, (0.0, 0.0))
+        if label == OTHER:
+            grown_held, grown_db = held - before_held - lost_held, db - before_db - lost_db
+        elif held < before_held:  # evicted and seen again since the last export: it starts over
+            lost_held, lost_db = lost_held + before_held, lost_db + before_db
+            grown_held, grown_db = held, db
+        else:
+            grown_held, grown_db = held - before_held, db - before_db
+        last[label] = (held, db)
+        if label != OTHER and label not in progress.exported_labels and len(progress.exported_labels) < room:
+            progress.exported_labels.add(label)
+        target = label if label in progress.exported_labels else OTHER
+        if grown_held > 0:
+            pool_seconds.labels(alias=alias, label=target).inc(grown_held)
+        if grown_db > 0:
+            db_seconds.labels(alias=alias, label=target).inc(grown_db)
+    held_total, db_total = pool.ledger.profile.totals()
+    ratio = busy_ratio(held_total, db_total)
+    if ratio is not None:
+        db_busy_ratio.labels(alias=alias).set(ratio)
 
 
 __all__ = ["Exporter"]

@@ -127,6 +127,10 @@ def _alias_cards(
                 "utilization_pct": round(100 * total["in_use"] / total["max"]) if total["max"] else 0,
                 "acquire_ms": acquire,
                 "sparkline": sparkline(history, now),
+                # The pool-time profile summed over processes (fleet/top.py); None when not published.
+                "top": total.get("top"),
+                "findings": total.get("findings") or [],
+                "busy_ratio": total.get("busy_ratio"),
             }
         )
     return cards

@@ -330,6 +330,36 @@ def _worker_storm(run: Run) -> None:
             )
 
 
+def _profile(run: Run) -> None:
+    # An ordinary evening: a couple of reports, payments through a slow provider, the N+1 listing.
+    run.probe(until=8)
+    run.burst(2, "GET", "/reports/revenue/?seconds=4")
+    run.burst(4, "POST", "/payments/pay/?delay=1.5", every=0.2)
+    run.burst(3, "GET", "/products/by-category/", every=0.5)
+    run.wait(8)
+    time.sleep(1.5)  # the watchdog's last look at the holders, the last connections back
+    # What the pool-time profile says: every alias's labels, longest held first, and its findings.
+    from django_poolguard.fleet.schema import read_entry
+    from django_poolguard.fleet.snapshots import process_snapshot
+    from django_poolguard.fleet.top import alias_profile
+
+    entry = read_entry(process_snapshot(with_checkouts=False))
+    if not isinstance(entry, dict):
+        return
+    top, found = [], []
+    for alias in entry["aliases"]:
+        profile = alias_profile([entry], alias)  # type: ignore[list-item]
+        if profile is None:
+            continue
+        top += [{"alias": alias, **holder} for holder in profile["top"]]
+        found += [{"alias": alias, **finding} for finding in profile["findings"]]
+    top.sort(key=lambda holder: -holder["held_s"])
+    run.extra["top"] = top
+    run.extra["profile_findings"] = found
+    for finding in found:
+        run.note("poolguard profile", f"{finding['text']} [{finding['where']}]")
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -374,6 +404,15 @@ SCENARIOS: dict[str, Scenario] = {
             _hoard_fixed,
             duration=12,
             sides=("guarded", "transaction"),
+        ),
+        Scenario(
+            "profile",
+            "where the pool time goes: a slow report, a payment API inside the request, an N+1 listing",
+            "seeds' checklist",
+            ["holds connections idle"],
+            _profile,
+            duration=8,
+            warmup=(PROBE_PATH, "/reports/revenue/?seconds=0"),
         ),
         Scenario(
             "worker-storm",

@@ -151,6 +151,8 @@ else:
     }
 
 POOLGUARD = {
+    # The pool-time profile (docs/profile.md): `manage.py incident profile` and the admin show it.
+    "PROFILE": GUARDED,
     "WORKLOADS": {"web": "default", "worker": "worker", "analytics": "analytics"}
     if GUARDED
     # Without poolguard's pools every workload shares the one alias, as in most projects.

@@ -286,6 +286,30 @@ def test_copy_on_a_kept_cursor_takes_a_connection_again(tx_alias):
     assert held(tx_alias) == 0
 
 
+def test_with_the_profile_on_each_statement_is_timed_and_its_connection_released(tx_alias, settings):
+    settings.POOLGUARD = {**settings.POOLGUARD, "PROFILE": True}
+    wrapper = connections[tx_alias]
+    cursor = wrapper.cursor()
+    ledger = get_pool(tx_alias).ledger
+    cursor.execute("SELECT pg_sleep(0.2)")
+    cursor.fetchall()
+    assert held(tx_alias) == 0 and ledger.released_total == 1
+    cursor.execute("SELECT 1")  # a kept cursor: timed on the checkout it takes again
+    cursor.fetchall()
+    cursor.close()
+    assert held(tx_alias) == 0 and ledger.released_total == 2
+    wrapper.force_debug_cursor = True  # Django's debug cursor (DEBUG = True) is timed and released too
+    try:
+        assert count(tx_alias) == 0
+    finally:
+        wrapper.force_debug_cursor = False
+    assert held(tx_alias) == 0 and ledger.released_total == 3
+    [row] = ledger.profile.rows()
+    assert row["label"] == f"thread {threading.current_thread().name}"
+    assert row["checkouts"] == 3 and row["queries"] == 3
+    assert row["db_s"] >= 0.2  # pg_sleep ran on the database
+
+
 def test_snapshots_and_poolstats_show_the_mode_releases_and_why_a_checkout_is_held(tx_alias, make_alias):
     import io
 

@@ -7,6 +7,10 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
     python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
 
+    python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
+
+"poolguard" runs with the pool-time profile (``PROFILE``, the default) on, "profile off" without it.
+
 Wall-clock figures move with whatever else the machine runs; the instruction counts do not
 (``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
 500 and 3,000 checkouts, with the watchdog parked so only per-checkout work is counted).
@@ -20,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -89,7 +94,9 @@ def measure(alias: str, threads: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def count_instructions(alias: str, capture: bool, checkouts: int, timeouts_via: str | None = None) -> int:
+def count_instructions(
+    alias: str, capture: bool, checkouts: int, timeouts_via: str | None = None, profile: bool = True
+) -> int:
     import re
     import subprocess
 
@@ -104,6 +111,7 @@ def count_instructions(alias: str, capture: bool, checkouts: int, timeouts_via: 
         alias,
         "on" if capture else "off",
         timeouts_via or "",
+        "on" if profile else "off",
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
@@ -111,9 +119,10 @@ def count_instructions(alias: str, capture: bool, checkouts: int, timeouts_via: 
 
 def instructions(timeouts_via: str | None = None) -> None:
     rows = {
-        "native": ("native", True),
-        "poolguard": ("poolguard", True),
-        "poolguard, no stacks": ("poolguard", False),
+        "native": ("native", True, True),
+        "poolguard": ("poolguard", True, True),
+        "poolguard, profile off": ("poolguard", True, False),
+        "poolguard, no stacks": ("poolguard", False, True),
     }
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
@@ -123,24 +132,64 @@ def instructions(timeouts_via: str | None = None) -> None:
     print("| engine | instructions per checkout | / native |")
     print("|---|---|---|")
     counts = {}
-    for name, (alias, capture) in rows.items():
-        few, many = (count_instructions(alias, capture, n, timeouts_via) for n in (500, 3000))
+    for name, (alias, capture, profile) in rows.items():
+        few, many = (count_instructions(alias, capture, n, timeouts_via, profile) for n in (500, 3000))
         counts[name] = (many - few) / 2500
         print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
 
 
-def run_checkouts(checkouts: int, alias: str, capture: str, timeouts_via: str) -> None:
+def opcodes() -> None:
+    """Python bytecodes executed per checkout, by engine: exact and the same on a busy machine
+    (C work, libpq and the server are not counted; see --instructions for those)."""
+    from django_poolguard.conf import guard_settings
+
+    guard_settings.MONITOR_INTERVAL = 3600.0
+    count = [0]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count[0] += 1
+        return tracer
+
+    rows = {
+        "native": ("native", True, True),
+        "poolguard": ("poolguard", True, True),
+        "poolguard, profile off": ("poolguard", True, False),
+        "poolguard, no stacks": ("poolguard", False, True),
+    }
+    print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
+    print()
+    print("| engine | bytecodes per checkout | / native |")
+    print("|---|---|---|")
+    results: dict[str, float] = {}
+    for name, (alias, capture, profile) in rows.items():
+        guard_settings.CAPTURE_STACKS, guard_settings.PROFILE = capture, profile
+        for _ in range(50):
+            one_checkout(alias)
+        count[0] = 0
+        sys.settrace(tracer)
+        for _ in range(500):
+            one_checkout(alias)
+        sys.settrace(None)
+        results[name] = count[0] / 500
+        print(f"| {name} | {results[name]:,.0f} | {results[name] / results['native']:.3f} |", flush=True)
+
+
+def run_checkouts(checkouts: str, alias: str, capture: str, timeouts_via: str, profile: str) -> None:
     configure(capture_stacks=capture == "on", timeouts_via=timeouts_via or None)
     from django_poolguard.conf import guard_settings
 
+    guard_settings.PROFILE = profile != "off"
+
     guard_settings.MONITOR_INTERVAL = 3600.0  # park the watchdog: count per-checkout work only
-    for _ in range(checkouts + 1):
+    for _ in range(int(checkouts) + 1):
         one_checkout(alias)
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--run-checkouts"]:
-        run_checkouts(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")
+        run_checkouts(*sys.argv[2:7])  # type: ignore[arg-type]
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,12 +199,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
+    parser.add_argument("--opcodes", action="store_true", help="count Python bytecodes per checkout")
     parser.add_argument(
         "--timeouts-via",
         choices=["startup", "set"],
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
     )
     args = parser.parse_args()
+    if args.opcodes:
+        configure(capture_stacks=True)
+        opcodes()
+        return
     if args.instructions:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
         instructions(args.timeouts_via)
@@ -163,15 +217,16 @@ def main() -> None:
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
 
-    # Column -> (alias, poolguard's CAPTURE_STACKS while measuring it).
+    # Column -> (alias, poolguard's CAPTURE_STACKS and PROFILE while measuring it).
     engines = {
-        "native": ("native", True),
-        "poolguard": ("poolguard", True),
-        "poolguard, no stacks": ("poolguard", False),
+        "native": ("native", True, True),
+        "poolguard": ("poolguard", True, True),
+        "profile off": ("poolguard", True, False),
+        "poolguard, no stacks": ("poolguard", False, True),
     }
     if not args.skip_nopool:
-        engines["no pool"] = ("nopool", True)
-    for alias, _ in engines.values():
+        engines["no pool"] = ("nopool", True, True)
+    for alias, _, _ in engines.values():
         one_checkout(alias)  # open pools before timing
 
     print(
@@ -181,13 +236,16 @@ def main() -> None:
     if args.timeouts_via:
         print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
-    print(f"| threads | {' | '.join(engines)} | poolguard / native | no stacks / native |")
-    print("|---|" + "---|" * len(engines) + "---|---|")
+    print(
+        f"| threads | {' | '.join(engines)} | poolguard / native | profile off / native | no stacks / native |"
+    )
+    print("|---|" + "---|" * len(engines) + "---|---|---|")
     for threads in args.threads:
         results: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.rounds):
-            for name, (alias, capture) in engines.items():
+            for name, (alias, capture, profile) in engines.items():
                 guard_settings.CAPTURE_STACKS = capture
+                guard_settings.PROFILE = profile
                 seconds = args.seconds if alias != "nopool" else min(args.seconds, 1.0)
                 results[name].append(measure(alias, threads, seconds))
         guard_settings.reload()
@@ -195,7 +253,8 @@ def main() -> None:
         cells = " | ".join(f"{medians[name]:,.0f}" for name in engines)
         ratio = medians["poolguard"] / medians["native"]
         bare = medians["poolguard, no stacks"] / medians["native"]
-        print(f"| {threads} | {cells} | {ratio:.3f} | {bare:.3f} |")
+        unprofiled = medians["profile off"] / medians["native"]
+        print(f"| {threads} | {cells} | {ratio:.3f} | {unprofiled:.3f} | {bare:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Memory after 100,000 checkouts: the ledger and its stacks are O(checked-out connections).
+"""Memory after 100,000 checkouts: the ledger and its stacks are O(checked-out connections),
+and the pool-time profile is O(PROFILE_TOP) labels, though every checkout has a label of its own.
 
 Four threads make 100,000 checkouts in total on a poolguard pool (max_size=5), each with its
 own request label (``GET /items/<n>``) and a query every 10th checkout, while the watchdog
@@ -44,7 +45,12 @@ def configure() -> None:
                 "OPTIONS": {"pool": {"min_size": 5, "max_size": 5, "timeout": 10}},
             }
         },
-        POOLGUARD={"PUBLISH": None, "WORKLOADS": {"web": "default"}, "MONITOR_INTERVAL": 0.1},
+        POOLGUARD={
+            "PUBLISH": None,
+            "WORKLOADS": {"web": "default"},
+            "MONITOR_INTERVAL": 0.1,
+            "PROFILE": True,
+        },
         USE_TZ=True,
     )
     django.setup()
@@ -66,7 +72,7 @@ def checkouts(count: int, first: int) -> None:
 
 
 def measure(label: str, done: int) -> dict[str, float | int | str]:
-    from django_poolguard.engine import stacks
+    from django_poolguard.engine import profile, stacks
     from django_poolguard.engine.pool import get_pool
     from django_poolguard.watchdog import leaks
 
@@ -81,6 +87,8 @@ def measure(label: str, done: int) -> dict[str, float | int | str]:
         "ledger_entries": len(pool.ledger),
         "code_cache_entries": len(stacks._code_info),
         "reported_entries": sum(len(v) for v in leaks._reported.values()),
+        "profile_labels": len(pool.ledger.profile),
+        "profile_keys": len(pool.ledger.profile._by_key) + len(profile._label_cache),
         "poolguard_kib": round(sum(s.size for s in ours.statistics("filename")) / 1024, 1),
         "process_kib": round(tracemalloc.get_traced_memory()[0] / 1024, 1),
     }
@@ -146,11 +154,15 @@ def main() -> None:
         f"\n{done:,} checkouts from {THREADS} threads in {elapsed:.1f} s "
         f"(under tracemalloc), {pool.ledger.acquired_total:,} acquired in total, pool max_size=5.\n"
     )
-    print("| point | ledger entries | code-object cache | poolguard's memory (KiB) | process traced (KiB) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| point | ledger entries | code-object cache | profile labels | profile key caches "
+        "| poolguard's memory (KiB) | process traced (KiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['point']} | {row['ledger_entries']} | {row['code_cache_entries']} "
+            f"| {row['profile_labels']} | {row['profile_keys']} "
             f"| {row['poolguard_kib']} | {row['process_kib']} |"
         )
     connections["default"].close()

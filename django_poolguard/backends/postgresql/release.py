@@ -19,6 +19,8 @@ from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
 from psycopg import ServerCursor
 
+from django_poolguard.backends.postgresql.cursor import TimedCursorDebugWrapper, TimedCursorWrapper
+
 # Statements whose effect outlives the transaction that ran them, and the reason shown while a
 # connection is pinned by one. Searched only in transaction mode; the cheap test first.
 _SESSION_SQL = re.compile(
@@ -179,10 +181,22 @@ class ReleasingCursorDebugWrapper(ReleasingCursorMixin, CursorDebugWrapper):
     pass
 
 
+# With the pool-time profile on: each statement timed on the checkout it ran on (a cursor bound
+# again after a release times the new one), then the connection given back when idle.
+class TimedReleasingCursorWrapper(ReleasingCursorMixin, TimedCursorWrapper):
+    pass
+
+
+class TimedReleasingCursorDebugWrapper(ReleasingCursorMixin, TimedCursorDebugWrapper):
+    pass
+
+
 __all__ = [
     "PIN_REASONS",
     "ReleasingCursorDebugWrapper",
     "ReleasingCursorWrapper",
+    "TimedReleasingCursorDebugWrapper",
+    "TimedReleasingCursorWrapper",
     "hold_connection",
     "holding",
     "needs_session",

@@ -52,6 +52,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--leaks", action="store_true", help="Also list recent leak events with stacks.")
         parser.add_argument(
+            "--top",
+            action="store_true",
+            help="Also show the pool-time profile: the routes, tasks and threads holding each alias's "
+            "connections longest, the database's share of that time, and the findings.",
+        )
+        parser.add_argument(
             "--check",
             action="store_true",
             help="Print one status line and exit 0 (healthy), 1 (warning) or 2 (critical).",
@@ -97,7 +103,7 @@ class Command(BaseCommand):
             indent = None if options["watch"] else 2
             self.stdout.write(json.dumps(data, indent=indent, default=str))
         else:
-            self.stdout.write(render(data))
+            self.stdout.write(render(data, top=options["top"]))
 
 
 def check_line(state: str, data: dict[str, Any]) -> str:
@@ -158,7 +164,7 @@ def _when(value: Any) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], *, top: bool = False) -> str:
     """The fleet view as text, in the order an on-call engineer reads it."""
     lines = [
         f"Poolguard fleet at {_when(data['generated_at'])}: "
@@ -233,6 +239,8 @@ def render(data: dict[str, Any]) -> str:
             ["HOST", "PID", "ROLE", "ALIAS", "USE/IDLE/WAIT/MAX", "ACQ P95", "LEAKS", "SEEN", "STATUS"], rows
         )
         lines.append("")
+    if top:
+        lines += _top(data["aliases"])
     lines += _long_checkouts(data)
     lines += _database(data.get("database") or {})
     lines += _budget(data.get("budget") or {})
@@ -240,6 +248,43 @@ def render(data: dict[str, Any]) -> str:
         lines += _leak_events(data["leak_events"])
     # Session SQL, contexts, thread names come from outside: shown, never obeyed by the terminal.
     return "\n".join(escape_controls(line) for line in lines).rstrip() + "\n"
+
+
+def _top(aliases: dict[str, Any]) -> list[str]:
+    """Per alias: the Top holders table, the busy ratio and the findings."""
+    lines: list[str] = []
+    for alias, t in aliases.items():
+        if "top" not in t:
+            lines += [f"Top holders of {alias}: no profile published (POOLGUARD['PROFILE'] is off).", ""]
+            continue
+        busy = "-" if t["busy_ratio"] is None else f"{t['busy_ratio']:.0%}"
+        lines.append(
+            f"Top holders of {alias} (all processes, since their pools opened): {t['pool_seconds']:.1f} "
+            f"pool-seconds, database busy {busy} of them"
+        )
+        rows = [
+            [
+                h["label"],
+                h["checkouts"],
+                f"{h['held_s']:.1f}",
+                "-" if h["db_share"] is None else f"{h['db_share']:.0%}",
+                _ms(h["idle_per_checkout_s"] * 1000),
+                f"{h['queries_mean']:g}/{h['queries_p95']}/{h['queries_max']}",
+                f"{_ms(h['acquire_p50_ms'])}/{_ms(h['acquire_p95_ms'])}",
+                f"{h['tx_s']:.1f}",
+                h["retries"],
+                h["origin"] or "-",
+            ]
+            for h in t["top"]
+        ]
+        headers = ["LABEL", "CHECKOUTS", "POOL-S", "DB", "IDLE/CHECKOUT", "QUERIES MEAN/P95/MAX"]
+        headers += ["ACQUIRE P50/P95", "TX-S", "RETRIES", "TAKES AT"]
+        lines += ["  " + line for line in table(headers, rows)] if rows else ["  no connection returned yet"]
+        for finding in t["findings"]:
+            where = f", at {finding['where']}" if finding["where"] else ""
+            lines.append(f"  ! {finding['kind']}: {finding['text']}{where}")
+        lines.append("")
+    return lines
 
 
 def _unreadable(entries: list[dict[str, Any]]) -> list[str]:

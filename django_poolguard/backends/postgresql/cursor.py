@@ -1,0 +1,61 @@
+"""Cursors that time their queries for the pool-time profile (:mod:`django_poolguard.engine.profile`).
+
+Only the innermost ``_execute``/``_executemany`` are overridden: they run once per statement,
+inside Django's execute wrappers and debug logging, so the time counted is the statement's
+round trip and nothing of Django's own. A cursor of an unpooled connection (no checkout)
+does no more than Django's. Server-side cursors' later fetches are not counted. Both methods
+are private to Django: ``_compat.OVERRIDDEN_HOOKS`` and ``DJANGO_CURSOR_CLASSES`` have their canaries.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+from typing import Any
+
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+from django_poolguard.conf import guard_settings
+from django_poolguard.engine.profile import note_repeated_query
+
+
+class _Timed:
+    db: Any
+
+    # Django's own methods are called by name, not through super(): cheaper, and the MRO is known.
+    def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
+        checkout = self.db._guard_checkout
+        if checkout is None:
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
+        checkout.query_started = started = monotonic()
+        try:
+            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
+        finally:
+            checkout.query_started = None
+            checkout.last_query = ended = monotonic()
+            checkout.db_time += ended - started
+            queries = checkout.queries = checkout.queries + 1
+            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
+                note_repeated_query(checkout, sql)
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
+        checkout = self.db._guard_checkout
+        if checkout is None:
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
+        checkout.query_started = started = monotonic()
+        try:
+            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
+        finally:
+            checkout.query_started = None
+            checkout.last_query = ended = monotonic()
+            checkout.db_time += ended - started
+            queries = checkout.queries = checkout.queries + 1
+            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
+                note_repeated_query(checkout, sql)
+
+
+class TimedCursorWrapper(_Timed, CursorWrapper):
+    pass
+
+
+class TimedCursorDebugWrapper(_Timed, CursorDebugWrapper):
+    pass
