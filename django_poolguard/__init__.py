@@ -18,6 +18,7 @@ __all__ = [
     "current_alias",
     "current_priority",
     "current_workload",
+    "hold_connection",
     "priority",
     "process_snapshot",
     "snapshot",
@@ -26,6 +27,7 @@ __all__ = [
 
 _LAZY = {
     "checkout_context": ("django_poolguard.engine.context", "checkout_context"),
+    "hold_connection": ("django_poolguard.backends.postgresql.release", "hold_connection"),
     "snapshot": ("django_poolguard.fleet.snapshots", "snapshot"),
     "process_snapshot": ("django_poolguard.fleet.snapshots", "process_snapshot"),
     "workload": ("django_poolguard.integrations.workloads", "workload"),

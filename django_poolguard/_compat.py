@@ -410,6 +410,19 @@ _fence(
 DJANGO_CURSOR_CLASSES = (CursorWrapper, CursorDebugWrapper)
 
 
+_fence(
+    "on_commit_pending",
+    "BaseDatabaseWrapper.run_on_commit (the on_commit() callbacks not yet run)",
+    "transaction release mode keeps a connection while on-commit callbacks wait for their commit",
+    DJANGO_CHECKED,
+)
+
+
+def on_commit_pending(wrapper: Any) -> bool:
+    """``transaction.on_commit()`` callbacks are waiting on this wrapper's connection."""
+    return bool(wrapper.run_on_commit)
+
+
 # --- Method overrides --------------------------------------------------------------------------
 
 
@@ -436,7 +449,7 @@ def _postgres_creation() -> type:
 
 
 #: Overridden in engine/pool.py (GuardedPool, PrioritizedPool, _TransitTask) and backends/postgresql/
-#: (the wrapper, its creation class, the profile's timed cursors).
+#: (the wrappers, their creation class, the profile's timed cursors).
 OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "_connect", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "run_task", ("self", "task"), PSYCOPG_POOL_CHECKED),
@@ -448,6 +461,7 @@ OVERRIDDEN_HOOKS = (
     Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_close", ("self",), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "_set_autocommit", ("self", "autocommit"), DJANGO_CHECKED),
+    Hook(_postgres_wrapper, "_cursor", ("self", "name"), DJANGO_CHECKED),
     # The pool-time profile: statements timed in the innermost call, commits timed, timed cursors made.
     Hook(_postgres_wrapper, "_commit", ("self",), DJANGO_CHECKED),
     Hook(_postgres_wrapper, "make_cursor", ("self", "cursor"), DJANGO_CHECKED),
@@ -467,9 +481,9 @@ _fence(
     "OVERRIDDEN_HOOKS",
     "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool; "
     "MaintenanceTask.run, _run; postgresql "
-    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _commit, make_cursor, "
+    "DatabaseWrapper._configure_connection, _close, _set_autocommit, _cursor, _commit, make_cursor, "
     "make_debug_cursor; CursorWrapper._execute, _executemany; DatabaseCreation._destroy_test_db",
-    "poolguard overrides them in its pool, its wrapper, its timed cursors and its test-database creation",
+    "poolguard overrides them in its pool, its wrappers, its timed cursors and its test-database creation",
     f"{PSYCOPG_POOL_CHECKED}; {DJANGO_CHECKED}",
 )
 
@@ -534,6 +548,7 @@ __all__ = [
     "install_waiting_queue",
     "keep_idle",
     "mark_response_logged",
+    "on_commit_pending",
     "pool_growing",
     "pool_lock",
     "pop_idle_connection",

@@ -123,6 +123,9 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
 
 PG_TIMEOUT_FIX = f"Use between 0.001 and {PG_MAX_MILLISECONDS / 1000} seconds"
 
+#: When a checkout goes back to the pool (``OPTIONS["poolguard"]["release"]``).
+RELEASE_MODES = ("request", "transaction")
+
 #: How an alias's timeouts reach its sessions (``OPTIONS["poolguard"]["timeouts_via"]``).
 TIMEOUTS_VIA = ("startup", "set", "server")
 
@@ -155,6 +158,12 @@ ALIAS_SETTINGS: dict[str, Setting] = {
         fix='Use "startup" (default: in the connection\'s startup packet), "set" (by SET once per '
         'connection: PgBouncer in session mode) or "server" (set by the role or PgBouncer\'s '
         "connect_query; poolguard checks them: PgBouncer in transaction mode)",
+    ),
+    "release": Setting(
+        "request",
+        OneOf(RELEASE_MODES),
+        fix='Use "request" (default: a connection is kept from the first query to the end of the request '
+        'or task) or "transaction" (given back to the pool whenever idle between transactions)',
     ),
 }
 
@@ -256,6 +265,7 @@ class AliasConfig:
     idle_in_transaction_timeout: float | None
     timeouts_via: str = "startup"
     reserve: dict[str, int] | None = None  # connections kept back per priority class
+    release: str = "request"
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -275,6 +285,7 @@ class AliasConfig:
             idle_in_transaction_timeout=options["idle_in_transaction_timeout"],
             timeouts_via=options["timeouts_via"],
             reserve=dict(options["reserve"]) if options["reserve"] else None,
+            release=options["release"],
         )
 
 

@@ -525,6 +525,22 @@ def test_mark_response_logged(caplog):
     assert "marked" not in messages, changed("mark_response_logged", "Django logged a marked response again")
 
 
+@canary("on_commit_pending")
+def test_on_commit_pending():
+    wrapper = connections["default"]
+    assert not _compat.on_commit_pending(wrapper)
+    ran = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: ran.append(1))
+        assert _compat.on_commit_pending(wrapper), changed(
+            "on_commit_pending", "an on_commit() callback inside atomic() is not in run_on_commit"
+        )
+    assert ran == [1]
+    assert not _compat.on_commit_pending(wrapper), changed(
+        "on_commit_pending", "run_on_commit still holds callbacks after the commit ran them"
+    )
+
+
 @canary("WRAPPER_CONNECTION_STATE")
 def test_wrapper_state_is_what_django_initialises():
     blank = _compat._BlankWrapper(connections["default"].settings_dict, "default")

@@ -242,6 +242,26 @@ def test_hoard_incident_names_where_the_transaction_began(shop_env) -> None:
     assert guarded["probes_answered"] == guarded["probes"], guarded
 
 
+def test_hoard_fixed_incident_serves_every_payment_only_with_transaction_release(shop_env) -> None:
+    """The payment call outside the transaction: only a checkout given back between the read and
+    the write lets a pool of 6 serve more than 6 slow payments at a time."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "manage.py"), "incident", "hoard-fixed", "--json"],
+        env=shop_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    request, released = json.loads(done.stdout[done.stdout.find("[") :])
+    assert (request["mode"], released["mode"]) == ("guarded", "transaction")
+    assert request["shed_503"] > 0, request  # 16 payments of 6 s on 6 connections: the rest shed
+    assert released["shed_503"] == released["failed_5xx"] == 0, released
+    assert released["served"] == released["requests"]
+    assert released["probes_answered"] == released["probes"], released
+    assert released["probe_worst_s"] < request["probe_worst_s"]
+
+
 def test_profile_incident_ranks_the_report_and_flags_the_payment_call_and_the_n_plus_one(shop_env) -> None:
     guarded = _incident("profile", shop_env)["guarded"]
     top, found = guarded["top"], guarded["profile_findings"]

@@ -32,6 +32,7 @@ class Checkout:
         "context",
         "db_time",
         "dropped_seen",
+        "held_reason",
         "hoard_reported",
         "idle_site",
         "last_query",
@@ -66,6 +67,8 @@ class Checkout:
         self.hoard_reported: float | None = None
         self.returned: float | None = None  # when it came back, for "returned after N s" reports
         self.dropped_seen = False  # the watchdog saw its wrapper no longer holding it (leaks._orphaned)
+        # In transaction release mode: why the holder kept it when it could have given it back.
+        self.held_reason: str | None = None
         # The pool-time profile's per-checkout figures, kept by the cursor (engine/profile.py).
         self.scope = _scope.get()
         self.queries = 0
@@ -146,6 +149,10 @@ class Ledger:
         self.invariant_violations_total = 0  # slot check faults: lost slots, surplus, wedged pool (slots.py)
         # "thread_exited" / "wrapper_collected" / "connection_dropped" -> count
         self.reclaimed_by_reason: dict[str, int] = {}
+        # Transaction release mode: checkouts given back between transactions (one per release,
+        # so no lock), and connections pinned to their request or task, by what pinned them.
+        self._released = AtomicCounter()
+        self.pinned_by_reason: dict[str, int] = {}
         self._acquire_ring = [0.0] * RING_SIZE
         self._held_ring = [0.0] * RING_SIZE
         self.profile = Profile()
@@ -157,6 +164,10 @@ class Ledger:
     @property
     def returned_total(self) -> int:
         return self._returned.value
+
+    @property
+    def released_total(self) -> int:
+        return self._released.value
 
     @property
     def reclaimed_total(self) -> int:
@@ -197,6 +208,13 @@ class Ledger:
         with self._lock:
             self.shed_total += 1
             self.shed_by_priority[priority] = self.shed_by_priority.get(priority, 0) + 1
+
+    def count_release(self) -> None:
+        self._released.increment()
+
+    def count_pinned(self, reason: str) -> None:
+        with self._lock:
+            self.pinned_by_reason[reason] = self.pinned_by_reason.get(reason, 0) + 1
 
     def count_reclaimed(self, reason: str) -> None:
         with self._lock:

@@ -88,6 +88,8 @@ class AliasTotals(TypedDict):
     leaks_active: int
     leaks_total: int
     reclaimed_total: int
+    release: str  # the processes' release mode; "mixed" while a deploy changes it
+    released_total: int
     utilization: float
     status: str
     history: NotRequired[list[EncodedPoint]]
@@ -197,12 +199,17 @@ def totals(processes: list[ProcessSnapshot], *, history: bool = True) -> dict[st
                     "leaks_active": 0,
                     "leaks_total": 0,
                     "reclaimed_total": 0,
+                    "release": data["release"],
+                    "released_total": 0,
                     "utilization": 0.0,
                     "status": data["status"],
                 }
             total["processes"] += 1
             for key in SUMMED:
                 total[key] += data[key]
+            total["released_total"] += data["released_total"]
+            if total["release"] != data["release"]:
+                total["release"] = "mixed"
             total["acquire_p95_ms"] = max(total["acquire_p95_ms"], data["acquire_ms"]["p95"])
             statuses.setdefault(alias, []).append(data["status"])
     for alias, total in out.items():

@@ -61,6 +61,7 @@ POOL_TOTALS = (
     "leaks_total",
     "hoards_total",
     "reclaimed_total",
+    "released_total",
     "connections_opened_total",
     "connection_errors_total",
 )
@@ -95,6 +96,7 @@ class CheckoutSnapshot(TypedDict):
     wait_ms: float
     context: str
     in_transaction: bool
+    held_reason: str  # why a transaction-mode holder kept it (see backends/postgresql/release.py), or ""
     stack: list[str]
 
 
@@ -128,6 +130,9 @@ class AliasSnapshot(PoolState):
     hoards_total: int
     reclaimed_total: int
     reclaimed_by_reason: dict[str, int]
+    release: str  # OPTIONS["poolguard"]["release"]: "request" or "transaction"
+    released_total: int  # checkouts given back between transactions (transaction mode)
+    pinned_by_reason: dict[str, int]  # transaction mode: checkouts pinned by session state
     connections_opened_total: int
     connection_errors_total: int
     leak_threshold: float
@@ -387,6 +392,7 @@ def _checkout(value: Any, path: str) -> CheckoutSnapshot:
         "wait_ms": _number(data.get("wait_ms", 0.0), f"{path}.wait_ms"),
         "context": _text(data.get("context", ""), f"{path}.context"),
         "in_transaction": _flag(data.get("in_transaction", False), f"{path}.in_transaction"),
+        "held_reason": _text(data.get("held_reason", ""), f"{path}.held_reason", MAX_NAME),
         "stack": [line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 3] + "..." for line in stack],
     }
 
@@ -401,6 +407,9 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
     reasons = _object(data.get("reclaimed_by_reason", {}), f"{path}.reclaimed_by_reason")
     if len(reasons) > MAX_ALIASES:
         raise _Invalid(f"{path}.reclaimed_by_reason", f"at most {MAX_ALIASES} reasons", reasons)
+    pins = _object(data.get("pinned_by_reason", {}), f"{path}.pinned_by_reason")
+    if len(pins) > MAX_ALIASES:
+        raise _Invalid(f"{path}.pinned_by_reason", f"at most {MAX_ALIASES} reasons", pins)
     workload = data.get("workload")
     pool: AliasSnapshot = {
         "workload": "" if workload is None else _name(workload, f"{path}.workload"),
@@ -426,6 +435,12 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
         "reclaimed_by_reason": {
             _name(reason, f"{path}.reclaimed_by_reason"): _count(n, f"{path}.reclaimed_by_reason.{reason}")
             for reason, n in reasons.items()
+        },
+        "release": _name(data.get("release", "request"), f"{path}.release"),
+        "released_total": totals["released_total"],
+        "pinned_by_reason": {
+            _name(reason, f"{path}.pinned_by_reason"): _count(n, f"{path}.pinned_by_reason.{reason}")
+            for reason, n in pins.items()
         },
         "connections_opened_total": totals["connections_opened_total"],
         "connection_errors_total": totals["connection_errors_total"],

@@ -103,6 +103,9 @@ def pool_snapshot(
         "hoards_total": ledger.hoards_total,
         "reclaimed_total": ledger.reclaimed_total,
         "reclaimed_by_reason": dict(ledger.reclaimed_by_reason),
+        "release": pool.config.release,
+        "released_total": ledger.released_total,
+        "pinned_by_reason": dict(ledger.pinned_by_reason),
         "connections_opened_total": pool.connections_opened(),
         "connection_errors_total": pool.connection_errors(),
         "leak_threshold": pool.config.leak_threshold,
@@ -141,6 +144,7 @@ def checkout_snapshot(checkout: Checkout, stack_limit: int | None = 20) -> Check
         "wait_ms": round(checkout.wait * 1000, 3),
         "context": checkout.label,
         "in_transaction": checkout.tx_started is not None,
+        "held_reason": checkout.held_reason or "",
         "stack": stacks.format_stack(checkout.stack, stack_limit),
     }
 

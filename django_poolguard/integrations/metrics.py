@@ -116,6 +116,17 @@ connection_errors = Counter(
     "Failed attempts to open a connection.",
     ["alias"],
 )
+checkouts_released = Counter(
+    "poolguard_checkouts_released_total",
+    "Checkouts given back to the pool between transactions (release mode 'transaction').",
+    ["alias"],
+)
+checkouts_pinned = Counter(
+    "poolguard_checkouts_pinned_total",
+    "Checkouts kept until their request or task ended because their session holds state "
+    "(release mode 'transaction'), by what pinned them.",
+    ["alias", "reason"],
+)
 
 # The pool-time profile (engine/profile.py): label is a route pattern, task, command or thread,
 # at most PROFILE_TOP of them per alias plus "other", so the series stay bounded.
@@ -145,6 +156,7 @@ _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...
     (connections_opened, {}, lambda pool: pool.connections_opened()),
     (connection_errors, {}, lambda pool: pool.connection_errors()),
     (invariant_violations, {}, lambda pool: pool.ledger.invariant_violations_total),
+    (checkouts_released, {}, lambda pool: pool.ledger.released_total),
 )
 
 
@@ -253,6 +265,10 @@ class Exporter:
                 histogram = priority_acquire_seconds.labels(alias=alias, priority=priority)
                 for sample in samples:
                     histogram.observe(sample)
+        for reason, value in dict(ledger.pinned_by_reason).items():
+            grown = progress.delta((-2, (("reason", reason),)), value)
+            if grown:
+                checkouts_pinned.labels(alias=alias, reason=reason).inc(grown)
         if guard_settings.PROFILE:
             _export_profile(alias, pool, progress)
 

@@ -56,7 +56,8 @@ class Scenario:
     run: Callable[[Run], None]
     duration: float
     warmup: tuple[str, ...] = (PROBE_PATH,)  # production pools are warm: connect before the clock starts
-    # The SHOP_POOL_MODE of each run: Django's pool, poolguard, and for some poolguard with priorities.
+    # The configurations replayed: Django's pool, poolguard, and for some poolguard with priorities
+    # or poolguard's release modes.
     sides: tuple[str, ...] = ("native", "guarded")
 
 
@@ -317,6 +318,13 @@ def _hoard(run: Run) -> None:
     run.burst(8, "POST", "/payments/pay/?delay=6", every=0.1)
 
 
+def _hoard_fixed(run: Run) -> None:
+    # The same slow provider, called outside the transaction: a read, the 6 s call, the write.
+    # Released only between transactions does the pool of 6 serve more than 6 payments at a time.
+    run.probe(until=12)
+    run.burst(16, "POST", "/payments/pay/?delay=6&fixed=1", every=0.1)
+
+
 def _worker_storm(run: Run) -> None:
     # A backfill to "catch up": eight chunks at once, as eight Celery worker threads run them.
     from .tasks import backfill_order_totals
@@ -417,6 +425,15 @@ SCENARIOS: dict[str, Scenario] = {
             duration=12,
         ),
         Scenario(
+            "hoard-fixed",
+            "the payment call moved out of the transaction: request vs transaction release",
+            "seeds 001, 003",
+            [],
+            _hoard_fixed,
+            duration=12,
+            sides=("guarded", "transaction"),
+        ),
+        Scenario(
             "profile",
             "where the pool time goes: a slow report, a payment API inside the request, an N+1 listing",
             "seeds' checklist",
@@ -438,4 +455,17 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def mode() -> str:
-    return str(getattr(settings, "POOL_MODE", "guarded"))
+    """``native``, ``guarded``, or ``transaction`` (guarded, web alias in transaction release mode)."""
+    pool_mode = str(getattr(settings, "POOL_MODE", "guarded"))
+    if pool_mode == "guarded" and getattr(settings, "RELEASE", "request") == "transaction":
+        return "transaction"
+    return pool_mode
+
+
+#: How each side is named in the replay's output.
+SIDE_NAMES = {
+    "native": "Django's own pool",
+    "guarded": "poolguard",
+    "prioritized": "poolguard with priorities",
+    "transaction": "poolguard, release=transaction",
+}

@@ -7,6 +7,8 @@ database is ``DATABASE_URL`` when set, else a local or embedded PostgreSQL found
 
 ``SHOP_POOL_MODE=native`` swaps poolguard out for Django's own pool (same database, one alias, the
 same ``max_size``): ``manage.py incident`` uses it to show each incident without poolguard.
+``SHOP_RELEASE=transaction`` gives the web alias's connections back between transactions
+(``OPTIONS["poolguard"]["release"]``); the ``hoard-fixed`` incident compares both.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ GUARDED = POOL_MODE in ("guarded", "prioritized")
 # "prioritized": guarded, plus priority classes: checkout and payments keep the last two web
 # connections, the revenue report is shed first (see docs/priority.md).
 PRIORITIZED = POOL_MODE == "prioritized"
+RELEASE = os.environ.get("SHOP_RELEASE", "request")
+if RELEASE not in ("request", "transaction"):
+    raise ValueError(f"SHOP_RELEASE is {RELEASE!r}; use 'request' (default) or 'transaction'.")
 # django-prometheus 2.5 pins Django < 6.1: without it /metrics is served by prometheus_client alone.
 DJANGO_PROMETHEUS = importlib.util.find_spec("django_prometheus") is not None
 
@@ -120,6 +125,7 @@ if GUARDED:
                 "idle_in_transaction_timeout": 30,
                 # The last 2 free connections only for critical work, 1 more not for low work.
                 **({"reserve": {"critical": 2, "normal": 1}} if PRIORITIZED else {}),
+                "release": RELEASE,
             },
         ),
         # Celery tasks: their own bounded pool, so a backfill can only drain this one.

@@ -6,11 +6,13 @@
     python tests/django_suite/run.py backends transactions
     python tests/django_suite/run.py --all                # Django's whole suite
     python tests/django_suite/run.py --engine guarded -- --keepdb
+    python tests/django_suite/run.py --release transaction backends transactions
 
 The tests come from the Django sdist of the *installed* Django version (``pip download``,
 cached under ``~/.cache/django_poolguard/django-src/<version>``). The database is the one
 ``django_poolguard.testing`` finds. Exits 1 when the poolguard run has a failure, error or
 unexpected success that Django's own backend does not have, or when a run crashes.
+``--release transaction`` runs poolguard's engine in its transaction release mode.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _alias(alias):
     return {{
         "ENGINE": {engine!r},
         **_server,
-        "OPTIONS": {{"pool": {pool!r}}},
+        "OPTIONS": {{"pool": {pool!r}{guard_options}}},
         "TEST": {{"NAME": "test_pgsuite_{tag}_" + alias}},  # unique per engine, version and run
     }}
 
@@ -106,14 +108,22 @@ def django_tests(version: str) -> Path:
 
 
 def run_engine(
-    engine: str, tests: Path, workdir: Path, labels: list[str], extra: list[str], echo: bool
+    engine: str,
+    tests: Path,
+    workdir: Path,
+    labels: list[str],
+    extra: list[str],
+    echo: bool,
+    release: str = "request",
 ) -> Run:
     module = f"poolguard_suite_{engine}"
     tag = f"{engine}_{tests.parent.name.replace('.', '')}"
     if "--keepdb" not in extra:
         tag += f"_{os.getpid()}"  # concurrent runs (tox envs, engineers) must not drop each other's
+    # OPTIONS["poolguard"] only for poolguard's engine: Django's would pass it to psycopg.
+    guard_options = f", 'poolguard': {{'release': {release!r}}}" if engine == "guarded" else ""
     (workdir / f"{module}.py").write_text(
-        SETTINGS_TEMPLATE.format(engine=ENGINES[engine], pool=POOL, tag=tag)
+        SETTINGS_TEMPLATE.format(engine=ENGINES[engine], pool=POOL, tag=tag, guard_options=guard_options)
     )
     results = workdir / f"{engine}.json"
     log = workdir / f"{engine}.log"
@@ -150,10 +160,12 @@ def run_engine(
     return run
 
 
-def report(runs: list[Run], version: str, labels: list[str]) -> int:
+def report(runs: list[Run], version: str, labels: list[str], release: str = "request") -> int:
     print(
         f"\nDjango {version}, Python {sys.version.split()[0]}, labels: {' '.join(labels) or '(the whole suite)'}"
     )
+    if release != "request":
+        print(f"poolguard's engine with OPTIONS['poolguard']['release'] = {release!r}")
     columns = ["ran", "failures", "errors", "skipped", "expected_failures", "unexpected_successes"]
     # A Markdown table, so the figures paste straight into docs/benchmarks/django-suite.md.
     print("| ENGINE | " + " | ".join(c.replace("_", " ") for c in columns) + " | seconds |")
@@ -208,6 +220,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--all", action="store_true", help="Django's whole suite (no labels)")
     parser.add_argument("--engine", choices=["both", *ENGINES], default="both")
     parser.add_argument("--echo", action="store_true", help="stream runtests.py output")
+    parser.add_argument(
+        "--release",
+        choices=["request", "transaction"],
+        default="request",
+        help="poolguard's OPTIONS['poolguard']['release'] for the guarded engine (default: request)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the settings, logs and results directory")
     split = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:split]), argv[split + 1 :]
@@ -232,8 +250,8 @@ def main(argv: list[str]) -> int:
     status = 1
     runs: list[Run] = []
     try:
-        runs = [run_engine(e, tests, workdir, args.labels, extra, args.echo) for e in engines]
-        status = report(runs, version, args.labels)
+        runs = [run_engine(e, tests, workdir, args.labels, extra, args.echo, args.release) for e in engines]
+        status = report(runs, version, args.labels, args.release)
     finally:
         if args.keep or status or any(run.bad() for run in runs):
             print(f"Settings, logs and results kept in {workdir}")

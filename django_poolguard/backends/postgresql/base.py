@@ -15,14 +15,31 @@ from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
+from psycopg.pq import TransactionStatus
 
-from django_poolguard._compat import called_by_django_connect, connection_pool, initial_state
+from django_poolguard._compat import (
+    called_by_django_connect,
+    connection_pool,
+    initial_state,
+    on_commit_pending,
+)
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.cursor import TimedCursorDebugWrapper, TimedCursorWrapper
+from django_poolguard.backends.postgresql.release import (
+    HELD_BY_CODE,
+    HELD_TRANSACTION,
+    ReleasingCursorDebugWrapper,
+    ReleasingCursorWrapper,
+    TimedReleasingCursorDebugWrapper,
+    TimedReleasingCursorWrapper,
+    holding,
+    needs_session,
+)
 from django_poolguard.backends.postgresql.validation import FIX, W011, DatabaseValidation, without_app
 from django_poolguard.conf import AliasConfig, guard_settings, hostname, pool_findings
 from django_poolguard.engine import stacks
@@ -39,6 +56,7 @@ from django_poolguard.engine.pool import (
 from django_poolguard.engine.session_timeouts import configure_session, timeout_settings
 from django_poolguard.exceptions import PoolExhausted
 
+_TRANSACTION_IDLE = TransactionStatus.IDLE
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 logger = logging.getLogger("django_poolguard")
@@ -81,6 +99,18 @@ class GuardedErrorWrapper(DatabaseErrorWrapper):
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
     validation_class = DatabaseValidation
+
+    def __new__(cls, settings_dict: Any = None, *args: Any, **kwargs: Any) -> DatabaseWrapper:
+        # The release mode picks the class, once per wrapper, from the settings as written (they
+        # are checked when it connects): an alias in "request" mode runs none of the release code.
+        # (No settings: copy.copy() rebuilding an existing wrapper, which keeps its class.)
+        if settings_dict is not None and (cls is DatabaseWrapper or cls is TransactionReleasingWrapper):
+            cls = (
+                TransactionReleasingWrapper
+                if release_mode(settings_dict) == "transaction"
+                else DatabaseWrapper
+            )
+        return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -252,7 +282,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             else:
                 checkout.tx_started = checkout.last_used = monotonic()
                 checkout.tx_stack = (
-                    stacks.capture(1, guard_settings.STACK_DEPTH) if guard_settings.CAPTURE_STACKS else ()
+                    # From the caller of set_autocommit() (Django's, and the release mode's override).
+                    stacks.capture(1, guard_settings.STACK_DEPTH, _SET_AUTOCOMMIT_CODES)
+                    if guard_settings.CAPTURE_STACKS
+                    else ()
                 )
             if self.connection.autocommit == autocommit:
                 # Django sets autocommit on every checkout; a pooled connection usually has it
@@ -261,8 +294,143 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
 
-# The pool registry forgets our wrappers' inherited connections after fork, and acquire stacks
-# leave out this connection-opening frame, without the engine importing the backend.
-register_backend(DatabaseWrapper, DatabaseWrapper.get_new_connection)
+class TransactionReleasingWrapper(DatabaseWrapper):
+    """The wrapper of an alias with ``OPTIONS["poolguard"]["release"] = "transaction"``: it gives its
+    connection back to the pool whenever it is idle in autocommit (see :meth:`release_if_idle`)."""
 
-__all__ = ["DEFAULT_DB_ALIAS", "DatabaseWrapper", "application_name", "session_options"]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_releasing = False  # connected, outside connect(), on a guarded pool
+        self._guard_pinned: str | None = None  # why this session must stay checked out, if it must
+        self._guard_open_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Cursors being made (between ensure_connection() and create_cursor()): a query made on the
+        # way, e.g. by code wrapping ensure_connection(), must not give the connection back.
+        self._guard_opening_cursors = 0
+
+    def __repr__(self) -> str:
+        # The engine's class, as Django and code matching on it know it.
+        return f"<DatabaseWrapper vendor={self.vendor!r} alias={self.alias!r}>"
+
+    def _cursor(self, name: Any = None) -> Any:
+        self._guard_opening_cursors += 1
+        try:
+            return super()._cursor(name)  # type: ignore[misc]
+        finally:
+            self._guard_opening_cursors -= 1
+
+    def connect(self) -> None:
+        # A new checkout: no pin, no open cursor. Never released while connecting: the
+        # connection_created receivers query.
+        self._guard_releasing = False
+        self._guard_pinned = None
+        self._guard_open_cursors.clear()
+        super().connect()
+        checkout = self._guard_checkout
+        self._guard_releasing = (
+            checkout is not None and connection_pool(checkout.connection).config.release == "transaction"
+        )
+
+    # Releasing cursors, timed as well when the pool-time profile is on.
+    def make_cursor(self, cursor: Any) -> Any:
+        if self._guard_releasing:
+            if guard_settings.PROFILE:
+                return TimedReleasingCursorWrapper(cursor, self)
+            return ReleasingCursorWrapper(cursor, self)
+        return super().make_cursor(cursor)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if self._guard_releasing:
+            if guard_settings.PROFILE:
+                return TimedReleasingCursorDebugWrapper(cursor, self)
+            return ReleasingCursorDebugWrapper(cursor, self)
+        return super().make_debug_cursor(cursor)
+
+    def cursor_opened(self, cursor: Any) -> None:
+        self._guard_open_cursors.add(cursor)
+
+    def cursor_closed(self, cursor: Any) -> None:
+        self._guard_open_cursors.discard(cursor)
+        self.release_if_idle()
+
+    def cursor_exhausted(self, cursor: Any) -> None:
+        self.release_if_idle()
+
+    def pin_connection(self, reason: str) -> None:
+        """Keep this checkout until the request or task ends: ``reason`` left state in the session."""
+        checkout = self._guard_checkout
+        if self._guard_pinned is not None or checkout is None:
+            return
+        self._guard_pinned = checkout.held_reason = reason
+        connection_pool(self.connection).ledger.count_pinned(reason)
+
+    def release_if_idle(self) -> bool:
+        """Return the connection to the pool if nothing needs its session; say why not otherwise.
+
+        Only in ``transaction`` release mode, outside any atomic block, in autocommit, with no
+        on-commit callback pending, no pin, no ``hold_connection()``, no server-side cursor or
+        cursor with unread rows open, and the server agreeing no transaction is open. The next
+        query checks a connection out again.
+        """
+        checkout = self._guard_checkout
+        connection = self.connection
+        if (
+            not self._guard_releasing
+            or self._guard_opening_cursors
+            or checkout is None
+            or connection is None
+            or self.in_atomic_block
+            or not self.autocommit
+            or on_commit_pending(self)
+        ):
+            return False
+        reason = self._guard_pinned or (HELD_BY_CODE if holding() else None)
+        if reason is None:
+            reason = needs_session(iter(list(self._guard_open_cursors)))
+        if reason is None and connection.info.transaction_status != _TRANSACTION_IDLE:
+            reason = HELD_TRANSACTION  # begun by raw SQL Django does not know about
+        if reason is not None:
+            checkout.held_reason = reason
+            return False
+        ledger = connection_pool(connection).ledger
+        self.close()  # Django's pooled close(): putconn, and self.connection = None
+        ledger.count_release()
+        return True
+
+    def set_autocommit(
+        self, autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        # The outermost atomic block ends here (after its commit or rollback and on-commit
+        # callbacks): the moment a transaction-scoped checkout goes back.
+        checkout = self._guard_checkout
+        ended = (
+            autocommit and self._guard_releasing and checkout is not None and checkout.tx_started is not None
+        )
+        super().set_autocommit(autocommit, force_begin_transaction_with_broken_autocommit)
+        if ended:
+            self.release_if_idle()
+
+
+def release_mode(settings_dict: Any) -> Any:
+    """``OPTIONS["poolguard"]["release"]`` as written (``None`` when unset or unreadable)."""
+    guard = (settings_dict.get("OPTIONS") or {}).get("poolguard")
+    return guard.get("release") if isinstance(guard, dict) else None
+
+
+# The frames between _set_autocommit() and the code that began the transaction.
+_SET_AUTOCOMMIT_CODES = frozenset(
+    {id(BaseDatabaseWrapper.set_autocommit.__code__), id(TransactionReleasingWrapper.set_autocommit.__code__)}
+)
+
+# The pool registry forgets our wrappers' inherited connections after fork (TransactionReleasingWrapper
+# is a DatabaseWrapper), and acquire stacks leave out these connection-opening frames, without the
+# engine importing the backend.
+register_backend(DatabaseWrapper, DatabaseWrapper.get_new_connection, TransactionReleasingWrapper.connect)
+
+__all__ = [
+    "DEFAULT_DB_ALIAS",
+    "DatabaseWrapper",
+    "TransactionReleasingWrapper",
+    "application_name",
+    "release_mode",
+    "session_options",
+]

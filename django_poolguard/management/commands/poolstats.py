@@ -191,6 +191,7 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
                 t["timeouts_total"],
                 t["shed_total"],
                 f"{t['leaks_active']}/{t['leaks_total']}",
+                _release(t["release"], t["released_total"]),
                 t["status"],
             ]
             for alias, t in totals.items()
@@ -209,6 +210,7 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
                 "TIMEOUTS",
                 "SHED",
                 "LEAKS",
+                "RELEASE",
                 "STATUS",
             ],
             rows,
@@ -294,6 +296,11 @@ def _unreadable(entries: list[dict[str, Any]]) -> list[str]:
     return [f"! {unreadable_count(entries)}:", *(f"!   {Unreadable(**e).describe()}" for e in entries), ""]
 
 
+def _release(mode: str, released: int) -> str:
+    """``request``, or ``transaction (1795 released)``: when the alias's checkouts go back."""
+    return mode if mode == "request" else f"{mode} ({released} released)"
+
+
 def _long_checkouts(data: dict[str, Any]) -> list[str]:
     processes: list[ProcessSnapshot] = data["processes"]
     found: list[tuple[ProcessSnapshot, str, CheckoutSnapshot]] = []
@@ -308,8 +315,10 @@ def _long_checkouts(data: dict[str, Any]) -> list[str]:
     lines = [f"Checkouts held {LONG_CHECKOUT_S:g} s or more (longest first):"]
     for process, alias, c in found[:MAX_CHECKOUTS]:
         where = c["stack"][0] if c["stack"] else "no application frame"
-        flags = ("" if c["alive"] else " [holder thread dead]") + (
-            " [in transaction]" if c["in_transaction"] else ""
+        flags = (
+            ("" if c["alive"] else " [holder thread dead]")
+            + (" [in transaction]" if c["in_transaction"] else "")
+            + (f" [held: {c['held_reason']}]" if c["held_reason"] else "")
         )
         lines.append(
             f"  {c['held_s']:>7.1f} s  {alias} on {process['host']}:{process['pid']}  thread {c['thread']}  "

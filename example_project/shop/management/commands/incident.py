@@ -16,19 +16,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_poolguard.testing import stop_embedded_server
 from shop import bootstrap
-from shop.incidents import SCENARIOS, execute, mode
+from shop.incidents import SCENARIOS, SIDE_NAMES, execute, mode
 
 NAMES = [*SCENARIOS, "autoscale"]
 MANAGE = Path(__file__).resolve().parents[3] / "manage.py"
 PROGRESS = "progress: "  # a child's stderr lines the parent shows while the side runs
 SIDE_TIMEOUT = 300.0  # s
-# SHOP_POOL_MODE -> what the run is called in the report and in its table.
-SIDES = {
-    "native": "Django's own pool",
+# What each side is called in the table (SIDE_NAMES names it in the report).
+SHORT = {
+    "native": "Django",
     "guarded": "poolguard",
-    "prioritized": "poolguard with priorities",
+    "prioritized": "poolguard + priorities",
+    "transaction": "poolguard, release=transaction",
 }
-SHORT = {"native": "Django", "guarded": "poolguard", "prioritized": "poolguard + priorities"}
 
 
 class Command(BaseCommand):
@@ -42,7 +42,7 @@ class Command(BaseCommand):
         parser.add_argument("name", help=f"one of: {', '.join(NAMES)}")
         parser.add_argument(
             "--only",
-            choices=["guarded", "native", "prioritized"],
+            choices=list(SIDE_NAMES),
             help="run one side only, in this process (the default runs both, each in its own process)",
         )
         parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -59,8 +59,8 @@ class Command(BaseCommand):
         if only:
             if only != mode():
                 raise CommandError(
-                    f"--only {only} needs SHOP_POOL_MODE={only} in the environment (it is {mode()!r}): "
-                    "pools are chosen at startup."
+                    f"--only {only} needs {_side_environment(only)} in the environment (it is "
+                    f"{mode()!r}): pools are chosen at startup."
                 )
             self.stderr.write(f"{PROGRESS}preparing the database {settings.DATABASE_NAME}")
             bootstrap.prepare()
@@ -90,8 +90,8 @@ class Command(BaseCommand):
 
     def _side(self, name: str, side: str, database: str) -> dict[str, Any]:
         """One side in a fresh process: its pools, engine and middleware come from its settings."""
-        env = {**os.environ, "SHOP_POOL_MODE": side, "SHOP_DATABASE_NAME": database}
-        self.stderr.write(f"Replaying {name!r} with {SIDES[side]}...")
+        env = {**os.environ, **_side_env(side), "SHOP_DATABASE_NAME": database}
+        self.stderr.write(f"Replaying {name!r} with {SIDE_NAMES[side]}...")
         command = [sys.executable, str(MANAGE), "incident", name, "--only", side, "--json"]
         started = time.monotonic()
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,7 +123,7 @@ class Command(BaseCommand):
 
     def _describe(self, r: dict[str, Any]) -> str:
         scenario = SCENARIOS[r["scenario"]]
-        side = SIDES[r["mode"]]
+        side = SIDE_NAMES[r["mode"]]
         lines = [
             "",
             f"== {r['scenario']} ({scenario.seed}: {scenario.title}) with {side}",
@@ -139,7 +139,7 @@ class Command(BaseCommand):
             )
         if r["named_at_s"] is not None:
             lines.append(f"   poolguard named the cause after {r['named_at_s']} s: {r['named']}")
-        elif r["mode"] == "guarded":
+        elif r["mode"] != "native" and scenario.culprit:
             lines.append("   poolguard did not name the cause.")
         if r["first_error"]:
             lines.append(f"   first error: {r['first_error'][:300]}")
@@ -155,6 +155,8 @@ class Command(BaseCommand):
         rows = [head, "|" + "---|" * (10 if checkouts else 8)]
         for r in results:
             named = f"{r['named_at_s']} s" if r["named_at_s"] is not None else "no"
+            if not SCENARIOS[r["scenario"]].culprit:
+                named = "-"  # a comparison of configurations, not an incident with a culprit
             row = (
                 f"| {SHORT[r['mode']]} | {r['served']} | {r['shed_503']} | "
                 f"{r['failed_5xx']} | {r['probes_answered']}/{r['probes']} | {r['probe_worst_s']} s | "
@@ -164,6 +166,17 @@ class Command(BaseCommand):
                 row += f" {r['checkouts_served']}/{r['checkouts']} | {r['checkout_worst_s']} s |"
             rows.append(row)
         return "\n" + "\n".join(rows)
+
+
+def _side_env(side: str) -> dict[str, str]:
+    """The environment a side's process starts with: its pools are chosen from it at startup."""
+    if side == "transaction":
+        return {"SHOP_POOL_MODE": "guarded", "SHOP_RELEASE": "transaction"}
+    return {"SHOP_POOL_MODE": side, "SHOP_RELEASE": "request"}
+
+
+def _side_environment(side: str) -> str:
+    return " and ".join(f"{key}={value}" for key, value in _side_env(side).items())
 
 
 def json_loads_last(text: str) -> Any:
