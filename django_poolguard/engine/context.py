@@ -8,9 +8,14 @@ to the process's own label (``"command migrate"``), set once at startup.
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ContextDecorator, contextmanager
+from typing import Any, ClassVar, Self, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 LABEL_CHARS = 200  # a label names a place; a megabyte task id or path only bloats messages and logs
 
@@ -71,3 +76,43 @@ def detect_process_role(argv: list[str] | None = None) -> tuple[str, str | None]
             return "web", None
         return "command", f"command {command}"
     return "web", None
+
+
+class ContextBlock(ContextDecorator):
+    """A context variable set for a ``with`` block or a decorated function, sync or async:
+    the shape of :func:`~django_poolguard.workload` and :func:`~django_poolguard.priority`.
+
+    Subclasses name ``_var`` and take one argument, ``name``; ``_value()`` is what the block sets.
+    Blocks nest, the innermost wins; each thread, asyncio task and greenlet has its own value.
+    """
+
+    _var: ClassVar[contextvars.ContextVar[Any]]
+    name: Any
+    _token: contextvars.Token[Any] | None = None
+
+    def _value(self) -> Any:
+        return self.name
+
+    def _recreate_cm(self) -> Self:
+        # A fresh instance per decorated call: one decorated function may run in many threads at once.
+        return type(self)(self.name)  # type: ignore[call-arg]
+
+    def __enter__(self) -> Self:
+        self._token = self._var.set(self._value())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            self._var.reset(self._token)
+            self._token = None
+
+    def __call__(self, func: F) -> F:  # type: ignore[override]
+        if inspect.iscoroutinefunction(func):
+            # ContextDecorator would leave the block before the coroutine even starts.
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+        return super().__call__(func)  # type: ignore[return-value]

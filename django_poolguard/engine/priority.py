@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
-import functools
-import inspect
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from contextlib import ContextDecorator
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, TypeVar
@@ -44,6 +41,7 @@ from psycopg_pool import TooManyRequests
 
 from django_poolguard import _compat
 from django_poolguard.conf import guard_settings
+from django_poolguard.engine.context import ContextBlock
 from django_poolguard.engine.ledger import AtomicCounter
 from django_poolguard.rules import PRIORITY_NAMES
 
@@ -81,7 +79,7 @@ def reset_priority(token: contextvars.Token[int | None]) -> None:
     _current.reset(token)
 
 
-class priority(ContextDecorator):  # lower case: used like a function, @priority("critical")
+class priority(ContextBlock):  # lower case: used like a function, @priority("critical")
     """Run a block or a function in a priority class::
 
         with priority("low"):
@@ -94,35 +92,15 @@ class priority(ContextDecorator):  # lower case: used like a function, @priority
     asyncio task and greenlet has its own class.
     """
 
+    _var = _current
+
     def __init__(self, name: str) -> None:
         if name not in RANK:
             raise ValueError(f"priority({name!r}): the classes are {', '.join(map(repr, PRIORITY_CLASSES))}.")
         self.name = name
-        self._token: contextvars.Token[int | None] | None = None
 
-    def _recreate_cm(self) -> priority:
-        # A fresh instance per decorated call: one decorated function may run in many threads at once.
-        return type(self)(self.name)
-
-    def __enter__(self) -> priority:
-        self._token = _current.set(RANK[self.name])
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
-            self._token = None
-
-    def __call__(self, func: F) -> F:
-        if inspect.iscoroutinefunction(func):
-            # ContextDecorator would leave the block before the coroutine even starts.
-            @functools.wraps(func)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with self._recreate_cm():
-                    return await func(*args, **kwargs)
-
-            return run_async  # type: ignore[return-value]
-        return super().__call__(func)  # type: ignore[return-value]
+    def _value(self) -> int:
+        return RANK[self.name]
 
 
 # --- Classification: POOLGUARD["PRIORITIES"] -------------------------------------------------

@@ -10,10 +10,7 @@ it, so threads, asyncio tasks and greenlets each have their own. Celery tasks ru
 from __future__ import annotations
 
 import contextvars
-import functools
-import inspect
 from collections.abc import Callable
-from contextlib import ContextDecorator
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -22,7 +19,7 @@ from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
 
 from django_poolguard.conf import guard_settings
-from django_poolguard.engine.context import process_role
+from django_poolguard.engine.context import ContextBlock, process_role
 
 WEB, WORKER = "web", "worker"
 
@@ -85,7 +82,7 @@ setting_changed.connect(
 )
 
 
-class workload(ContextDecorator):  # lower case: used like a function, @workload("analytics")
+class workload(ContextBlock):  # lower case: used like a function, @workload("analytics")
     """Run a block or a function in another workload, so the router sends its queries to that
     workload's alias::
 
@@ -101,15 +98,12 @@ class workload(ContextDecorator):  # lower case: used like a function, @workload
     Blocks nest; each thread, asyncio task and greenlet has its own workload.
     """
 
+    _var = _current
+
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"workload() takes a workload name such as 'analytics', not {name!r}.")
         self.name = name
-        self._token: contextvars.Token[str | None] | None = None
-
-    def _recreate_cm(self) -> workload:
-        # A fresh instance per decorated call: one decorated function may run in many threads at once.
-        return type(self)(self.name)
 
     def __enter__(self) -> workload:
         if self.name != WEB and alias_for(self.name) is None:
@@ -120,24 +114,7 @@ class workload(ContextDecorator):  # lower case: used like a function, @workload
                 f"in DATABASES (workloads: {known}). Add POOLGUARD['WORKLOADS'][{self.name!r}] = '<alias>' "
                 "and that alias to DATABASES."
             )
-        self._token = _current.set(self.name)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
-            self._token = None
-
-    def __call__(self, func: F) -> F:
-        if inspect.iscoroutinefunction(func):
-            # ContextDecorator would leave the block before the coroutine even starts.
-            @functools.wraps(func)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with self._recreate_cm():
-                    return await func(*args, **kwargs)
-
-            return run_async  # type: ignore[return-value]
-        return super().__call__(func)  # type: ignore[return-value]
+        return super().__enter__()
 
 
 def enter(name: str) -> contextvars.Token[str | None]:
