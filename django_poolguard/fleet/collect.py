@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, get_args
 
 from django.conf import settings
 
@@ -54,20 +54,7 @@ SummedKey = Literal[
     "leaks_total",
     "reclaimed_total",
 ]
-SUMMED: tuple[SummedKey, ...] = (
-    "size",
-    "in_use",
-    "idle",
-    "waiting",
-    "max",
-    "acquired_total",
-    "timeouts_total",
-    "rejected_total",
-    "shed_total",
-    "leaks_active",
-    "leaks_total",
-    "reclaimed_total",
-)
+SUMMED: tuple[SummedKey, ...] = get_args(SummedKey)
 
 
 class AliasTotals(TypedDict):
