@@ -20,7 +20,8 @@ from itertools import count
 from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.postgresql.base import CursorDebugWrapper as PostgresCursorDebugWrapper
+from django.db.backends.utils import CursorWrapper
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection, WaitingClient
 
@@ -399,15 +400,17 @@ def initial_state(settings_dict: dict[str, Any], alias: str) -> dict[str, Any]:
 
 _fence(
     "DJANGO_CURSOR_CLASSES",
-    "BaseDatabaseWrapper.make_cursor / make_debug_cursor build CursorWrapper / CursorDebugWrapper "
-    "(cursor, wrapper); CursorWrapper.execute/executemany run _execute/_executemany once per statement",
+    "postgresql DatabaseWrapper.make_cursor / make_debug_cursor build CursorWrapper / postgresql's own "
+    "CursorDebugWrapper (which adds copy()) (cursor, wrapper); CursorWrapper.execute/executemany run "
+    "_execute/_executemany once per statement",
     "the profile's cursors are those classes with the innermost call timed, built without super()",
     DJANGO_CHECKED,
 )
 
-#: What Django's ``make_cursor`` and ``make_debug_cursor`` build, in that order; the profile's
-#: wrapper builds them itself (one call less per cursor) when it has nothing to time.
-DJANGO_CURSOR_CLASSES = (CursorWrapper, CursorDebugWrapper)
+#: What Django's PostgreSQL ``make_cursor`` and ``make_debug_cursor`` build, in that order (the debug
+#: one is the backend's own, which records ``copy()``); the profile's wrapper builds them itself
+#: (one call less per cursor) when it has nothing to time.
+DJANGO_CURSOR_CLASSES = (CursorWrapper, PostgresCursorDebugWrapper)
 
 
 _fence(

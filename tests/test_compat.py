@@ -434,13 +434,15 @@ def test_django_connect_path():
 
 @canary("DJANGO_CURSOR_CLASSES")
 def test_django_cursor_classes():
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+
     wrapper = connections["default"]
     wrapper.ensure_connection()
     plain, debug = _compat.DJANGO_CURSOR_CLASSES
     # Django's own methods, not poolguard's overrides: the profile writes their bodies out.
     for make, expected in (
-        (BaseDatabaseWrapper.make_cursor, plain),
-        (BaseDatabaseWrapper.make_debug_cursor, debug),
+        (PostgresWrapper.make_cursor, plain),
+        (PostgresWrapper.make_debug_cursor, debug),
     ):
         cursor = make(wrapper, wrapper.connection.cursor())
         assert type(cursor) is expected, changed(

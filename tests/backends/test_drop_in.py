@@ -141,3 +141,17 @@ def test_wrapper_with_pool_off_bypasses_its_alias_pool(make_alias):
     finally:
         wrapper.close()
     assert get_pool(alias) is pool
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_copy_is_recorded_in_connection_queries_as_with_djangos_backend(make_alias, settings, profile):
+    # Django's PostgreSQL debug cursor records copy(); a generic one silently would not.
+    from django.test.utils import CaptureQueriesContext
+
+    settings.POOLGUARD = {**settings.POOLGUARD, "PROFILE": profile}
+    alias = make_alias(pool={"min_size": 0, "max_size": 2, "timeout": 2})
+    copy_sql = "COPY (SELECT 1) TO STDOUT (FORMAT CSV)"
+    with CaptureQueriesContext(connections[alias]) as captured, connections[alias].cursor() as cursor:
+        with cursor.copy(copy_sql) as copy_:
+            assert b"".join(bytes(row) for row in copy_) == b"1\n"
+    assert [query["sql"] for query in captured.captured_queries] == [copy_sql]

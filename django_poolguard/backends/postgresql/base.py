@@ -17,7 +17,7 @@ from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.utils import DEFAULT_DB_ALIAS, DatabaseErrorWrapper
 from django.utils.functional import cached_property
 from psycopg.pq import TransactionStatus
@@ -260,7 +260,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def make_debug_cursor(self, cursor: Any) -> Any:
         if self._guard_checkout is not None and guard_settings.PROFILE:
             return TimedCursorDebugWrapper(cursor, self)
-        return CursorDebugWrapper(cursor, self)
+        return postgresql.CursorDebugWrapper(cursor, self)
 
     def _commit(self) -> None:
         checkout = self._guard_checkout

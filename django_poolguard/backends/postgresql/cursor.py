@@ -12,8 +12,9 @@ from __future__ import annotations
 from time import monotonic
 from typing import Any
 
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.utils import CursorWrapper
 
+from django_poolguard._compat import DJANGO_CURSOR_CLASSES
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.profile import note_repeated_query
 
@@ -57,5 +58,5 @@ class TimedCursorWrapper(_Timed, CursorWrapper):
     pass
 
 
-class TimedCursorDebugWrapper(_Timed, CursorDebugWrapper):
+class TimedCursorDebugWrapper(_Timed, DJANGO_CURSOR_CLASSES[1]):  # type: ignore[misc,valid-type]
     pass
