@@ -9,6 +9,7 @@ are private to Django: ``_compat.OVERRIDDEN_HOOKS`` and ``DJANGO_CURSOR_CLASSES`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -19,39 +20,33 @@ from django_poolguard.conf import guard_settings
 from django_poolguard.engine.profile import note_repeated_query
 
 
+def _timed(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``inner`` (Django's ``_execute`` or ``_executemany``), timed on the cursor's checkout."""
+
+    # Django's own method is called directly, not through super(): cheaper, and the MRO is known.
+    def run(self: Any, sql: Any, arg: Any, *ignored: Any) -> Any:
+        checkout = self.db._guard_checkout
+        if checkout is None:
+            return inner(self, sql, arg, *ignored)
+        checkout.query_started = started = monotonic()
+        try:
+            return inner(self, sql, arg, *ignored)
+        finally:
+            checkout.query_started = None
+            checkout.last_query = ended = monotonic()
+            checkout.db_time += ended - started
+            queries = checkout.queries = checkout.queries + 1
+            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
+                note_repeated_query(checkout, sql)
+
+    return run
+
+
 class _Timed:
     db: Any
 
-    # Django's own methods are called by name, not through super(): cheaper, and the MRO is known.
-    def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
-        checkout = self.db._guard_checkout
-        if checkout is None:
-            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
-        checkout.query_started = started = monotonic()
-        try:
-            return CursorWrapper._execute(self, sql, params, *ignored)  # type: ignore[attr-defined]
-        finally:
-            checkout.query_started = None
-            checkout.last_query = ended = monotonic()
-            checkout.db_time += ended - started
-            queries = checkout.queries = checkout.queries + 1
-            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
-                note_repeated_query(checkout, sql)
-
-    def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
-        checkout = self.db._guard_checkout
-        if checkout is None:
-            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
-        checkout.query_started = started = monotonic()
-        try:
-            return CursorWrapper._executemany(self, sql, param_list, *ignored)  # type: ignore[attr-defined]
-        finally:
-            checkout.query_started = None
-            checkout.last_query = ended = monotonic()
-            checkout.db_time += ended - started
-            queries = checkout.queries = checkout.queries + 1
-            if queries >= guard_settings.PROFILE_N_PLUS_ONE:
-                note_repeated_query(checkout, sql)
+    _execute = _timed(CursorWrapper._execute)  # type: ignore[attr-defined]
+    _executemany = _timed(CursorWrapper._executemany)  # type: ignore[attr-defined]
 
 
 class TimedCursorWrapper(_Timed, CursorWrapper):
