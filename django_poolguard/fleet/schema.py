@@ -115,6 +115,19 @@ class PrioritySnapshot(TypedDict):
     acquire_ms: Percentiles
 
 
+class LeaseSnapshot(TypedDict):
+    """An alias's share of its fleet budget (``OPTIONS["poolguard"]["fleet_budget"]``), as one process sees it."""
+
+    budget: int  # connections for the alias's workload across every process ("auto" resolved)
+    lease: int  # connections this process may hold now (its pool's max_size follows it)
+    share: int  # its fair share: the budget over the live processes of the workload
+    members: int  # live processes of the workload in the lease store, this one included
+    fleet_held: int  # leases held across the fleet at the last heartbeat, this one's included
+    store: str  # where leases live: "database" or "cache"
+    fallback: bool  # the store is unreachable: the pool runs on a static share
+    capped: str | None  # why the pool runs below max_size, e.g. "capped at 4 by fleet budget 120 over 30 processes"
+
+
 class AliasSnapshot(PoolState):
     """One alias of one process: the ``processes[].aliases`` values of ``poolstats --json``."""
 
@@ -143,6 +156,8 @@ class AliasSnapshot(PoolState):
     #: The pool-time profile: per label, ranked by pool-seconds (``engine.profile.TopRow``); an
     #: optional key older readers drop, so no new schema version.
     top: NotRequired[list[TopRow]]
+    #: The alias's fleet budget lease, when it has a ``fleet_budget`` (an optional key: no new version).
+    lease: NotRequired[LeaseSnapshot]
 
 
 class ProcessSnapshot(TypedDict):
@@ -458,7 +473,28 @@ def _pool(value: Any, path: str, history: bool) -> AliasSnapshot:
         if len(rows) > MAX_TOP_ROWS:
             raise _Invalid(f"{path}.top", f"at most {MAX_TOP_ROWS} rows", rows)
         pool["top"] = [_top_row(row, f"{path}.top[{i}]") for i, row in enumerate(rows)]
+    if "lease" in data:
+        pool["lease"] = _lease(data["lease"], f"{path}.lease")
     return pool
+
+
+LEASE_COUNTS = ("budget", "lease", "share", "members", "fleet_held")
+
+
+def _lease(value: Any, path: str) -> LeaseSnapshot:
+    data = _object(value, path)
+    counts = {key: _count(data.get(key, MISSING), f"{path}.{key}") for key in LEASE_COUNTS}
+    capped = data.get("capped")
+    return {
+        "budget": counts["budget"],
+        "lease": counts["lease"],
+        "share": counts["share"],
+        "members": counts["members"],
+        "fleet_held": counts["fleet_held"],
+        "store": _name(data.get("store", MISSING), f"{path}.store"),
+        "fallback": _flag(data.get("fallback", False), f"{path}.fallback"),
+        "capped": None if capped is None else _text(capped, f"{path}.capped"),
+    }
 
 
 MAX_PRIORITIES = 16  # three classes today; room for more without reading an unbounded dict
