@@ -9,7 +9,9 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
     python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
     python tests/benchmarks/bench_checkout.py --priorities     # adds an alias with a priority reserve
 
-"poolguard" runs with the pool-time profile (``PROFILE``, the default) on, "profile off" without it.
+"poolguard" runs with the pool-time profile (``POOLGUARD["PROFILE"]``, off unless turned on) on,
+"profile off" without it; "poolguard, priorities" (``--priorities``) is an alias with a reserve and
+the profile off, as priorities are turned on alone.
 
 Wall-clock figures move with whatever else the machine runs; the instruction counts do not
 (``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
@@ -134,7 +136,7 @@ def instructions(timeouts_via: str | None = None, priorities: bool = False) -> N
         "poolguard, no stacks": ("poolguard", False, True),
     }
     if priorities:
-        rows["poolguard, priorities"] = ("priorities", True, True)
+        rows["poolguard, priorities"] = ("priorities", True, False)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -170,7 +172,7 @@ def opcodes(priorities: bool = False) -> None:
         "poolguard, no stacks": ("poolguard", False, True),
     }
     if priorities:
-        rows["poolguard, priorities"] = ("priorities", True, True)
+        rows["poolguard, priorities"] = ("priorities", True, False)
     print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
     print()
     print("| engine | bytecodes per checkout | / native |")
@@ -243,7 +245,7 @@ def main() -> None:
         "poolguard, no stacks": ("poolguard", False, True),
     }
     if args.priorities:
-        engines["poolguard, priorities"] = ("priorities", True, True)
+        engines["poolguard, priorities"] = ("priorities", True, False)
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
