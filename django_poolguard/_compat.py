@@ -120,8 +120,19 @@ def free_connections(pool: ConnectionPool[Any]) -> int:
     return len(pool._pool) + pool._max_size - pool._nconns
 
 
-def has_idle_connection(pool: ConnectionPool[Any]) -> bool:
-    return bool(pool._pool)
+_fence(
+    "idle_queue",
+    "psycopg_pool ConnectionPool._pool, the deque of idle connections, made once in __init__ and "
+    "never rebound (emptied with clear() on close)",
+    "the priority gate keeps a reference to it and counts the idle connections with len() on every "
+    "checkout, without a call into this module",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def idle_queue(pool: ConnectionPool[Any]) -> Any:
+    """The pool's own deque of idle connections: read it with ``len()`` only, under :func:`pool_lock`."""
+    return pool._pool
 
 
 _fence(
@@ -138,25 +149,38 @@ def count_request_error(pool: ConnectionPool[Any]) -> None:
 
 
 _fence(
-    "keep_idle",
+    "add_to_pool_handing",
     "psycopg_pool ConnectionPool._add_to_pool's own steps: Connection._pool = None on return, "
-    "_pool.append(conn), _pool_full_event set once min_size connections are idle",
+    "_closed checked before and under _lock (then _close_connection), _waiting served first, else "
+    "_pool.append(conn) and _pool_full_event set once min_size connections are idle",
     "the priority gate's _add_to_pool chooses the waiter; a connection nobody may take stays idle as "
     "psycopg_pool keeps it",
     PSYCOPG_POOL_CHECKED,
 )
 
 
-def detach_connection(connection: Any) -> None:
-    """Forget the pool a returned connection came from, as psycopg_pool does (no reference loop)."""
-    connection._pool = None
+def add_to_pool_handing(hand_to_waiter: Callable[[Any, Any], bool]) -> Callable[[Any, Any], None]:
+    """psycopg_pool's ``_add_to_pool`` step for step, except who gets the connection: with clients
+    waiting, ``hand_to_waiter(pool, connection)`` (under the pool's lock) serves one and says so;
+    else, or when it served none, the connection stays idle. Made once, as the pool's method: the
+    uncontended return runs no more than psycopg_pool's own."""
 
+    def _add_to_pool(pool: Any, connection: Any) -> None:
+        connection._pool = None  # no reference loop while the connection is idle
+        if pool._closed:
+            pool._close_connection(connection)
+            return
+        with pool._lock:
+            if pool._closed:  # closed while we waited for the lock
+                pool._close_connection(connection)
+                return
+            if pool._waiting and hand_to_waiter(pool, connection):
+                return
+            pool._pool.append(connection)
+            if pool._pool_full_event and len(pool._pool) >= pool._min_size:
+                pool._pool_full_event.set()
 
-def keep_idle(pool: ConnectionPool[Any], connection: Any) -> None:
-    """Put a returned connection back among the idle ones; call under :func:`pool_lock`."""
-    pool._pool.append(connection)
-    if pool._pool_full_event and len(pool._pool) >= pool._min_size:
-        pool._pool_full_event.set()
+    return _add_to_pool
 
 
 _fence(
@@ -539,17 +563,15 @@ __all__ = [
     "count_request_error",
     "count_value",
     "current_frames",
-    "detach_connection",
     "fail_client",
     "free_connections",
     "grow_pool",
     "hand_connection",
-    "has_idle_connection",
     "has_sleeper",
     "idle_connections",
+    "idle_queue",
     "initial_state",
     "install_waiting_queue",
-    "keep_idle",
     "mark_response_logged",
     "on_commit_pending",
     "pool_growing",

@@ -40,7 +40,7 @@ from django_poolguard._compat import (
     WaitingClient,
 )
 from django_poolguard.backends.postgresql.base import DatabaseWrapper
-from django_poolguard.engine.pool import GuardedPool, get_pool
+from django_poolguard.engine.pool import GuardedPool, PrioritizedPool, get_pool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -245,11 +245,9 @@ def test_free_connections(make_alias):
         assert _compat.free_connections(pool) == 3 == stats["pool_available"] + 3 - stats["pool_size"], (
             changed("free_connections", f"an idle pool is not all free ({stats})")
         )
-        assert _compat.has_idle_connection(pool), changed("free_connections", "no idle connection seen")
     held = [pool.getconn(2) for _ in range(3)]
     with _compat.pool_lock(pool):
         assert _compat.free_connections(pool) == 0, changed("free_connections", "a full pool has some free")
-        assert not _compat.has_idle_connection(pool)
     for connection in held:
         pool.putconn(connection)
 
@@ -266,22 +264,78 @@ def test_count_request_error(make_alias):
     )
 
 
-@canary("keep_idle")
-def test_keep_idle(make_alias):
+@canary("add_to_pool_handing")
+def test_add_to_pool_handing(make_alias):
     alias = make_alias(pool={"min_size": 0, "max_size": 1, "timeout": 2})
     pool = open_pool(alias)
-    connection = pool.getconn(2)
+    calls: list[tuple[Any, bool]] = []
+
+    def locked_elsewhere(lock: Any) -> bool:  # psycopg_pool's lock is reentrant: ask another thread
+        free: list[bool] = []
+
+        def probe() -> None:
+            free.append(lock.acquire(blocking=False))
+            if free[0]:
+                lock.release()
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join(5)
+        return free == [False]
+
+    def hand_to_waiter(pool: Any, connection: Any) -> bool:
+        calls.append((connection, locked_elsewhere(_compat.pool_lock(pool))))
+        return any(_compat.hand_connection(client, connection) for client in _compat.waiting_clients(pool))
+
+    add_to_pool = _compat.add_to_pool_handing(hand_to_waiter)
+    # Nobody waiting: the connection stays idle, detached from its pool, and is handed out again.
+    connection = ConnectionPool.getconn(pool, 2)  # psycopg_pool's own: no ledger entry to settle
     assert _compat.connection_pool(connection) is pool
-    _compat.detach_connection(connection)
-    assert _compat.connection_pool(connection) is None, changed("keep_idle", "the connection kept its pool")
-    with _compat.pool_lock(pool):
-        _compat.keep_idle(pool, connection)
-    assert pool.get_stats()["pool_available"] == 1, changed(
-        "keep_idle", "the idle connection was not counted"
+    add_to_pool(pool, connection)
+    assert not calls, changed("add_to_pool_handing", "asked for a waiter while none waited")
+    assert _compat.connection_pool(connection) is None, changed(
+        "add_to_pool_handing", "the idle connection kept its pool"
     )
-    again = pool.getconn(2)
-    assert again is connection, changed("keep_idle", "the pool handed out another connection")
-    pool.putconn(again)
+    assert pool.get_stats()["pool_available"] == 1, changed(
+        "add_to_pool_handing", "the idle connection was not counted"
+    )
+    again = ConnectionPool.getconn(pool, 2)
+    assert again is connection, changed("add_to_pool_handing", "the pool handed out another connection")
+    # A client waiting: the connection goes where hand_to_waiter says, under the pool's lock.
+    taken: list[Any] = []
+    waiter = threading.Thread(target=lambda: taken.append(ConnectionPool.getconn(pool, 5)))
+    waiter.start()
+    assert wait_until(lambda: len(_compat.waiting_clients(pool)) == 1, 5)
+    add_to_pool(pool, again)
+    waiter.join(5)
+    assert calls == [(again, True)], changed("add_to_pool_handing", f"the waiter was chosen by {calls}")
+    assert taken == [again], changed("add_to_pool_handing", "the chosen waiter did not get the connection")
+    assert pool.get_stats()["pool_available"] == 0, changed(
+        "add_to_pool_handing", "a connection handed to a waiter also stayed idle"
+    )
+    # A closed pool closes what comes back.
+    pool.close(timeout=1)
+    add_to_pool(pool, again)
+    assert again.closed, changed("add_to_pool_handing", "a closed pool kept a returned connection open")
+
+
+@canary("idle_queue")
+def test_idle_queue(make_alias):
+    alias = make_alias(pool={"min_size": 1, "max_size": 2, "timeout": 2})
+    pool = open_pool(alias)
+    idle = _compat.idle_queue(pool)
+    assert wait_until(lambda: len(idle) == pool.get_stats()["pool_available"] == 1, 5), changed(
+        "idle_queue", "its length is not the idle connections"
+    )
+    held = [pool.getconn(2) for _ in range(2)]
+    assert len(idle) == 0, changed("idle_queue", "checked-out connections still counted idle")
+    for connection in held:
+        pool.putconn(connection)
+    assert wait_until(lambda: len(idle) == 2, 5), changed("idle_queue", "returned connections not counted")
+    pool.close(timeout=1)
+    assert _compat.idle_queue(pool) is idle and len(idle) == 0, changed(
+        "idle_queue", "the pool replaced its deque of idle connections"
+    )
 
 
 @canary("idle_connections")
@@ -622,7 +676,13 @@ def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
     plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
     guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
     assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
-    taken = (own | {"admission"}) & (set(vars(plain)) | set(dir(ConnectionPool)))
+    gate = {"admission", "_gate_queue", "_gate_idle", "_gate_open_above", "_gate_served"}
+    gate |= {"_gate_admit", "_gate_hand_over"}  # PrioritizedPool's
+    assert gate >= {name for name in vars(PrioritizedPool) if not name.startswith("__")} - {
+        "_get_ready_connection",
+        "_add_to_pool",
+    }, "PrioritizedPool has new attributes: add them here"
+    taken = (own | gate) & (set(vars(plain)) | set(dir(ConnectionPool)))
     assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
 
 

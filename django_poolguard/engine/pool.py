@@ -275,7 +275,9 @@ class PrioritizedPool(GuardedPool):
     an alias with a ``reserve``. A subclass, so pools without one run exactly GuardedPool's code.
 
     psycopg_pool calls ``_get_ready_connection`` and ``_add_to_pool`` under its own lock: the
-    gate decides there, and takes no other lock.
+    gate decides there, and takes no other lock. While more connections are idle than the largest
+    reserve floor, every class is admitted and nobody waits: a checkout is psycopg_pool's own plus
+    one count for its class, a return psycopg_pool's own steps (``_compat.add_to_pool``).
     """
 
     admission: Admission
@@ -283,19 +285,35 @@ class PrioritizedPool(GuardedPool):
     def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
         super().__init__(*args, config=config, **kwargs)
         self.admission = Admission(config.reserve or {}, self.timeout)
-        _compat.install_waiting_queue(self, WaitingQueue())
+        self._gate_queue = WaitingQueue()
+        _compat.install_waiting_queue(self, self._gate_queue)
+        # What the uncontended checkout reads, held here so it makes no call to get them:
+        # psycopg_pool's deque of idle connections (never rebound), the count of idle connections
+        # above which every class is admitted, and the gate's served counts.
+        self._gate_idle = _compat.idle_queue(self)
+        self._gate_open_above = self.admission.open_above
+        self._gate_served = self.admission.served
 
     # psycopg_pool's private state is read here through _compat, under its lock (tests/test_compat.py).
 
     def _get_ready_connection(self, timeout: float | None) -> Any:
-        admission = self.admission
         rank = current_rank()
-        queue: WaitingQueue = _compat.waiting_queue(self)
+        if len(self._gate_idle) > self._gate_open_above:  # free >= idle: no reserve is touched
+            # GuardedPool's is psycopg_pool's own; named, not super(): no proxy object per checkout.
+            connection = GuardedPool._get_ready_connection(self, timeout)
+            self._gate_served[rank] += 1  # served at once: Admission.observe(rank, 0.0), inline
+            return connection
+        return self._gate_admit(rank, timeout)
+
+    def _gate_admit(self, rank: int, timeout: float | None) -> Any:
+        """The gate proper, once the idle connections are down to the reserve."""
+        admission = self.admission
+        queue = self._gate_queue
         free = _compat.free_connections(self)
         if admission.admits(rank, free):
-            if self.max_waiting and len(queue) >= self.max_waiting and not _compat.has_idle_connection(self):
+            if self.max_waiting and len(queue) >= self.max_waiting and not self._gate_idle:
                 admission.evict_for(rank, queue)
-            connection = super()._get_ready_connection(timeout)
+            connection = GuardedPool._get_ready_connection(self, timeout)
             if connection is not None:
                 admission.observe(rank, 0.0)  # served at once; a queued one is timed when handed one
             return connection
@@ -310,28 +328,25 @@ class PrioritizedPool(GuardedPool):
                 raise TooManyRequests(f"the pool {self.name!r} has already {len(queue)} requests waiting")
         return None
 
-    def _add_to_pool(self, conn: Any) -> None:
+    def _gate_hand_over(self, conn: Any) -> bool:
+        """Give a returned connection to the waiter :meth:`Admission.pick` chooses; under the
+        pool's lock, with clients queued. False if none may take it (it stays idle, kept for
+        the reserve)."""
         admission = self.admission
-        # psycopg_pool's own, but the connection goes to the best waiter the reserve allows,
-        # not to the first in line; with none, it stays idle (kept for the reserve).
-        _compat.detach_connection(conn)
-        if self.closed:
-            _compat.close_pool_connection(self, conn)
-            return
-        with _compat.pool_lock(self):
-            if self.closed:
-                _compat.close_pool_connection(self, conn)
-                return
-            queue: WaitingQueue = _compat.waiting_queue(self)
-            free = _compat.free_connections(self) + 1
-            while queue and (client := admission.pick(queue, free)) is not None:
-                waiter = queue.waiters.get(id(client))
-                queue.drop(client)
-                if _compat.hand_connection(client, conn):
-                    if waiter is not None:
-                        admission.observe(waiter.rank, monotonic() - waiter.since)
-                    return
-            _compat.keep_idle(self, conn)
+        queue = self._gate_queue
+        free = _compat.free_connections(self) + 1
+        while queue and (client := admission.pick(queue, free)) is not None:
+            waiter = queue.waiters.get(id(client))
+            queue.drop(client)
+            if _compat.hand_connection(client, conn):
+                if waiter is not None:
+                    admission.observe(waiter.rank, monotonic() - waiter.since)
+                return True
+        return False
+
+    # psycopg_pool's own, but the connection goes to the best waiter the reserve allows, not to
+    # the first in line. Made by _compat (psycopg_pool's steps), so a return adds no frame.
+    _add_to_pool = _compat.add_to_pool_handing(_gate_hand_over)
 
 
 def pool_class(config: AliasConfig) -> type[GuardedPool]:

@@ -42,7 +42,6 @@ from psycopg_pool import TooManyRequests
 from django_poolguard import _compat
 from django_poolguard.conf import guard_settings
 from django_poolguard.engine.context import ContextBlock
-from django_poolguard.engine.ledger import AtomicCounter
 from django_poolguard.rules import PRIORITY_NAMES
 
 #: The classes, best first: a class's rank is its index.
@@ -55,14 +54,13 @@ AGING_FRACTION = 0.25
 RING_SIZE = 1024  # acquire waits kept per class, for percentiles; a power of two (index mask)
 _MASK = RING_SIZE - 1
 
-_current: contextvars.ContextVar[int | None] = contextvars.ContextVar("poolguard_priority", default=None)
+_current: contextvars.ContextVar[int] = contextvars.ContextVar("poolguard_priority", default=NORMAL_RANK)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-def current_rank() -> int:
-    rank = _current.get()
-    return NORMAL_RANK if rank is None else rank
+#: The rank of a checkout made now. The ContextVar's own ``get``: a C call, no Python frame, as
+#: the gate reads it on every checkout under the pool's lock.
+current_rank: Callable[[], int] = _current.get
 
 
 def current_priority() -> str:
@@ -70,12 +68,12 @@ def current_priority() -> str:
     return PRIORITY_CLASSES[current_rank()]
 
 
-def set_priority(name: str) -> contextvars.Token[int | None]:
+def set_priority(name: str) -> contextvars.Token[int]:
     """Switch to class ``name`` until :func:`reset_priority`; for integrations driven by signals."""
     return _current.set(RANK[name])
 
 
-def reset_priority(token: contextvars.Token[int | None]) -> None:
+def reset_priority(token: contextvars.Token[int]) -> None:
     _current.reset(token)
 
 
@@ -219,10 +217,19 @@ class Admission:
         self.reserve = {CRITICAL: critical, NORMAL: normal}
         #: The free connections each class needs *more* than, by rank.
         self.floor = (0, critical, critical + normal)
+        #: The largest floor: with more idle connections than this, every class is admitted.
+        self.open_above = critical + normal
         self.age_step = max(timeout * AGING_FRACTION, 0.001)
-        self.refused = [0] * len(PRIORITY_CLASSES)  # written under the pool's lock
-        self._acquired = [AtomicCounter() for _ in PRIORITY_CLASSES]
-        self._rings = [[0.0] * RING_SIZE for _ in PRIORITY_CLASSES]
+        # Written under the pool's lock only, so plain ints; readers see each item whole (GIL).
+        self.refused = [0] * len(PRIORITY_CLASSES)
+        #: Checkouts served, by rank. A checkout served at once only adds one here (the pool's
+        #: fast path does it inline): its wait, 0, is implied by the waits below.
+        self.served = [0] * len(PRIORITY_CLASSES)
+        # The last RING_SIZE checkouts that waited, by rank: how long, and their place in `served`
+        # (a sample's sequence number). A window of the last n served is these plus 0s.
+        self._waits = [[0.0] * RING_SIZE for _ in PRIORITY_CLASSES]
+        self._seqs = [[-1] * RING_SIZE for _ in PRIORITY_CLASSES]
+        self._waited = [0] * len(PRIORITY_CLASSES)  # entries ever written to each ring
 
     def describe(self) -> str:
         """``"the last 2 for critical work, 1 more not for low work"``."""
@@ -292,25 +299,46 @@ class Admission:
 
     def observe(self, rank: int, waited: float) -> None:
         """Record a served checkout's acquire wait under its class: from ``_get_ready_connection``
-        (served at once) or ``_add_to_pool`` (handed a connection), under the pool's lock."""
-        self._rings[rank][self._acquired[rank].increment() & _MASK] = waited
+        (served at once, ``waited`` 0) or ``_add_to_pool`` (handed a connection), under the pool's lock."""
+        served = self.served
+        seq = served[rank]
+        if waited > 0.0:
+            index = self._waited[rank]
+            self._waits[rank][index & _MASK] = waited
+            self._seqs[rank][index & _MASK] = seq
+            self._waited[rank] = index + 1  # the sample first: a reader never sees a count ahead of it
+        served[rank] = seq + 1
 
     # Readers, from any thread ------------------------------------------------------------------
 
     def samples_since(self, rank: int, seq: int) -> tuple[list[float], int]:
-        """Class ``rank``'s acquire waits after sequence number ``seq``, and the new one (as
-        ``Ledger.samples_since``)."""
-        total = self._acquired[rank].value
-        ring = self._rings[rank]
+        """Class ``rank``'s acquire waits after sequence number ``seq`` (at most the last
+        ``RING_SIZE``), and the new one (as ``Ledger.samples_since``): the waits recorded in that
+        window, and a 0 for each checkout served at once in it."""
+        total = self.served[rank]
         start = max(seq, total - RING_SIZE)
-        return [ring[i & _MASK] for i in range(start, total)], total
+        if start >= total:
+            return [], total
+        waits, seqs = self._waits[rank], self._seqs[rank]
+        samples: list[float] = []
+        index = self._waited[rank]
+        # Newest first, back to the window's start; a wait recorded after `total` was read is
+        # left for the next call. At most RING_SIZE entries: the window is no longer.
+        for index in range(index - 1, max(index - RING_SIZE, 0) - 1, -1):
+            sample_seq = seqs[index & _MASK]
+            if sample_seq < start:
+                break
+            if sample_seq < total:
+                samples.append(waits[index & _MASK])
+        samples.reverse()
+        return [0.0] * (total - start - len(samples)) + samples, total
 
     def acquire_samples(self, rank: int) -> list[float]:
         return self.samples_since(rank, 0)[0]
 
     def totals(self) -> dict[str, PriorityTotals]:
         return {
-            name: PriorityTotals(acquired=self._acquired[rank].value, refused=self.refused[rank])
+            name: PriorityTotals(acquired=self.served[rank], refused=self.refused[rank])
             for rank, name in enumerate(PRIORITY_CLASSES)
         }
 
