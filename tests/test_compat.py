@@ -321,10 +321,11 @@ def test_add_to_pool_handing(make_alias):
 
 @canary("idle_queue")
 def test_idle_queue(make_alias):
-    alias = make_alias(pool={"min_size": 1, "max_size": 2, "timeout": 2})
+    alias = make_alias(pool={"min_size": 2, "max_size": 2, "timeout": 2})
     pool = open_pool(alias)
+    pool.wait(5)
     idle = _compat.idle_queue(pool)
-    assert wait_until(lambda: len(idle) == pool.get_stats()["pool_available"] == 1, 5), changed(
+    assert len(idle) == pool.get_stats()["pool_available"] == 2, changed(
         "idle_queue", "its length is not the idle connections"
     )
     held = [pool.getconn(2) for _ in range(2)]
@@ -676,7 +677,7 @@ def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
     plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
     guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
     assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
-    gate = {"admission", "_gate_queue", "_gate_idle", "_gate_open_above", "_gate_served"}
+    gate = {"admission", "_gate_queue", "_gate_idle", "_gate_open_above", "_gate_floor", "_gate_served"}
     gate |= {"_gate_admit", "_gate_hand_over"}  # PrioritizedPool's
     assert gate >= {name for name in vars(PrioritizedPool) if not name.startswith("__")} - {
         "_get_ready_connection",

@@ -289,16 +289,20 @@ class PrioritizedPool(GuardedPool):
         _compat.install_waiting_queue(self, self._gate_queue)
         # What the uncontended checkout reads, held here so it makes no call to get them:
         # psycopg_pool's deque of idle connections (never rebound), the count of idle connections
-        # above which every class is admitted, and the gate's served counts.
+        # above which every class is admitted, each class's floor, and the gate's served counts.
         self._gate_idle = _compat.idle_queue(self)
         self._gate_open_above = self.admission.open_above
+        self._gate_floor = self.admission.floor
         self._gate_served = self.admission.served
 
     # psycopg_pool's private state is read here through _compat, under its lock (tests/test_compat.py).
 
     def _get_ready_connection(self, timeout: float | None) -> Any:
         rank = current_rank()
-        if len(self._gate_idle) > self._gate_open_above:  # free >= idle: no reserve is touched
+        idle = len(self._gate_idle)
+        # An idle connection for a class its reserve admits: psycopg_pool's own checkout. Free is
+        # at least idle, so with more idle than the largest floor no count is needed.
+        if idle > self._gate_open_above or (idle and _compat.free_connections(self) > self._gate_floor[rank]):
             # GuardedPool's is psycopg_pool's own; named, not super(): no proxy object per checkout.
             connection = GuardedPool._get_ready_connection(self, timeout)
             self._gate_served[rank] += 1  # served at once: Admission.observe(rank, 0.0), inline
@@ -306,7 +310,7 @@ class PrioritizedPool(GuardedPool):
         return self._gate_admit(rank, timeout)
 
     def _gate_admit(self, rank: int, timeout: float | None) -> Any:
-        """The gate proper, once the idle connections are down to the reserve."""
+        """The gate proper: no idle connection, or only reserved ones for this class."""
         admission = self.admission
         queue = self._gate_queue
         free = _compat.free_connections(self)

@@ -321,10 +321,10 @@ class Admission:
             return [], total
         waits, seqs = self._waits[rank], self._seqs[rank]
         samples: list[float] = []
-        index = self._waited[rank]
+        written = self._waited[rank]
         # Newest first, back to the window's start; a wait recorded after `total` was read is
         # left for the next call. At most RING_SIZE entries: the window is no longer.
-        for index in range(index - 1, max(index - RING_SIZE, 0) - 1, -1):
+        for index in range(written - 1, max(written - RING_SIZE, 0) - 1, -1):
             sample_seq = seqs[index & _MASK]
             if sample_seq < start:
                 break

@@ -261,6 +261,49 @@ def test_acquire_waits_are_recorded_by_class(make_alias, clients):
     assert len(admission.acquire_samples(0)) == 1
 
 
+def test_checkouts_served_from_plenty_of_idle_connections_count_by_class(make_alias, clients):
+    # 4 idle, more than the largest floor (1): every class is served at once, without the gate.
+    alias = make_alias(
+        pool={"min_size": 4, "max_size": 4, "timeout": 2}, poolguard={"reserve": {"critical": 1}}
+    )
+    with connections[alias].cursor():
+        pass
+    connections[alias].close()
+    pool = get_pool(alias)
+    pool.wait(5)
+    for klass in ("critical", "low", "low"):
+        clients(alias, klass, hold=0.0).done.wait(5)
+    admission = pool.admission
+    totals = admission.totals()
+    assert [totals[name].acquired for name in ("critical", "normal", "low")] == [1, 1, 2]
+    assert admission.acquire_samples(2) == [0.0, 0.0], "served at once: waited 0"
+    assert pool.get_stats()["pool_available"] == 4, "every connection came back idle"
+
+
+def test_acquire_waits_read_back_as_every_sample_of_the_window():
+    """Checkouts served at once are only counted; reading a window gives a 0 for each of them
+    and the recorded waits, as a ring of every sample would."""
+    import random
+
+    from django_poolguard.engine.priority import RING_SIZE, Admission
+
+    admission = Admission({"critical": 1}, timeout=2.0)
+    every: list[float] = []
+    seq = 0
+    rng = random.Random(15)
+    for chunk in (5, 300, 1500, 1, 4000, 0, 1024):
+        for _ in range(chunk):
+            waited = rng.choice((0.0, 0.0, 0.0, rng.random()))
+            admission.observe(1, waited)
+            every.append(waited)
+        samples, seq = admission.samples_since(1, seq)
+        assert seq == len(every)
+        assert sorted(samples) == sorted(every[max(0, len(every) - chunk, len(every) - RING_SIZE) :])
+    assert sorted(admission.acquire_samples(1)) == sorted(every[-RING_SIZE:])
+    assert admission.totals()["normal"].acquired == len(every)
+    assert admission.acquire_samples(0) == [] and admission.samples_since(1, seq) == ([], seq)
+
+
 # --- Classification ----------------------------------------------------------------------
 
 PRIORITIES = {
