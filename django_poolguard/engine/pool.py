@@ -349,8 +349,9 @@ class PrioritizedPool(GuardedPool):
         return False
 
     # psycopg_pool's own, but the connection goes to the best waiter the reserve allows, not to
-    # the first in line. Made by _compat (psycopg_pool's steps), so a return adds no frame.
-    _add_to_pool = _compat.add_to_pool_handing(_gate_hand_over)
+    # the first in line. Made by _compat (psycopg_pool's steps), so a return adds no frame; a
+    # plain function, which mypy cannot match to the method it replaces.
+    _add_to_pool = _compat.add_to_pool_handing(_gate_hand_over)  # type: ignore[assignment]
 
 
 def pool_class(config: AliasConfig) -> type[GuardedPool]:
