@@ -23,7 +23,9 @@ An alias with ``OPTIONS["poolguard"]["reserve"] = {"critical": 2, "normal": 1}``
   past its ``timeout``.
 
 The gate decides inside psycopg_pool's own lock (its ``_get_ready_connection`` and ``_add_to_pool``),
-so the uncontended checkout takes no other lock; without a reserve none of this runs.
+so the uncontended checkout takes no other lock; without a reserve none of this runs. While an idle
+connection is there for a checkout's class, the checkout is psycopg_pool's own plus one count for the
+class (a wait of 0, implied), and a return asks the gate only when clients wait.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ RANK = {name: rank for rank, name in enumerate(PRIORITY_CLASSES)}
 NORMAL_RANK = RANK[NORMAL]
 #: A waiter's class rises one level per this fraction of the pool's timeout spent waiting.
 AGING_FRACTION = 0.25
-RING_SIZE = 1024  # acquire waits kept per class, for percentiles; a power of two (index mask)
+RING_SIZE = 1024  # acquire waits read back per class, for percentiles; a power of two (index mask)
 _MASK = RING_SIZE - 1
 
 _current: contextvars.ContextVar[int] = contextvars.ContextVar("poolguard_priority", default=NORMAL_RANK)
