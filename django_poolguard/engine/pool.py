@@ -59,7 +59,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.configured_min = int(kwargs.get("min_size", 4))
         configured_max = kwargs.get("max_size")
         self.configured_max = int(configured_max if configured_max is not None else self.configured_min)
-        if config.fleet_budget is not None:
+        if getattr(config, "fleet_budget", None) is not None:
             # Nothing opens before the first lease (taken when the pool is registered, before it opens).
             self.lease_limit = 0
             kwargs["min_size"] = 0
