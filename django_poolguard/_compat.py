@@ -344,6 +344,8 @@ _fence(
 
 def close_over_limit(pool: ConnectionPool[Any], connection: Any, limit: int) -> bool:
     """Close ``connection`` and stop counting its slot if the pool counts more than ``limit``."""
+    if pool._nconns <= limit:  # the common case, read without the lock (checked again under it)
+        return False
     with pool._lock:
         if pool._closed or pool._nconns <= limit:
             return False
