@@ -221,7 +221,10 @@ class LeaseKeeper:
 
     @staticmethod
     def _counted(pool: GuardedPool) -> int:
-        """Connections the pool counts: open, being opened or out."""
+        """Connections the pool counts: open, being opened or out. A closed pool (not opened yet, or
+        closed by ``close_pool()``) still has only its checkouts: they close when returned."""
+        if pool.closed:
+            return len(pool.ledger)
         return int(pool.get_stats()["pool_size"])
 
     # --- The store's outage -------------------------------------------------------------------

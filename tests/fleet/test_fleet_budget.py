@@ -360,3 +360,26 @@ def test_cache_store_outage_falls_back_to_a_static_share_and_recovers(make_alias
             leases.release_all()
     finally:
         forwarder.stop()
+
+
+def test_a_replaced_pool_keeps_the_current_lease(make_alias, fast_heartbeat):
+    from django_poolguard.engine.pool import replace_pool
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 6, "timeout": 3}, poolguard={"fleet_budget": 2, "workload": "web"}
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    pool = get_pool(alias)
+    assert pool is not None and pool.lease_limit == 2
+    fresh = replace_pool(alias, pool)  # as the slot check does with a wedged pool
+    assert fresh is not None and fresh is not pool
+    assert fresh.lease_limit == 2 and fresh.max_size == 2 and fresh.size_limit() == 2
+    holders = Holders(alias, 4)
+    try:
+        eventually(lambda: holders.got == 2, "2 holders served by the new pool")
+        time.sleep(3 * INTERVAL)
+        assert fresh.get_stats()["pool_size"] <= 2 and holders.got == 2
+    finally:
+        holders.stop()
