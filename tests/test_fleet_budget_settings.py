@@ -24,7 +24,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:Use
 
 def _databases(poolguard: dict[str, Any], pool: Any = None) -> dict[str, Any]:
     databases = copy.deepcopy(settings.DATABASES)
-    databases["default"]["OPTIONS"]["poolguard"] = {**databases["default"]["OPTIONS"]["poolguard"], **poolguard}
+    databases["default"]["OPTIONS"]["poolguard"] = {
+        **databases["default"]["OPTIONS"]["poolguard"],
+        **poolguard,
+    }
     if pool is not None:
         databases["default"]["OPTIONS"]["pool"] = pool
     return databases
@@ -33,10 +36,20 @@ def _databases(poolguard: dict[str, Any], pool: Any = None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("poolguard", "pool", "says", "fix"),
     [
-        ({"fleet_budget": 0}, None, "['fleet_budget'] is 0; it must be a whole number >= 1 or \"auto\"", "e.g. 120"),
-        ({"fleet_budget": "120"}, None, "['fleet_budget'] is '120'", "or \"auto\""),
+        (
+            {"fleet_budget": 0},
+            None,
+            "['fleet_budget'] is 0; it must be a whole number >= 1 or \"auto\"",
+            "e.g. 120",
+        ),
+        ({"fleet_budget": "120"}, None, "['fleet_budget'] is '120'", 'or "auto"'),
         ({"fleet_budget": True}, None, "['fleet_budget'] is True", "e.g. 120"),
-        ({"fleet_budget": 10}, False, "['fleet_budget'] is set but the alias has no pool to cap", "Add OPTIONS['pool']"),
+        (
+            {"fleet_budget": 10},
+            False,
+            "['fleet_budget'] is set but the alias has no pool to cap",
+            "Add OPTIONS['pool']",
+        ),
         ({"fleet_budget": 10, "lease_store": "redis"}, None, "['lease_store'] is 'redis'", 'Use "database"'),
         ({"fleet_budget": 10, "lease_cache": ""}, None, "['lease_cache'] is ''", "CACHES aliases"),
         (

@@ -383,3 +383,49 @@ def test_a_replaced_pool_keeps_the_current_lease(make_alias, fast_heartbeat):
         assert fresh.get_stats()["pool_size"] <= 2 and holders.got == 2
     finally:
         holders.stop()
+
+
+def _forked_child(alias: str, parent_owner: str, queue: Any) -> None:
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        keeper = leases.keeper(alias)
+        queue.put(
+            {
+                "owner": keeper.owner if keeper is not None else None,
+                "lease": keeper.limit if keeper is not None else None,
+                "members": keeper.members if keeper is not None else None,
+            }
+        )
+        connections[alias].close()
+    except BaseException as exc:  # pragma: no cover - reported to the parent
+        queue.put({"error": repr(exc)})
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_takes_a_lease_of_its_own(make_alias, fast_heartbeat):
+    import multiprocessing
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 4, "timeout": 5}, poolguard={"fleet_budget": 4, "workload": "web"}
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    parent = leases.keeper(alias)
+    assert parent is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forked_child, args=(alias, parent.owner, queue))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(60)
+    assert "error" not in result, result
+    # Its own owner (a new token after fork), and the store counted the parent too.
+    assert result["owner"] not in (None, parent.owner) and result["members"] == 2
+    assert child.exitcode == 0
+    # multiprocessing ends the child with os._exit (no exit hooks): its lease expires, the parent's stays.
+    eventually(
+        lambda: leases.keeper(alias) is parent and (leases.lease_snapshot(alias) or {}).get("members") == 1,
+        "the child's lease expired while the parent's lives on",
+    )
