@@ -435,7 +435,8 @@ def test_auto_resolves_the_budget_from_the_server(make_alias, fast_heartbeat):
     from django_poolguard.fleet.budget import auto_budget
 
     alias = make_alias(
-        pool={"min_size": 0, "max_size": 3, "timeout": 3}, poolguard={"fleet_budget": "auto", "workload": "web"}
+        pool={"min_size": 0, "max_size": 3, "timeout": 3},
+        poolguard={"fleet_budget": "auto", "workload": "web"},
     )
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT 1")
