@@ -61,7 +61,13 @@ def fleet_lease(processes: list[ProcessSnapshot], alias: str) -> FleetLease | No
         "stores": sorted({lease["store"] for _, lease, _ in leases}),
         "fallback": [f"{p['host']}:{p['pid']}" for p, lease, _ in leases if lease["fallback"]],
         "capped": [
-            {"host": p["host"], "pid": p["pid"], "max": size, "lease": lease["lease"], "capped": lease["capped"]}
+            {
+                "host": p["host"],
+                "pid": p["pid"],
+                "max": size,
+                "lease": lease["lease"],
+                "capped": lease["capped"],
+            }
             for p, lease, size in leases
             if lease["capped"]
         ],

@@ -241,7 +241,18 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
                     ]
                 )
         lines += table(
-            ["HOST", "PID", "ROLE", "ALIAS", "USE/IDLE/WAIT/MAX", "LEASE", "ACQ P95", "LEAKS", "SEEN", "STATUS"],
+            [
+                "HOST",
+                "PID",
+                "ROLE",
+                "ALIAS",
+                "USE/IDLE/WAIT/MAX",
+                "LEASE",
+                "ACQ P95",
+                "LEAKS",
+                "SEEN",
+                "STATUS",
+            ],
             rows,
         )
         lines.append("")
@@ -324,7 +335,9 @@ def _capped(processes: list[ProcessSnapshot]) -> list[str]:
                 continue
             reasons = [lease["capped"]] if lease["capped"] else []
             if lease["fallback"]:
-                reasons.append(f"fallback: static share of {lease['lease']} ({lease['store']} lease store unreachable)")
+                reasons.append(
+                    f"fallback: static share of {lease['lease']} ({lease['store']} lease store unreachable)"
+                )
             lines.append(f"  {process['host']}:{process['pid']} {alias}: {'; '.join(reasons)}")
     return ["Capped by a fleet budget:", *lines, ""] if lines else []
 
