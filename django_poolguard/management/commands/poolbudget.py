@@ -9,10 +9,10 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import budget
 from django_poolguard.fleet.activity import server_settings
 from django_poolguard.management.commands._arguments import postgres_alias
-from django_poolguard.escaping import escape_controls
 from django_poolguard.management.commands._tables import table
 
 POSTGRES_DEFAULT_SUPERUSER_RESERVED = 3
@@ -168,8 +168,8 @@ def _fleet_budget_setting(alias: str) -> int | str | None:
 def fleet_budgets(data: dict[str, Any]) -> list[FleetBudgetPlan]:
     """Each budgeted alias of each workload on the server, at the workload's DEPLOYMENT maximum.
 
-    ``"auto"`` is planned as the workload's ceiling (what the server leaves it once the other
-    workloads took theirs) less one side connection per process.
+    ``"auto"`` is planned as each process resolves it (``budget.auto_budget``): the workload's
+    ceiling less its own other connections (side connections, unbudgeted pools), at least 1.
     """
     plans: list[FleetBudgetPlan] = []
     for workload, w in data["workloads"].items():
@@ -179,7 +179,7 @@ def fleet_budgets(data: dict[str, Any]) -> list[FleetBudgetPlan]:
             if written is None:
                 continue
             if written == "auto":
-                resolved = max(0, w["ceiling"] - processes * w["side_connections"])
+                resolved = max(1, w["ceiling"] - w["connections"])
             else:
                 assert isinstance(written, int)
                 resolved = written
