@@ -4,8 +4,9 @@ Each process publishes its own view of its lease (:class:`~django_poolguard.flee
 its lease, the budget, and what the lease store told it at its last heartbeat (``members``,
 ``fleet_held``). Those views are up to a heartbeat old and may disagree during a scale-out; the
 fleet line (``poolstats``, the admin's cards, ``--check``) is therefore computed here from the
-processes the view itself lists: the sum of their leases against the budget, and the fair share
-that budget gives that many processes.
+processes the view itself lists: the sum of their leases against the budget; the fair share
+divides the budget by those processes, or by the members the store counted when that is more
+(a member publishing nowhere, or skipped as unreadable, still holds a lease).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class CappedProcess(TypedDict):
 
     host: str
     pid: int
-    max: int
+    max: int  # the pool's configured max_size
     lease: int
     capped: str
 
@@ -31,8 +32,9 @@ class FleetLease(TypedDict):
     budget: int  # the budget the processes report (the largest, while a deploy changes it)
     budgets: list[int]  # every distinct budget reported: more than one while a deploy changes it
     leased: int  # the sum of the live processes' leases
-    processes: int  # live processes holding a lease of the alias
-    share: int  # the fair share: budget // processes
+    processes: int  # live processes holding a lease of the alias, in this view
+    members: int  # live members of the budget by the store's count: the largest any process reports
+    share: int  # the fair share: budget // the larger of processes and members
     over: bool  # leased > budget: published views overlap (a heartbeat apart), or something is wrong
     stores: list[str]  # "database", "cache"
     fallback: list[str]  # "host:pid" of the processes on the static share (their store is unreachable)
@@ -45,18 +47,21 @@ def fleet_lease(processes: list[ProcessSnapshot], alias: str) -> FleetLease | No
     for process in processes:
         pool = process["aliases"].get(alias)
         if pool is not None and "lease" in pool:
-            leases.append((process, pool["lease"], pool["max"]))
+            leases.append((process, pool["lease"], pool["lease"].get("max_size", pool["max"])))
     if not leases:
         return None
     budgets = sorted({lease["budget"] for _, lease, _ in leases})
     budget = budgets[-1]
     leased = sum(lease["lease"] for _, lease, _ in leases)
+    # The store counts members the view may not list (a process publishing nowhere, or unreadable).
+    members = max(lease["members"] for _, lease, _ in leases)
     return {
         "budget": budget,
         "budgets": budgets,
         "leased": leased,
         "processes": len(leases),
-        "share": budget // len(leases),
+        "members": members,
+        "share": budget // max(len(leases), members, 1),
         "over": leased > budget,
         "stores": sorted({lease["store"] for _, lease, _ in leases}),
         "fallback": [f"{p['host']}:{p['pid']}" for p, lease, _ in leases if lease["fallback"]],
@@ -81,6 +86,9 @@ def describe(alias: str, workload: str, fleet: FleetLease) -> str:
     line = f"fleet budget of {label}: {fleet['leased']} of {fleet['budget']} leased by {processes} (fair share {fleet['share']})"
     if fleet["over"]:
         line += f", {fleet['leased'] - fleet['budget']} OVER the budget"
+    if fleet["members"] > fleet["processes"]:
+        unseen = fleet["members"] - fleet["processes"]
+        line += f"; the lease store counts {fleet['members']} members, {unseen} not in this view"
     if len(fleet["budgets"]) > 1:
         line += f"; the processes disagree on the budget ({', '.join(map(str, fleet['budgets']))}): a deploy is changing it"
     if fleet["fallback"]:

@@ -7,7 +7,7 @@ ones (control characters, huge numbers) are shown escaped or skipped and reporte
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from django.test import Client
 
 from django_poolguard.engine.side_connection import close_all
 from django_poolguard.fleet.lease_totals import fleet_lease
+from django_poolguard.fleet.leases import lease_snapshot
 from tests.fleet.test_fleet_entries import (
     DASHBOARD,
     DATA,
@@ -25,8 +26,9 @@ from tests.fleet.test_fleet_entries import (
     poolstats,
     poolstats_check,
 )
+from tests.integrations.test_lease_metrics import budgeted, wait_for
 
-__all__ = ["own_alias"]  # fixtures used by this module
+__all__ = ["budgeted", "own_alias"]  # fixtures used by this module
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,11 +55,17 @@ def lease(**changes: Any) -> dict[str, Any]:
     return {**base, **changes}
 
 
-def publish_leased(alias: str, host: str, pid: int, max_size: int = 6, **changes: Any) -> dict[str, Any]:
-    """A process of ``alias``'s workload with a lease, as it publishes it."""
+def publish_leased(
+    alias: str, host: str, pid: int, max_size: int | None = 6, **changes: Any
+) -> dict[str, Any]:
+    """A process of ``alias``'s workload with a lease, as it publishes it: its pool's max follows
+    the lease, and the lease names the configured ``max_size`` (``None``: an entry without it)."""
     entry = entry_for(alias, host, pid)
-    entry["aliases"][alias]["max"] = max_size
-    entry["aliases"][alias]["lease"] = lease(**changes)
+    published = lease(**changes)
+    entry["aliases"][alias]["max"] = min(published["lease"], max_size or 2**53)
+    if max_size is not None:
+        published["max_size"] = max_size
+    entry["aliases"][alias]["lease"] = published
     insert_row(host, pid, json.dumps(entry))
     return entry
 
@@ -88,7 +96,7 @@ def test_poolstats_shows_each_lease_the_fleet_total_and_why_pools_are_capped(own
     assert fleet["budget"] == 12 and fleet["leased"] == 12 and fleet["processes"] == 3 and fleet["share"] == 4
     assert fleet["over"] is False and fleet["fallback"] == [] and len(fleet["capped"]) == 3
     leases = [p["aliases"][own_alias].get("lease") for p in data["processes"]]
-    assert leases.count(None) == 1 and leases.count(lease()) == 3  # this process, then the three
+    assert leases.count(None) == 1 and leases.count({**lease(), "max_size": 6}) == 3  # this one, then three
 
     code, line = poolstats_check()
     assert code == 0, line
@@ -99,7 +107,10 @@ def test_leases_over_the_budget_and_a_fallback_are_warnings(own_alias: str) -> N
     publish_leased(own_alias, "web-2", 102, lease=6, fallback=True, capped=None, store="cache")
 
     text = poolstats()
-    assert "14 of 12 leased by 2 processes (fair share 6), 2 OVER the budget" in text, text
+    assert (
+        "14 of 12 leased by 2 processes (fair share 4), 2 OVER the budget; "
+        "the lease store counts 3 members, 1 not in this view"
+    ) in text, text
     assert "1 on the static share (lease store unreachable)" in text
     assert f"web-2:102 {own_alias}: fallback: static share of 6 (cache lease store unreachable)" in text
     assert "max 6, lease 6 (static share)" in text
@@ -121,11 +132,16 @@ def test_leases_over_the_budget_and_a_fallback_are_warnings(own_alias: str) -> N
     assert "fallback: static share" in admin_page(DATA)  # the page's refreshes show it too
 
 
+def test_an_entry_without_max_size_shows_its_published_max(own_alias: str) -> None:
+    publish_leased(own_alias, "web-1", 101, max_size=None)
+    assert "max 4, lease 4" in poolstats()
+
+
 def test_a_rolling_deploy_changing_the_budget_is_named(own_alias: str) -> None:
     publish_leased(own_alias, "web-1", 101, budget=12)
     publish_leased(own_alias, "web-2", 102, budget=20)
     text = poolstats()
-    assert "8 of 20 leased by 2 processes (fair share 10)" in text
+    assert "8 of 20 leased by 2 processes (fair share 6)" in text
     assert "the processes disagree on the budget (12, 20): a deploy is changing it" in text
 
 
@@ -184,19 +200,21 @@ def test_huge_numbers_in_a_lease_are_bounded_or_refused(own_alias: str) -> None:
     publish_leased(own_alias, "web-2", 102, lease=10**400)
     publish_leased(own_alias, "web-3", 103, budget=-1)
     publish_leased(own_alias, "web-4", 104, members=1.5)
+    publish_leased(own_alias, "web-5", 105, max_size=10**400)
     data = json.loads(poolstats("--json"))
     reasons = {(u["host"], u["reason"].split(":")[0]) for u in data["unreadable"]}
     assert reasons == {
         ("web-2", f"aliases.{own_alias}.lease.lease"),
         ("web-3", f"aliases.{own_alias}.lease.budget"),
         ("web-4", f"aliases.{own_alias}.lease.members"),
+        ("web-5", f"aliases.{own_alias}.lease.max_size"),
     }
     assert any("an integer of 1329 bits" in u["reason"] for u in data["unreadable"])
     fleet = data["aliases"][own_alias]["fleet"]
-    assert fleet["budget"] == fleet["leased"] == 2**53 and fleet["share"] == 2**53
+    assert fleet["budget"] == fleet["leased"] == 2**53 and fleet["share"] == 2**53 // 3
     text = poolstats()
-    assert f"{2**53} of {2**53} leased by 1 process (fair share {2**53})" in text
-    assert "! 3 snapshots unreadable:" in text
+    assert f"{2**53} of {2**53} leased by 1 process (fair share {2**53 // 3})" in text
+    assert "! 4 snapshots unreadable:" in text
     assert str(2**53) in admin_page()
 
 
@@ -214,7 +232,67 @@ def test_fleet_lease_sums_only_the_processes_with_a_lease() -> None:
     ]
     fleet = fleet_lease(processes, "default")
     assert fleet is not None
-    assert (fleet["leased"], fleet["processes"], fleet["share"]) == (5, 2, 6)
+    assert (fleet["leased"], fleet["processes"], fleet["members"], fleet["share"]) == (5, 2, 3, 4)
     assert [c["host"] for c in fleet["capped"]] == ["c"]
     assert fleet_lease(processes, "other") is None
     assert fleet_lease([process("b", {"max": 6})], "default") is None
+
+
+# --- end to end: this process's real budgeted pools ---------------------------------------------
+
+
+def test_a_real_budgeted_pool_in_poolstats_and_the_admin(budgeted: Callable[..., str]) -> None:
+    """Two budgeted aliases of one workload in this process are two members of one budget: each
+    leases half of it, and every reader shows the lease, the fleet line and the capped reason."""
+    first = budgeted(6, workload="split")
+    second = budgeted(6, workload="split")
+    for alias in (first, second):
+        wait_for(alias, lambda s: s["lease"] == 3 and s["members"] == 2)
+
+    text = poolstats()
+    for alias in (first, second):
+        # One budget (one workload on one database) shared by two aliases: the store's members count.
+        assert (
+            f"Fleet budget of {alias} (workload split): 3 of 6 leased by 1 process (fair share 3); "
+            "the lease store counts 2 members, 1 not in this view"
+        ) in text
+    # The configured max_size once the engine publishes it, else the (capped) published max.
+    max_size = lease_snapshot(first).get("max_size", 3)  # type: ignore[union-attr]
+    assert text.count(f"max {max_size}, lease 3") == 2
+    assert "capped at 3 by fleet budget 6 over 2 processes" in text
+    code, line = poolstats_check()
+    assert code == 0, line
+
+    data = json.loads(poolstats("--json"))
+    [own] = [p for p in data["processes"] if p["aliases"].get(first, {}).get("lease")]
+    assert own["aliases"][first]["lease"]["members"] == 2
+    assert 0 < own["aliases"][first]["lease"]["fleet_held"] <= 6  # as the store saw it, a heartbeat ago
+
+    page = admin_page()
+    assert "capped at 3 by fleet budget 6 over 2 processes" in page
+    assert "fallback: static share" not in page
+
+
+def test_a_real_pool_without_its_lease_store_shows_the_fallback(
+    budgeted: Callable[..., str], settings: Any
+) -> None:
+    settings.CACHES = {
+        **settings.CACHES,
+        "gone": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        },
+    }
+    settings.POOLGUARD = {**settings.POOLGUARD, "DEPLOYMENT": {"stranded": {"instances": 2, "processes": 1}}}
+    alias = budgeted(6, workload="stranded", lease_store="cache", lease_cache="gone")
+    max_size = wait_for(alias, lambda s: s["fallback"]).get("max_size", 3)
+
+    text = poolstats()
+    assert f"max {max_size}, lease 3 (static share)" in text
+    assert (
+        f"{alias}: capped at 3 by the static share of fleet budget 6 (store unreachable); fallback: static share of 3 (cache lease store unreachable)"
+        in text
+    )
+    code, line = poolstats_check()
+    assert code == 1 and f"{alias}: 1 process on the static share, lease store unreachable" in line, line
+    assert "fallback: static share" in admin_page()

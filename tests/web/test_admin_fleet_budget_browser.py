@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.fleet.test_fleet_entries import entry_for, insert_row
 from tests.web.test_admin_browser import (
     REFRESH,

@@ -316,11 +316,12 @@ def _fleet_budgets(totals: dict[str, AliasTotals]) -> list[str]:
 
 
 def _lease(pool: AliasSnapshot) -> str:
-    """``max 6, lease 4``; ``-`` for an alias without a fleet budget."""
+    """``max 6, lease 4`` (the configured max_size, which the published max stops showing once the
+    lease caps it); ``-`` for an alias without a fleet budget."""
     lease = pool.get("lease")
     if lease is None:
         return "-"
-    text = f"max {pool['max']}, lease {lease['lease']}"
+    text = f"max {lease.get('max_size', pool['max'])}, lease {lease['lease']}"
     return text + " (static share)" if lease["fallback"] else text
 
 
