@@ -19,6 +19,7 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard.conf import hostname, is_guarded
+from django_poolguard.escaping import escape_controls
 from django_poolguard.engine.priority import PRIORITY_CLASSES
 from django_poolguard.fleet.activity import longest_first, session_age, sessions
 from django_poolguard.fleet.collect import AliasTotals, collect, totals
@@ -149,7 +150,9 @@ def _fleet_budget(fleet: FleetLease | None) -> dict[str, Any] | None:
         return None
     reasons: dict[str, int] = {}
     for process in fleet["capped"]:
-        reasons[process["capped"]] = reasons.get(process["capped"], 0) + 1
+        # Another process's text: a bidi override would reorder what the page shows around it.
+        text = escape_controls(process["capped"])
+        reasons[text] = reasons.get(text, 0) + 1
     ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return {
         **fleet,
@@ -199,13 +202,20 @@ def _process_rows(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:
                     "idle": data["idle"],
                     "waiting": data["waiting"],
                     "max": data["max"],
-                    "lease": data.get("lease"),
+                    "lease": _row_lease(data),
                     "p95": data["acquire_ms"]["p95"],
                     "leaks_active": data["leaks_active"],
                     "timeouts_total": data["timeouts_total"],
                 }
             )
     return rows
+
+
+def _row_lease(data: AliasSnapshot) -> dict[str, Any] | None:
+    lease = data.get("lease")
+    if lease is None:
+        return None
+    return {**lease, "capped": None if lease["capped"] is None else escape_controls(lease["capped"])}
 
 
 def _checkouts(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:

@@ -186,6 +186,8 @@ def test_control_characters_in_a_capped_reason_are_shown_not_obeyed(own_alias: s
     page = admin_page()
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # Shown, not obeyed, on the page too: no bidi override reorders the card's text.
+    assert "\u202e" not in page and "\x1b" not in page and "forged\\u202e" in page
     assert "<script>alert(1)</script>" not in admin_page(DATA)
 
 
