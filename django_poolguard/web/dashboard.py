@@ -19,8 +19,8 @@ from typing import Any
 from django.db import connections
 
 from django_poolguard.conf import hostname, is_guarded
-from django_poolguard.escaping import escape_controls
 from django_poolguard.engine.priority import PRIORITY_CLASSES
+from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet.activity import longest_first, session_age, sessions
 from django_poolguard.fleet.collect import AliasTotals, collect, totals
 from django_poolguard.fleet.lease_totals import FleetLease
