@@ -102,3 +102,22 @@ def test_auto_is_what_the_server_leaves_the_workload():
         ceiling = server["max_connections"] - server["superuser_reserved_connections"] - 10
         worker = 2 * (4 + 1)  # the worker alias: max_size 4 plus a side connection, in 2 processes
         assert auto_budget("default") == ceiling - worker - 3 * 1  # minus web's own side connections
+
+
+@pytest.mark.django_db(transaction=True)
+def test_e001_counts_a_budgeted_workload_as_its_budget():
+    from django_poolguard.fleet.activity import server_settings
+    from django_poolguard.fleet.budget import budget_messages
+
+    server = server_settings("default")
+    ceiling = server["max_connections"] - server["superuser_reserved_connections"] - 10
+    instances = ceiling // 3  # x (8 + 1) per process: three times over without a budget
+    poolguard = {
+        **settings.POOLGUARD,
+        "DEPLOYMENT": {"web": {"instances": instances}, "worker": {"instances": 1}},
+    }
+    with override_settings(POOLGUARD=poolguard):
+        over = budget_messages(["default"])
+    assert [m.id for m in over] == ["django_poolguard.E001"]
+    with override_settings(DATABASES=_databases({"fleet_budget": 10}), POOLGUARD=poolguard):
+        assert budget_messages(["default"]) == []
