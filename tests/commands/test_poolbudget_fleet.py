@@ -114,3 +114,17 @@ def test_a_workload_name_that_could_draw_on_a_terminal_is_refused() -> None:
     with pytest.raises(CommandError, match="E013") as error:
         poolbudget(120, SEED, workload="web\x1b[2J")
     assert "\x1b" not in str(error.value)  # the setting is quoted with repr()
+
+
+def test_the_budget_table_names_the_budgeted_alias() -> None:
+    assert "12 (default: fleet_budget 120)" in poolbudget(120, SEED)
+
+
+@pytest.mark.django_db
+def test_poolstats_counts_a_budgeted_alias_once_for_the_fleet() -> None:
+    poolguard = {**django_settings.POOLGUARD, "DEPLOYMENT": SEED}
+    out = io.StringIO()
+    with override_settings(DATABASES=databases(120), POOLGUARD=poolguard):
+        call_command("poolstats", stdout=out)
+    # 120 for the fleet plus each of the 24 processes' side connection, not 24 x (12 + 1).
+    assert "  web: fleet_budget 120 + 24 x 1 x (0 + 1) = 144;" in out.getvalue(), out.getvalue()

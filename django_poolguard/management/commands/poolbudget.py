@@ -81,6 +81,15 @@ class Command(BaseCommand):
             self.stdout.write(render(data))
 
 
+def _pool_names(w: dict[str, Any]) -> str:
+    """``default, reports``; a budgeted alias says so (it is counted as its budget, once for the fleet)."""
+    budgets = w.get("budgets") or {}
+    return ", ".join(
+        alias + (f": fleet_budget {budgets[alias] or 'auto'}" if alias in budgets else "")
+        for alias in w["pools"]
+    )
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         f"Connection budget of the server behind alias {data['alias']!r} (max_connections from {data['source']}):",
@@ -105,7 +114,7 @@ def render(data: dict[str, Any]) -> str:
             name + ("" if w["declared"] else " (not in DEPLOYMENT: 1 x 1)"),
             w["instances"],
             w["processes"],
-            "+".join(str(size) for size in w["pools"].values()) + f" ({', '.join(w['pools'])})",
+            "+".join(str(size) for size in w["pools"].values()) + f" ({_pool_names(w)})",
             w["side_connections"],
             w["connections"],
             w["ceiling"],

@@ -417,8 +417,12 @@ def _budget(budget: dict[str, Any]) -> list[str]:
     lines = [f"Budget: {describe(budget)}: {verdict}"]
     for name, w in budget["workloads"].items():
         declared = "" if w["declared"] else " (not in DEPLOYMENT)"
+        budgets = w.get("budgets") or {}
+        # A budgeted alias counts once for the fleet (its budget), not max_size per process.
+        fleet = "".join(f"fleet_budget {b or 'auto'} + " for b in budgets.values())
+        per_process = sum(size for alias, size in w["pools"].items() if alias not in budgets)
         lines.append(
-            f"  {name}: {w['instances']} x {w['processes']} x ({w['max_size']} + {w['side_connections']}) = "
+            f"  {name}: {fleet}{w['instances']} x {w['processes']} x ({per_process} + {w['side_connections']}) = "
             f"{w['connections']}{declared}; largest safe max_size {w['safe_max_size']}"
         )
     return [*lines, ""]
