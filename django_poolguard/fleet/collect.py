@@ -20,6 +20,7 @@ from django.conf import settings
 
 from django_poolguard.conf import guard_settings, is_postgresql
 from django_poolguard.fleet import activity, budget, publish
+from django_poolguard.fleet.lease_totals import FleetLease, fleet_lease, problems
 from django_poolguard.fleet.schema import (
     CRITICAL,
     HISTORY_FIELDS,
@@ -85,6 +86,8 @@ class AliasTotals(TypedDict):
     findings: NotRequired[list[ProfileFinding]]
     busy_ratio: NotRequired[float | None]
     pool_seconds: NotRequired[float]
+    # The alias's fleet budget, when its processes publish a lease (fleet/lease_totals.py).
+    fleet: NotRequired[FleetLease]
 
 
 def default_alias() -> str:
@@ -203,6 +206,9 @@ def totals(processes: list[ProcessSnapshot], *, history: bool = True) -> dict[st
         profile = alias_profile(processes, alias)  # the pool-time profile, summed over processes
         if profile is not None:
             total.update(profile)
+        fleet = fleet_lease(processes, alias)
+        if fleet is not None:
+            total["fleet"] = fleet
         total["utilization"] = round(total["in_use"] / total["max"], 4) if total["max"] else 0.0
         # The worst process decides: one exhausted gunicorn worker is an outage for its requests.
         total["status"] = worst(statuses[alias])
@@ -311,7 +317,19 @@ def status(data: dict[str, Any]) -> str:
         statuses.append(WARNING)
     if data.get("budget", {}).get("status") == budget.OVER:
         statuses.append(WARNING)
+    if lease_problems(data):
+        statuses.append(WARNING)
     return worst(statuses)
+
+
+def lease_problems(data: dict[str, Any]) -> list[str]:
+    """The fleet budgets' warnings (leases over a budget, processes on the static share), one line each."""
+    return [
+        line
+        for alias, total in data.get("aliases", {}).items()
+        if "fleet" in total
+        for line in problems(alias, total["fleet"])
+    ]
 
 
 __all__ = ["collect", "status", "totals"]

@@ -125,7 +125,11 @@ class LeaseSnapshot(TypedDict):
     fleet_held: int  # leases held across the fleet at the last heartbeat, this one's included
     store: str  # where leases live: "database" or "cache"
     fallback: bool  # the store is unreachable: the pool runs on a static share
-    capped: str | None  # why the pool runs below max_size, e.g. "capped at 4 by fleet budget 120 over 30 processes"
+    #: Why the pool runs below max_size, e.g. "capped at 4 by fleet budget 120 over 30 processes".
+    capped: str | None
+    #: The pool's configured max_size, which the published ``max`` stops showing once the lease caps
+    #: it: views show "max 6, lease 4" (optional: entries without it show the published ``max``).
+    max_size: NotRequired[int]
 
 
 class AliasSnapshot(PoolState):
@@ -485,7 +489,7 @@ def _lease(value: Any, path: str) -> LeaseSnapshot:
     data = _object(value, path)
     counts = {key: _count(data.get(key, MISSING), f"{path}.{key}") for key in LEASE_COUNTS}
     capped = data.get("capped")
-    return {
+    lease: LeaseSnapshot = {
         "budget": counts["budget"],
         "lease": counts["lease"],
         "share": counts["share"],
@@ -495,6 +499,9 @@ def _lease(value: Any, path: str) -> LeaseSnapshot:
         "fallback": _flag(data.get("fallback", False), f"{path}.fallback"),
         "capped": None if capped is None else _text(capped, f"{path}.capped"),
     }
+    if "max_size" in data:
+        lease["max_size"] = _count(data["max_size"], f"{path}.max_size")
+    return lease
 
 
 MAX_PRIORITIES = 16  # three classes today; room for more without reading an unbounded dict

@@ -25,6 +25,7 @@ from django_poolguard.engine.ledger import Ledger
 from django_poolguard.engine.pool import GuardedPool, all_pools
 from django_poolguard.engine.priority import NORMAL, PRIORITY_CLASSES
 from django_poolguard.engine.profile import OTHER, busy_ratio
+from django_poolguard.fleet.leases import lease_snapshot
 
 # Acquire waits are sub-millisecond when the pool is healthy and reach the pool timeout when it is not.
 ACQUIRE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -147,6 +148,29 @@ db_busy_ratio = Gauge(
     multiprocess_mode="liveall",
 )
 
+# Fleet budgets (OPTIONS["poolguard"]["fleet_budget"]): this process's lease of its alias's budget.
+# Summed over live processes, pool_lease is the fleet's leased total; the budget is the same in
+# every process of the workload, so its maximum is the budget (and not a sum of copies).
+pool_lease = Gauge(
+    "poolguard_pool_lease",
+    "Connections this process may hold under its alias's fleet budget (its pool's max_size follows it).",
+    ["alias"],
+    multiprocess_mode="livesum",
+)
+fleet_budget = Gauge(
+    "poolguard_fleet_budget",
+    "The alias's fleet budget: connections for its workload across every process.",
+    ["alias"],
+    multiprocess_mode="livemax",
+)
+lease_fallback = Gauge(
+    "poolguard_lease_fallback",
+    "1 while the lease store is unreachable and the pool runs on its static share (summed: such processes).",
+    ["alias"],
+    multiprocess_mode="livesum",
+)
+LEASE_GAUGES = (pool_lease, fleet_budget, lease_fallback)
+
 # (counter, extra labels, reading) for the counters that mirror a single pool or ledger total.
 _TOTALS: tuple[tuple[Counter, dict[str, str], Callable[[GuardedPool], int]], ...] = (
     (acquire_timeouts, {}, lambda pool: pool.ledger.timeouts_total),
@@ -221,10 +245,11 @@ class Exporter:
                 pool_max_connections.labels(alias=alias).set(0)
                 pool_waiting.labels(alias=alias).set(0)
                 leaks_active.labels(alias=alias).set(0)
-                try:
-                    db_busy_ratio.remove(alias)
-                except KeyError:
-                    pass
+                for gauge in (db_busy_ratio, *LEASE_GAUGES):
+                    try:
+                        gauge.remove(alias)
+                    except KeyError:
+                        pass
 
     def _export_pool(self, alias: str, pool: GuardedPool, progress: _PoolProgress) -> None:
         state = pool.state()
@@ -271,6 +296,23 @@ class Exporter:
                 checkouts_pinned.labels(alias=alias, reason=reason).inc(grown)
         if guard_settings.PROFILE:
             _export_profile(alias, pool, progress)
+        _export_lease(alias)
+
+
+def _export_lease(alias: str) -> None:
+    """The alias's lease, budget and fallback; no series for an alias without a fleet budget
+    (or before its first lease), so a sum over aliases counts only budgeted ones."""
+    lease = lease_snapshot(alias)
+    if lease is None:
+        for gauge in LEASE_GAUGES:
+            try:
+                gauge.remove(alias)
+            except KeyError:
+                pass
+        return
+    pool_lease.labels(alias=alias).set(lease["lease"])
+    fleet_budget.labels(alias=alias).set(lease["budget"])
+    lease_fallback.labels(alias=alias).set(1 if lease["fallback"] else 0)
 
 
 def _export_profile(alias: str, pool: GuardedPool, progress: _PoolProgress) -> None:

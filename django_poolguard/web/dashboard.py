@@ -20,8 +20,10 @@ from django.db import connections
 
 from django_poolguard.conf import hostname, is_guarded
 from django_poolguard.engine.priority import PRIORITY_CLASSES
+from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet.activity import longest_first, session_age, sessions
 from django_poolguard.fleet.collect import AliasTotals, collect, totals
+from django_poolguard.fleet.lease_totals import FleetLease
 from django_poolguard.fleet.schema import (
     AliasSnapshot,
     EncodedPoint,
@@ -42,6 +44,7 @@ MAX_SESSIONS = 100  # rows in the sessions table; the rest are counted
 MAX_CHECKOUTS = 50
 SPARK_WIDTH, SPARK_HEIGHT = 300, 60  # the sparkline's viewBox; it scales to the card's width
 HISTORY_SECONDS = 15 * 60
+MAX_CAPPED_REASONS = 5  # distinct "capped at ..." texts per card; a rebalance shows two or three
 MIN_SPAN = 60.0  # s: the shortest time axis a sparkline gets
 
 
@@ -134,9 +137,29 @@ def _alias_cards(
                 "top": total.get("top"),
                 "findings": total.get("findings") or [],
                 "busy_ratio": total.get("busy_ratio"),
+                "fleet": _fleet_budget(total.get("fleet")),
             }
         )
     return cards
+
+
+def _fleet_budget(fleet: FleetLease | None) -> dict[str, Any] | None:
+    """The card's fleet budget: leased of budget, the fair share, why pools are capped (each
+    distinct reason once, with how many processes gave it), and the processes on the static share."""
+    if fleet is None:
+        return None
+    reasons: dict[str, int] = {}
+    for process in fleet["capped"]:
+        # Another process's text: a bidi override would reorder what the page shows around it.
+        text = escape_controls(process["capped"])
+        reasons[text] = reasons.get(text, 0) + 1
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        **fleet,
+        "leased_pct": min(100, round(100 * fleet["leased"] / fleet["budget"])) if fleet["budget"] else 0,
+        "capped_reasons": [{"text": text, "processes": n} for text, n in ranked[:MAX_CAPPED_REASONS]],
+        "more_capped_reasons": max(0, len(ranked) - MAX_CAPPED_REASONS),
+    }
 
 
 def _priority_rows(datas: list[AliasSnapshot]) -> list[dict[str, Any]]:
@@ -179,12 +202,20 @@ def _process_rows(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:
                     "idle": data["idle"],
                     "waiting": data["waiting"],
                     "max": data["max"],
+                    "lease": _row_lease(data),
                     "p95": data["acquire_ms"]["p95"],
                     "leaks_active": data["leaks_active"],
                     "timeouts_total": data["timeouts_total"],
                 }
             )
     return rows
+
+
+def _row_lease(data: AliasSnapshot) -> dict[str, Any] | None:
+    lease = data.get("lease")
+    if lease is None:
+        return None
+    return {**lease, "capped": None if lease["capped"] is None else escape_controls(lease["capped"])}
 
 
 def _checkouts(processes: list[ProcessSnapshot]) -> list[dict[str, Any]]:

@@ -35,6 +35,9 @@ DOCUMENTED_METRICS = {
     "poolguard_connections_reclaimed": ("counter", {"alias", "reason"}),
     "poolguard_connections_opened": ("counter", {"alias"}),
     "poolguard_connection_errors": ("counter", {"alias"}),
+    "poolguard_pool_lease": ("gauge", {"alias"}),
+    "poolguard_fleet_budget": ("gauge", {"alias"}),
+    "poolguard_lease_fallback": ("gauge", {"alias"}),
 }
 
 

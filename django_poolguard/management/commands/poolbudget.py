@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypedDict
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import budget
 from django_poolguard.fleet.activity import server_settings
 from django_poolguard.management.commands._arguments import postgres_alias
@@ -72,10 +74,20 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         data["source"] = source
+        data["fleet_budgets"] = fleet_budgets(data)
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))
         else:
             self.stdout.write(render(data))
+
+
+def _pool_names(w: dict[str, Any]) -> str:
+    """``default, reports``; a budgeted alias says so (it is counted as its budget, once for the fleet)."""
+    budgets = w.get("budgets") or {}
+    return ", ".join(
+        alias + (f": fleet_budget {budgets[alias] or 'auto'}" if alias in budgets else "")
+        for alias in w["pools"]
+    )
 
 
 def render(data: dict[str, Any]) -> str:
@@ -102,7 +114,7 @@ def render(data: dict[str, Any]) -> str:
             name + ("" if w["declared"] else " (not in DEPLOYMENT: 1 x 1)"),
             w["instances"],
             w["processes"],
-            "+".join(str(size) for size in w["pools"].values()) + f" ({', '.join(w['pools'])})",
+            "+".join(str(size) for size in w["pools"].values()) + f" ({_pool_names(w)})",
             w["side_connections"],
             w["connections"],
             w["ceiling"],
@@ -127,4 +139,103 @@ def render(data: dict[str, Any]) -> str:
         "CEILING is what a workload may use once the others took theirs; SAFE MAX_SIZE the largest max_size "
         "per process (summed over its aliases) that fits in it."
     )
-    return "\n".join(lines) + "\n"
+    lines += _fleet_budget_lines(data.get("fleet_budgets") or [])
+    # Workload and alias names are the user's text: shown, never obeyed by the terminal.
+    return "\n".join(escape_controls(line) for line in lines) + "\n"
+
+
+# --- Fleet budgets (OPTIONS["poolguard"]["fleet_budget"]) ----------------------------------------
+
+
+class FleetBudgetPlan(TypedDict):
+    """A budgeted alias at its workload's DEPLOYMENT maximum: the ``fleet_budgets`` of ``--json``."""
+
+    alias: str
+    workload: str
+    fleet_budget: int | str  # as written: a number, or "auto"
+    budget: int  # "auto" resolved to what the server leaves the workload's processes
+    processes: int  # instances x processes from DEPLOYMENT (1 x 1 when undeclared)
+    declared: bool
+    per_process: int  # budget // processes: the most each process holds then
+    max_size: int
+    unbudgeted: int  # processes x max_size: what the pools could open without the budget
+
+
+def _fleet_budget_setting(alias: str) -> int | str | None:
+    """``OPTIONS["poolguard"]["fleet_budget"]`` of ``alias``, or ``None``; a bad value is a
+    ``CommandError`` naming the setting (system check E018 says the same)."""
+    options = (settings.DATABASES[alias].get("OPTIONS") or {}).get("poolguard") or {}
+    value = options.get("fleet_budget") if isinstance(options, dict) else None
+    if value is None or value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise CommandError(
+        f"DATABASES[{alias!r}]['OPTIONS']['poolguard']['fleet_budget'] is {value!r}; it must be a whole "
+        'number >= 1 or "auto" (see system check E018).'
+    )
+
+
+def fleet_budgets(data: dict[str, Any]) -> list[FleetBudgetPlan]:
+    """Each budgeted alias of each workload on the server, at the workload's DEPLOYMENT maximum.
+
+    ``"auto"`` is planned as each process resolves it (``budget.auto_budget``): the workload's
+    ceiling less its own other connections (side connections, unbudgeted pools), at least 1.
+    """
+    plans: list[FleetBudgetPlan] = []
+    for workload, w in data["workloads"].items():
+        processes = w["instances"] * w["processes"]
+        for alias, max_size in w["pools"].items():
+            written = _fleet_budget_setting(alias)
+            if written is None:
+                continue
+            if written == "auto":
+                resolved = max(1, w["ceiling"] - w["connections"])
+            else:
+                assert isinstance(written, int)
+                resolved = written
+            plans.append(
+                {
+                    "alias": alias,
+                    "workload": workload,
+                    "fleet_budget": written,
+                    "budget": resolved,
+                    "processes": processes,
+                    "declared": w["declared"],
+                    "per_process": resolved // processes if processes else resolved,
+                    "max_size": max_size,
+                    "unbudgeted": processes * max_size,
+                }
+            )
+    return plans
+
+
+def describe_plan(plan: FleetBudgetPlan) -> str:
+    """``web: fleet_budget 120 → 5 per process at 24 processes (max_size 12 would need 288)``"""
+    label = plan["workload"] if plan["alias"] == plan["workload"] else f"{plan['workload']} ({plan['alias']})"
+    written = plan["fleet_budget"]
+    budget = f"auto = {plan['budget']}" if written == "auto" else str(plan["budget"])
+    processes = f"{plan['processes']} process{'' if plan['processes'] == 1 else 'es'}"
+    if not plan["declared"]:
+        processes += " (not in DEPLOYMENT: 1 x 1)"
+    line = (
+        f"{label}: fleet_budget {budget} \u2192 {plan['per_process']} per process at {processes} "
+        f"(max_size {plan['max_size']} would need {plan['unbudgeted']})"
+    )
+    if plan["per_process"] == 0:
+        line += (
+            f"; fewer than one connection per process: {plan['processes'] - plan['budget']} of them would get "
+            "none. Raise the budget or lower DEPLOYMENT"
+        )
+    elif plan["per_process"] >= plan["max_size"]:
+        line += f"; max_size caps first: the budget only binds above {plan['budget'] // plan['max_size']} processes"
+    return line
+
+
+def _fleet_budget_lines(plans: list[FleetBudgetPlan]) -> list[str]:
+    if not plans:
+        return []
+    return [
+        "",
+        "Fleet budgets (each process holds at most budget / processes, at the DEPLOYMENT maximum):",
+        *(f"  {describe_plan(plan)}" for plan in plans),
+        "A budgeted pool opens at most its lease; `manage.py poolstats` shows the leases the live processes hold.",
+    ]

@@ -16,8 +16,10 @@ from django_poolguard.engine.side_connection import side_cursor
 from django_poolguard.escaping import escape_controls
 from django_poolguard.fleet import collect
 from django_poolguard.fleet.budget import describe
-from django_poolguard.fleet.collect import AliasTotals
+from django_poolguard.fleet.collect import AliasTotals, lease_problems
+from django_poolguard.fleet.lease_totals import describe as describe_fleet
 from django_poolguard.fleet.schema import (
+    AliasSnapshot,
     CheckoutSnapshot,
     ProcessSnapshot,
     Unreadable,
@@ -115,6 +117,7 @@ def check_line(state: str, data: dict[str, Any]) -> str:
         for alias, t in totals.items()
     ]
     parts += [f"{e['part']} unavailable: {e['error']}" for e in data.get("errors", [])]
+    parts += lease_problems(data)
     if data.get("unreadable"):
         parts.append(unreadable_line(data["unreadable"]))
     if data.get("budget", {}).get("status") == "over":
@@ -218,6 +221,7 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
     else:
         lines.append("No process has published a pool (none running, or PUBLISH=None in them).")
     lines.append("")
+    lines += _fleet_budgets(totals)
     if processes:
         rows = []
         for process in processes:
@@ -229,6 +233,7 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
                         process["role"],
                         alias,
                         f"{a['in_use']}/{a['idle']}/{a['waiting']}/{a['max']}",
+                        _lease(a),
                         _ms(a["acquire_ms"]["p95"]),
                         f"{a['leaks_active']}/{a['leaks_total']}",
                         _s(process.get("age_s")),
@@ -236,9 +241,22 @@ def render(data: dict[str, Any], *, top: bool = False) -> str:
                     ]
                 )
         lines += table(
-            ["HOST", "PID", "ROLE", "ALIAS", "USE/IDLE/WAIT/MAX", "ACQ P95", "LEAKS", "SEEN", "STATUS"], rows
+            [
+                "HOST",
+                "PID",
+                "ROLE",
+                "ALIAS",
+                "USE/IDLE/WAIT/MAX",
+                "LEASE",
+                "ACQ P95",
+                "LEAKS",
+                "SEEN",
+                "STATUS",
+            ],
+            rows,
         )
         lines.append("")
+        lines += _capped(processes)
     if top:
         lines += _top(data["aliases"])
     lines += _long_checkouts(data)
@@ -285,6 +303,44 @@ def _top(aliases: dict[str, Any]) -> list[str]:
             lines.append(f"  ! {finding['kind']}: {finding['text']}{where}")
         lines.append("")
     return lines
+
+
+def _fleet_budgets(totals: dict[str, AliasTotals]) -> list[str]:
+    """One line per alias with a fleet budget: the live processes' leases added up against it."""
+    lines = [
+        "Fleet " + describe_fleet(alias, t["workload"], t["fleet"]).removeprefix("fleet ")
+        for alias, t in totals.items()
+        if "fleet" in t
+    ]
+    return [*lines, ""] if lines else []
+
+
+def _lease(pool: AliasSnapshot) -> str:
+    """``max 6, lease 4`` (the configured max_size, which the published max stops showing once the
+    lease caps it); ``-`` for an alias without a fleet budget."""
+    lease = pool.get("lease")
+    if lease is None:
+        return "-"
+    text = f"max {lease.get('max_size', pool['max'])}, lease {lease['lease']}"
+    return text + " (static share)" if lease["fallback"] else text
+
+
+def _capped(processes: list[ProcessSnapshot]) -> list[str]:
+    """Why each capped pool runs below its max_size, in its process's own words; and which run
+    on the static share because their lease store is unreachable."""
+    lines = []
+    for process in processes:
+        for alias, a in process["aliases"].items():
+            lease = a.get("lease")
+            if lease is None or not (lease["capped"] or lease["fallback"]):
+                continue
+            reasons = [lease["capped"]] if lease["capped"] else []
+            if lease["fallback"]:
+                reasons.append(
+                    f"fallback: static share of {lease['lease']} ({lease['store']} lease store unreachable)"
+                )
+            lines.append(f"  {process['host']}:{process['pid']} {alias}: {'; '.join(reasons)}")
+    return ["Capped by a fleet budget:", *lines, ""] if lines else []
 
 
 def _unreadable(entries: list[dict[str, Any]]) -> list[str]:
@@ -361,8 +417,12 @@ def _budget(budget: dict[str, Any]) -> list[str]:
     lines = [f"Budget: {describe(budget)}: {verdict}"]
     for name, w in budget["workloads"].items():
         declared = "" if w["declared"] else " (not in DEPLOYMENT)"
+        budgets = w.get("budgets") or {}
+        # A budgeted alias counts once for the fleet (its budget), not max_size per process.
+        fleet = "".join(f"fleet_budget {b or 'auto'} + " for b in budgets.values())
+        per_process = sum(size for alias, size in w["pools"].items() if alias not in budgets)
         lines.append(
-            f"  {name}: {w['instances']} x {w['processes']} x ({w['max_size']} + {w['side_connections']}) = "
+            f"  {name}: {fleet}{w['instances']} x {w['processes']} x ({per_process} + {w['side_connections']}) = "
             f"{w['connections']}{declared}; largest safe max_size {w['safe_max_size']}"
         )
     return [*lines, ""]
