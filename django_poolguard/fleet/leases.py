@@ -320,6 +320,7 @@ class LeaseKeeper:
             "store": self.store.kind,
             "fallback": self.fallback,
             "capped": capped,
+            "max_size": maximum,
         }
 
 
