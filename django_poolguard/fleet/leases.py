@@ -310,7 +310,10 @@ class LeaseKeeper:
             if self.fallback:
                 capped = f"capped at {self.limit} by the static share of fleet budget {self.budget} (store unreachable)"
             else:
-                capped = f"capped at {self.limit} by fleet budget {self.budget} over {self.members} processes"
+                processes = "process" if self.members == 1 else "processes"
+                capped = (
+                    f"capped at {self.limit} by fleet budget {self.budget} over {self.members} {processes}"
+                )
         return {
             "budget": self.budget,
             "lease": self.limit,

@@ -109,7 +109,7 @@ def test_a_pool_never_opens_more_than_its_lease(make_alias, fast_heartbeat):
         assert peak == 3 and holders.got == 3
         lease = leases.lease_snapshot(alias)
         assert lease is not None and lease["lease"] == 3 and lease["budget"] == 3
-        assert lease["capped"] == "capped at 3 by fleet budget 3 over 1 processes"
+        assert lease["capped"] == "capped at 3 by fleet budget 3 over 1 process"
         # The store agrees: nobody else can take anything.
         assert store.exchange(leases.keeper(alias).key, "someone-else", 2, 0, 3, 5).lease == 0  # type: ignore[union-attr]
     finally:
