@@ -53,7 +53,7 @@ def test_an_external_call_inside_the_request_is_idle_hold_with_its_line(make_ali
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             checkouts = pool.ledger.checkouts() if pool else []
-            if checkouts and checkouts[0].queries == 1 and checkouts[0].query_started is None:
+            if checkouts and checkouts[0].queries == 1 and checkouts[0].query_started <= checkouts[0].last_query:
                 time.sleep(0.1)  # well inside the provider call
                 sampled.append(sample_idle(pool.ledger.checkouts(), time.monotonic()))
                 return
@@ -136,7 +136,7 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     for i in range(10_000):  # as many URL patterns: what the middleware would label them
         checkout = Checkout(object(), 0.0, (), None)
         checkout.scope = Scope(f"GET /pattern-{i}/")
-        profile.fold(checkout, checkout.started + 0.001 * (i % 7 + 1))
+        profile.fold(checkout, checkout.started + 0.001 * (i % 7 + 1), 0.001 * (i % 7 + 1))
         assert len(profile) <= 20
     rows = profile.rows()
     assert len(rows) == 11 and rows[-1]["label"] == OTHER
@@ -144,10 +144,10 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     # Raw thread and task labels lose their numbers and ids: one label each.
     for n in range(500):
         checkout = Checkout(object(), 0.0, (), f"task shop.tasks.export[{n:08x}-id]")
-        profile.fold(checkout, checkout.started + 0.5)
+        profile.fold(checkout, checkout.started + 0.5, 0.5)
         checkout = Checkout(object(), 0.0, (), None)
         checkout.thread = threading.Thread(name=f"Thread-{n} (worker)")
-        profile.fold(checkout, checkout.started + 0.5)
+        profile.fold(checkout, checkout.started + 0.5, 0.5)
     labels = [row["label"] for row in profile.rows()]
     assert sorted(labels[:2]) == ["task shop.tasks.export", "thread Thread-N (worker)"]
 
