@@ -53,7 +53,11 @@ def test_an_external_call_inside_the_request_is_idle_hold_with_its_line(make_ali
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             checkouts = pool.ledger.checkouts() if pool else []
-            if checkouts and checkouts[0].queries == 1 and checkouts[0].query_started <= checkouts[0].last_query:
+            if (
+                checkouts
+                and checkouts[0].queries == 1
+                and checkouts[0].query_started <= checkouts[0].last_query
+            ):
                 time.sleep(0.1)  # well inside the provider call
                 sampled.append(sample_idle(pool.ledger.checkouts(), time.monotonic()))
                 return
