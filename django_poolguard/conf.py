@@ -102,7 +102,8 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
         Priorities(),
         fix='Use e.g. {"critical": ["checkout", "/api/pay/*"], "low": ["reports:*", "/reports/*"]}',
     ),
-    # Off by default: it costs about 6 % of a bare checkout's instructions (docs/benchmarks/checkout.md).
+    # Off by default: about 3 % of a bare checkout's instructions, which puts poolguard past its 5 %
+    # budget on that path (docs/benchmarks/checkout.md).
     "PROFILE": Setting(False, Switch()),
     "PROFILE_TOP": Setting(
         20, Whole(1), fix="Use e.g. 20: the labels shown per alias, the rest summed as 'other'"
