@@ -349,3 +349,15 @@ def test_metrics_carry_pool_and_database_seconds_by_bounded_label(make_alias, se
     assert REGISTRY.get_sample_value("poolguard_db_busy_ratio", {"alias": alias}) == pytest.approx(
         db / held, abs=1e-3
     )
+
+
+def test_a_holder_inside_a_query_is_not_sampled_as_idle():
+    from django_poolguard.engine.ledger import Checkout
+
+    checkout = Checkout(object(), 0.0, (), None)  # held by this thread
+    now = checkout.started + 1.0
+    checkout.query_started = checkout.started + 0.5  # a query running since then, not ended
+    assert sample_idle([checkout], now) == 0
+    checkout.last_query = checkout.started + 0.6  # it ended: the holder is idle since
+    assert sample_idle([checkout], now) == 1
+    assert checkout.idle_site is not None and "test_profile.py" in checkout.idle_site
