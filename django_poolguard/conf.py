@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -104,7 +104,8 @@ GLOBAL_SETTINGS: dict[str, Setting] = {
         Priorities(),
         fix='Use e.g. {"critical": ["checkout", "/api/pay/*"], "low": ["reports:*", "/reports/*"]}',
     ),
-    # Off by default: it costs about 6 % of a bare checkout's instructions (docs/benchmarks/checkout.md).
+    # Off by default: about 3 % of a bare checkout's instructions, which puts poolguard past its 5 %
+    # budget on that path (docs/benchmarks/checkout.md).
     "PROFILE": Setting(False, Switch()),
     "PROFILE_TOP": Setting(
         20, Whole(1), fix="Use e.g. 20: the labels shown per alias, the rest summed as 'other'"
@@ -226,21 +227,40 @@ DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in GLOBAL_SE
 ALIAS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in ALIAS_SETTINGS.items()}
 
 
+class _Lazy:
+    """One setting of :class:`GuardSettings`: worked out on first read and then kept on the
+    instance, which shadows this (non-data) descriptor. No ``__getattr__`` on the class: with
+    one, CPython never specializes an attribute read on it, and the checkout path reads
+    settings several times per checkout."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: GuardSettings | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return instance._load(self.name)
+
+
 class GuardSettings:
     """Attribute access to ``POOLGUARD`` merged over ``DEFAULTS``, cached."""
 
     def __init__(self) -> None:
         self._cache: dict[str, Any] | None = None
 
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...  # each setting: a _Lazy set below
+
     @property
     def user_settings(self) -> dict[str, Any]:
         return getattr(settings, "POOLGUARD", None) or {}
 
-    def __getattr__(self, name: str) -> Any:
-        # Only called on a miss: the value is then stored on the instance, so the checkout
-        # path reads a setting as a plain attribute.
-        if name not in DEFAULTS:
-            raise AttributeError(f"POOLGUARD has no setting {name!r}")
+    def _load(self, name: str) -> Any:
+        # Only on a miss: the value is then stored on the instance, so the checkout path
+        # reads a setting as a plain attribute.
         if self._cache is None:
             user = self.user_settings
             self._cache = {**DEFAULTS, **(user if isinstance(user, dict) else {})}
@@ -256,7 +276,7 @@ class GuardSettings:
                 finding.check_id,
             )
             value = GLOBAL_SETTINGS[name].default
-        setattr(self, name, value)
+        self.__dict__[name] = value
         return value
 
     def reload(self) -> None:
@@ -264,6 +284,9 @@ class GuardSettings:
             self.__dict__.pop(name, None)
         self._cache = None
 
+
+for _name in DEFAULTS:
+    setattr(GuardSettings, _name, _Lazy(_name))
 
 guard_settings = GuardSettings()
 

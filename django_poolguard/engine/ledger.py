@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -53,11 +54,19 @@ class Checkout:
         "wrapper_ref",
     )
 
-    def __init__(self, connection: Any, wait: float, stack: stacks.RawStack, context: str | None):
+    def __init__(
+        self,
+        connection: Any,
+        wait: float,
+        stack: stacks.RawStack,
+        context: str | None,
+        started: float | None = None,
+    ):
         self.connection = connection  # a strong reference: a dead holder's connection stays reclaimable
         self.thread = threading.current_thread()
         self.wrapper_ref: weakref.ref[Any] | None = None
-        self.started = self.last_used = monotonic()
+        # When the pool handed it over (the pool's clock read, when it passes it: one read less).
+        self.started = self.last_used = monotonic() if started is None else started
         self.wait = wait
         self.stack = stack
         self.context = context
@@ -73,7 +82,7 @@ class Checkout:
         self.scope = _scope.get()
         self.queries = 0
         self.db_time = 0.0  # seconds with a query or commit running
-        self.query_started: float | None = None  # a query is running since then
+        self.query_started = 0.0  # when the last query began: it runs while this is > last_query
         self.last_query = 0.0  # when the last query ended
         self.tx_time = 0.0  # seconds in finished transactions
         self.sql_counts: dict[str, list[Any]] | None = None  # past the N+1 threshold only
@@ -112,14 +121,13 @@ class AtomicCounter:
     single C call, atomic under the GIL. A lock here convoys checkouts when a thread is
     descheduled while holding it (measured: -25 % throughput at 8 threads)."""
 
-    __slots__ = ("_count",)
+    __slots__ = ("_count", "increment")
 
     def __init__(self) -> None:
         self._count = itertools.count()
-
-    def increment(self) -> int:
-        """Add one; return the value before."""
-        return next(self._count)
+        #: Add one; return the value before. The iterator's own ``__next__``: a C call, no
+        #: Python frame (twice per checkout).
+        self.increment: Callable[[], int] = self._count.__next__
 
     @property
     def value(self) -> int:
@@ -173,8 +181,15 @@ class Ledger:
     def reclaimed_total(self) -> int:
         return sum(self.reclaimed_by_reason.values())
 
-    def add(self, connection: Any, wait: float, stack: stacks.RawStack, context: str | None) -> Checkout:
-        checkout = Checkout(connection, wait, stack, context)
+    def add(
+        self,
+        connection: Any,
+        wait: float,
+        stack: stacks.RawStack,
+        context: str | None,
+        started: float | None = None,
+    ) -> Checkout:
+        checkout = Checkout(connection, wait, stack, context, started)
         self._checkouts[id(connection)] = checkout
         self._acquire_ring[self._acquired.increment() & _MASK] = wait
         return checkout
@@ -183,9 +198,9 @@ class Ledger:
         checkout = self._checkouts.pop(id(connection), None)
         if checkout is not None:
             checkout.returned = now = monotonic()  # for "returned after N s" reports
-            self._held_ring[self._returned.increment() & _MASK] = now - checkout.started
+            self._held_ring[self._returned.increment() & _MASK] = held = now - checkout.started
             if guard_settings.PROFILE:  # the pool-time profile
-                self.profile.fold(checkout, now)
+                self.profile.fold(checkout, now, held)
         return checkout
 
     def get(self, connection: Any) -> Checkout | None:

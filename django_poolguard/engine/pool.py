@@ -103,13 +103,13 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         except PoolTimeout as exc:
             raise self._exhausted(started, queue_full=False) from exc
         try:
-            waited = monotonic() - started
+            now = monotonic()
             stack = (
                 stacks.capture(1, guard_settings.STACK_DEPTH, _PLUMBING or _plumbing_codes())
                 if guard_settings.CAPTURE_STACKS
                 else ()
             )
-            self.ledger.add(connection, waited, stack, current_context())
+            self.ledger.add(connection, now - started, stack, current_context(), now)
         except BaseException:
             # Nobody will ever return a connection the ledger does not know: give it back now,
             # whatever interrupted us (a bad setting, a Celery soft time limit, Ctrl-C).

@@ -33,8 +33,7 @@ from django_poolguard.engine.context import current_context
 QUERY_BOUNDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)  # fmt: skip
 #: Upper bounds of the acquire-wait buckets, in seconds.
 WAIT_BOUNDS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
-_QUERY_TABLE = 1001
-_QUERY_BUCKET = [bisect_left(QUERY_BOUNDS, n) for n in range(_QUERY_TABLE)]  # no call per return
+_QUERY_BUCKET = [bisect_left(QUERY_BOUNDS, n) for n in range(1001)]  # no call per return
 OTHER = "other"
 NO_ROUTE = "(no route)"
 MAX_SQL_KINDS = 32  # distinct statements counted per checkout once it crossed the N+1 threshold
@@ -69,7 +68,7 @@ class Checkout(Protocol):
     scope: Scope | None
     queries: int
     db_time: float
-    query_started: float | None
+    query_started: float
     last_query: float
     tx_time: float
     sql_counts: dict[str, list[Any]] | None
@@ -163,7 +162,6 @@ class LabelStats:
     """One label's totals. Written by the threads returning its checkouts, without a lock."""
 
     __slots__ = (
-        "checkouts",
         "db",
         "held",
         "idle_sites",
@@ -182,7 +180,6 @@ class LabelStats:
     )
 
     def __init__(self, stack: stacks.RawStack = ()) -> None:
-        self.checkouts = 0
         self.held = 0.0  # pool-seconds: checkout to return
         self.db = 0.0  # of those, seconds with a query (or commit) running
         self.tx = 0.0  # of those, seconds inside a transaction
@@ -199,8 +196,12 @@ class LabelStats:
         self.n1_stack: stacks.RawStack = ()
         self.idle_sites: dict[str, int] = {}  # where holders were found waiting -> times
 
+    @property
+    def checkouts(self) -> int:
+        """Checkouts returned: each is counted once in the queries-per-checkout histogram."""
+        return sum(self.query_hist)
+
     def merge(self, other: LabelStats) -> None:
-        self.checkouts += other.checkouts
         self.held += other.held
         self.db += other.db
         self.tx += other.tx
@@ -257,32 +258,29 @@ class Profile:
     def __len__(self) -> int:
         return len(self._labels)
 
-    def fold(self, checkout: Checkout, now: float) -> None:
-        """Add a returned checkout to its label (``Ledger.remove``'s hot path)."""
+    def fold(self, checkout: Checkout, now: float, held: float) -> None:
+        """Add a checkout returned at ``now`` after ``held`` seconds to its label
+        (``Ledger.remove``'s hot path: every line here runs on every return)."""
         scope = checkout.scope
         # One dict lookup in the common case: the raw key (a request's label, else the context
         # or the thread) -> its LabelStats, so a label is worked out once per key, not per return.
         key = scope.label if scope is not None else (checkout.context or checkout.thread)
-        stats = self._by_key.get(key)
-        if stats is None:
-            stats = self._stats_for(key, checkout)
+        stats = self._by_key.get(key) or self._stats_for(key, checkout)
         queries = checkout.queries
-        query_bucket = (
-            _QUERY_BUCKET[queries] if queries < _QUERY_TABLE else bisect_left(QUERY_BOUNDS, queries)
-        )
-        wait_bucket = bisect_left(WAIT_BOUNDS, checkout.wait)
-        tx = checkout.tx_time
-        if checkout.tx_started is not None:
-            tx += now - checkout.tx_started
-        stats.checkouts += 1
-        stats.held += now - checkout.started
+        stats.held += held
         stats.db += checkout.db_time
-        stats.tx += tx
         stats.queries += queries
         if queries > stats.queries_max:
             stats.queries_max = queries
-        stats.query_hist[query_bucket] += 1
-        stats.wait_hist[wait_bucket] += 1
+        try:  # the checkouts are counted here too: their sum
+            stats.query_hist[_QUERY_BUCKET[queries]] += 1
+        except IndexError:  # past the table: rare
+            stats.query_hist[bisect_left(QUERY_BOUNDS, queries)] += 1
+        stats.wait_hist[bisect_left(WAIT_BOUNDS, checkout.wait)] += 1
+        if checkout.tx_started is not None:
+            stats.tx += checkout.tx_time + (now - checkout.tx_started)
+        elif checkout.tx_time:
+            stats.tx += checkout.tx_time
         if scope is not None:
             exhausted = scope.exhausted_at
             if exhausted is not None and exhausted <= checkout.started:
@@ -425,7 +423,8 @@ def sample_idle(checkouts: Iterable[Checkout], now: float, min_idle: float = IDL
     idle = [
         checkout
         for checkout in checkouts
-        if checkout.query_started is None and now - max(checkout.last_query, checkout.started) >= min_idle
+        if checkout.query_started <= checkout.last_query  # no query running
+        and now - max(checkout.last_query, checkout.started) >= min_idle
     ]
     if not idle:
         return 0

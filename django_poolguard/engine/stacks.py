@@ -58,13 +58,16 @@ def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[int] = frozens
     frame: FrameType | None = None
     hint = _first_outside_hint.get(skip_codes, 0) if skip_codes else 0
     if hint > start:
-        # Two frames looked at: the hinted one must be outside the plumbing, the one below inside.
+        # Two frames looked at: the hinted one must be outside the plumbing, the one below inside
+        # (one sys._getframe, an audited call, and a step out to the next frame).
         try:
-            probe = getframe(hint)
-            if id(probe.f_code) not in skip_codes and id(getframe(hint - 1).f_code) in skip_codes:
-                frame = probe
+            below = getframe(hint - 1)
         except ValueError:
-            pass
+            below = None
+        if below is not None and id(below.f_code) in skip_codes:
+            probe = below.f_back
+            if probe is not None and id(probe.f_code) not in skip_codes:
+                frame = probe
     if frame is None:
         try:
             frame = getframe(start)

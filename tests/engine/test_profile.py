@@ -53,7 +53,11 @@ def test_an_external_call_inside_the_request_is_idle_hold_with_its_line(make_ali
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             checkouts = pool.ledger.checkouts() if pool else []
-            if checkouts and checkouts[0].queries == 1 and checkouts[0].query_started is None:
+            if (
+                checkouts
+                and checkouts[0].queries == 1
+                and checkouts[0].query_started <= checkouts[0].last_query
+            ):
                 time.sleep(0.1)  # well inside the provider call
                 sampled.append(sample_idle(pool.ledger.checkouts(), time.monotonic()))
                 return
@@ -136,7 +140,7 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     for i in range(10_000):  # as many URL patterns: what the middleware would label them
         checkout = Checkout(object(), 0.0, (), None)
         checkout.scope = Scope(f"GET /pattern-{i}/")
-        profile.fold(checkout, checkout.started + 0.001 * (i % 7 + 1))
+        profile.fold(checkout, checkout.started + 0.001 * (i % 7 + 1), 0.001 * (i % 7 + 1))
         assert len(profile) <= 20
     rows = profile.rows()
     assert len(rows) == 11 and rows[-1]["label"] == OTHER
@@ -144,10 +148,10 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     # Raw thread and task labels lose their numbers and ids: one label each.
     for n in range(500):
         checkout = Checkout(object(), 0.0, (), f"task shop.tasks.export[{n:08x}-id]")
-        profile.fold(checkout, checkout.started + 0.5)
+        profile.fold(checkout, checkout.started + 0.5, 0.5)
         checkout = Checkout(object(), 0.0, (), None)
         checkout.thread = threading.Thread(name=f"Thread-{n} (worker)")
-        profile.fold(checkout, checkout.started + 0.5)
+        profile.fold(checkout, checkout.started + 0.5, 0.5)
     labels = [row["label"] for row in profile.rows()]
     assert sorted(labels[:2]) == ["task shop.tasks.export", "thread Thread-N (worker)"]
 
@@ -345,3 +349,15 @@ def test_metrics_carry_pool_and_database_seconds_by_bounded_label(make_alias, se
     assert REGISTRY.get_sample_value("poolguard_db_busy_ratio", {"alias": alias}) == pytest.approx(
         db / held, abs=1e-3
     )
+
+
+def test_a_holder_inside_a_query_is_not_sampled_as_idle():
+    from django_poolguard.engine.ledger import Checkout
+
+    checkout = Checkout(object(), 0.0, (), None)  # held by this thread
+    now = checkout.started + 1.0
+    checkout.query_started = checkout.started + 0.5  # a query running since then, not ended
+    assert sample_idle([checkout], now) == 0
+    checkout.last_query = checkout.started + 0.6  # it ended: the holder is idle since
+    assert sample_idle([checkout], now) == 1
+    assert checkout.idle_site is not None and "test_profile.py" in checkout.idle_site

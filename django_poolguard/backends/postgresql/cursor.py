@@ -24,18 +24,20 @@ def _timed(inner: Callable[..., Any]) -> Callable[..., Any]:
     """``inner`` (Django's ``_execute`` or ``_executemany``), timed on the cursor's checkout."""
 
     # Django's own method is called directly, not through super(): cheaper, and the MRO is known.
-    def run(self: Any, sql: Any, arg: Any, *ignored: Any) -> Any:
+    # Django calls both as executor(sql, params, many, context): named positionally, the call
+    # to Django's method builds no argument tuple. A query runs while query_started > last_query
+    # (sample_idle), so nothing is reset when it ends.
+    def run(self: Any, sql: Any, arg: Any, many: Any = False, context: Any = None) -> Any:
         checkout = self.db._guard_checkout
         if checkout is None:
-            return inner(self, sql, arg, *ignored)
+            return inner(self, sql, arg, many, context)
         checkout.query_started = started = monotonic()
         try:
-            return inner(self, sql, arg, *ignored)
+            return inner(self, sql, arg, many, context)
         finally:
-            checkout.query_started = None
             checkout.last_query = ended = monotonic()
             checkout.db_time += ended - started
-            queries = checkout.queries = checkout.queries + 1
+            checkout.queries = queries = checkout.queries + 1
             if queries >= guard_settings.PROFILE_N_PLUS_ONE:
                 note_repeated_query(checkout, sql)
 
