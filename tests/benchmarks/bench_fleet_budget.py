@@ -1,0 +1,477 @@
+"""The autoscaling replay: 8 → 24 → 8 processes against a database limit that 8 fit and 24 do not.
+
+    python tests/benchmarks/bench_fleet_budget.py [--phase 20] [--configs native,static,fleet,fleet-cache]
+
+Real OS processes on the real PostgreSQL found by ``django_poolguard.testing`` (127.0.0.1:5432,
+else the embedded server). The benchmark creates its own role, ``poolguard_bench_budget LOGIN
+CONNECTION LIMIT <limit>``, and a database it owns; the role's limit plays the database's
+``max_connections`` (the shared server's settings are not touched), and both are dropped at the end.
+
+Each configuration runs the same three phases: 8 processes, 16 more started (24), then SIGTERM to
+those 16 (a graceful scale-in, 8 left). Every process is a Django setup with a pool (min_size 1,
+max_size 3, timeout 2 s) and 4 threads each running one request after another (a cursor, ``SELECT
+pg_sleep(0.05)``, ``connection.close()``): ``tests/benchmarks/fleet_budget_child.py``.
+
+- ``native``: Django's pool (``django.db.backends.postgresql``, ``OPTIONS["pool"]``);
+- ``static``: poolguard's engine without a fleet budget (PUBLISH="database", so one side
+  connection per process, as deployed);
+- ``fleet``: the same with ``fleet_budget`` and the database lease store (the side connection
+  writes the lease: still one per process);
+- ``fleet-cache``: ``fleet_budget`` with ``lease_store="cache"`` on Redis (127.0.0.1:6379) and
+  PUBLISH="cache": no side connection is needed in steady state.
+
+The arithmetic: the pools' budget is 8 x max_size = 24 (8 processes fit exactly); the role's limit
+is that budget plus one side connection for each of the 24 processes at peak = 48. Static pools at
+24 processes want 24 x 3 + 24 = 96 sessions. With the budget, each of 24 processes leases 24 // 24 = 1.
+
+A sampler connected as the server's superuser (another role: it is not counted) counts the role's
+sessions in ``pg_stat_activity`` every 100 ms, poolguard's side connections (``application_name``
+``poolguard:…``) apart. Per configuration and phase it prints the largest sample against the limit
+and the budget, the samples over the budget, refused connections (the server's "too many
+connections" / "remaining connection slots") apart from other failed requests (pool timeouts),
+queries/s over the phase's second half, the leases seen and, after the scale-in, how long the
+survivors took to lease (and open) their full max_size again, in heartbeats (PUBLISH_INTERVAL).
+Results are recorded in docs/benchmarks/fleet-budget.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CHILD = Path(__file__).with_name("fleet_budget_child.py")
+ROLE = "poolguard_bench_budget"
+SAMPLE_EVERY = 0.1  # s
+CONFIGS = ("native", "static", "fleet", "fleet-cache")
+LABELS = {
+    "native": "Django's pool",
+    "static": "poolguard, static",
+    "fleet": "poolguard, fleet_budget (database store)",
+    "fleet-cache": "poolguard, fleet_budget (cache store)",
+}
+
+
+@dataclass
+class Child:
+    """One load process and what it reported (cumulative counters, newest last)."""
+
+    process: subprocess.Popen[str]
+    started: float
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    def at(self, moment: float) -> dict[str, Any] | None:
+        """Its last report at or before ``moment``."""
+        found = None
+        for line in list(self.reports):
+            if line["t"] > moment:
+                break
+            found = line
+        return found
+
+
+@dataclass
+class Phase:
+    processes: int
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Run:
+    """One configuration's three phases: the samples and every child."""
+
+    config: str
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, sessions, side)
+    phases: list[Phase] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
+
+
+# Every child ever started, so each exit path can kill what is left of them.
+_all_children: list[subprocess.Popen[str]] = []
+
+
+def kill_children() -> None:
+    for process in _all_children:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: it and anything it started
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
+def admin_connect(settings: dict[str, Any], dbname: str = "postgres") -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        dbname=dbname,
+        user=settings["USER"] or None,
+        password=settings["PASSWORD"] or None,
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        autocommit=True,
+    )
+
+
+def drop(admin: Any, database: str) -> None:
+    from psycopg import sql
+
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [ROLE])
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+
+
+def spec_for(config: str, args: argparse.Namespace, database: dict[str, Any], prefix: str) -> dict[str, Any]:
+    pool = {"min_size": args.min_size, "max_size": args.max_size, "timeout": args.pool_timeout}
+    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    guard: dict[str, Any] = {"workload": "web"}
+    poolguard: dict[str, Any] = {
+        "WORKLOADS": {"web": "default"},
+        "PUBLISH": "database",
+        "PUBLISH_INTERVAL": args.heartbeat,
+    }
+    if config in ("fleet", "fleet-cache"):
+        guard["fleet_budget"] = args.budget
+    if config == "fleet-cache":
+        caches["leases"] = {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": args.redis,
+            "KEY_PREFIX": f"{prefix}-{config}",
+        }
+        guard.update(lease_store="cache", lease_cache="leases")
+        poolguard.update(PUBLISH="cache", PUBLISH_CACHE="leases")
+    engine = "django.db.backends.postgresql" if config == "native" else "django_poolguard.backends.postgresql"
+    return {
+        "engine": engine,
+        "database": database,
+        "pool": pool,
+        "poolguard": guard,
+        "POOLGUARD": poolguard,
+        "caches": caches,
+        "threads": args.threads,
+        "query_seconds": args.query_ms / 1000,
+        "report": args.report,
+    }
+
+
+def start_child(spec: dict[str, Any], log: Any) -> Child:
+    env = {**os.environ, "BENCH_FLEET_BUDGET": json.dumps(spec), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    _all_children.append(process)
+    child = Child(process, time.time())
+
+    def read() -> None:
+        assert process.stdout is not None
+        for text in process.stdout:
+            try:
+                child.reports.append(json.loads(text))
+            except json.JSONDecodeError:
+                print(f"  child {process.pid}: {text.rstrip()}", file=sys.stderr)
+
+    threading.Thread(target=read, daemon=True).start()
+    return child
+
+
+def sample(admin: Any, run: Run, done: threading.Event) -> None:
+    while not done.is_set():
+        started = time.monotonic()
+        total, side = admin.execute(
+            "SELECT count(*), count(*) FILTER (WHERE application_name LIKE 'poolguard:%%') "
+            "FROM pg_stat_activity WHERE usename = %s",
+            [ROLE],
+        ).fetchone()
+        run.samples.append((time.time(), total, side))
+        done.wait(max(0.0, SAMPLE_EVERY - (time.monotonic() - started)))
+
+
+def stop(children: list[Child], timeout: float = 15.0) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"  child {child.process.pid} ignored SIGTERM for {timeout:.0f} s: killed", file=sys.stderr)
+            os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait()
+
+
+def run_config(
+    config: str, args: argparse.Namespace, admin: Any, database: dict[str, Any], logs: Path
+) -> Run:
+    spec = spec_for(config, args, database, f"bench-budget-{os.getpid()}")
+    run = Run(config)
+    done = threading.Event()
+    sampler = threading.Thread(target=sample, args=(admin, run, done), daemon=True)
+    sampler.start()
+    run.load.append(os.getloadavg()[0])
+    with open(logs / f"{config}.log", "w") as log:
+        try:
+            running: list[Child] = []
+            for count in args.processes:
+                phase = Phase(count, time.time())
+                if run.phases:
+                    run.phases[-1].end = phase.start
+                run.phases.append(phase)
+                if count > len(running):
+                    for _ in range(count - len(running)):
+                        child = start_child(spec, log)
+                        running.append(child)
+                        run.children.append(child)
+                else:  # scale-in: the newest go, as an autoscaler removes the pods it added
+                    leaving, running = running[count:], running[:count]
+                    threading.Thread(target=stop, args=(leaving,), daemon=True).start()
+                time.sleep(args.phase)
+                run.load.append(os.getloadavg()[0])
+            run.phases[-1].end = time.time()
+            stop(running)
+        finally:
+            kill_children()
+            done.set()
+            sampler.join()
+    # The next configuration starts from no session of the role at all.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [ROLE]).fetchone()[0]
+        if not left:
+            break
+        time.sleep(0.2)
+    return run
+
+
+def delta(run: Run, key: str, start: float, end: float) -> int:
+    """A cumulative counter's growth over [start, end) summed over the children."""
+    total = 0
+    for child in run.children:
+        last = child.at(end)
+        if last is None:
+            continue
+        first = child.at(start)
+        total += last[key] - (first[key] if first else 0)
+    return total
+
+
+def regrow(run: Run, phase: Phase, max_size: int, key: str) -> float | None:
+    """Seconds from the scale-in until every survivor reported ``key`` back at max_size."""
+    survivors = [c for c in run.children if c.started < run.phases[1].start]
+    for line_time in sorted(
+        {r["t"] for c in survivors for r in c.reports if phase.start <= r["t"] < phase.end}
+    ):
+        values = []
+        for child in survivors:
+            last = child.at(line_time)
+            if last is None:
+                values.append(0)
+            elif key == "lease":
+                values.append((last.get("lease") or {}).get("lease", 0))
+            else:
+                values.append(last[key])
+        if all(value >= max_size for value in values):
+            return line_time - phase.start
+    return None
+
+
+def leases(run: Run, start: float, end: float) -> str:
+    seen = [
+        r["lease"]["lease"]
+        for c in run.children
+        for r in c.reports
+        if r.get("lease") and start <= r["t"] < end
+    ]
+    return f"{min(seen)}-{max(seen)}" if seen else "-"
+
+
+def rows(run: Run, args: argparse.Namespace) -> list[list[str]]:
+    table = []
+    for index, phase in enumerate(run.phases):
+        samples = [s for s in run.samples if phase.start <= s[0] < phase.end]
+        pool_sessions = [total - side for _, total, side in samples]
+        over = sum(1 for value in pool_sessions if value > args.budget)
+        steady = phase.end - (phase.end - phase.start) / 2
+        rate = delta(run, "ok", steady, phase.end) / (phase.end - steady)
+        regrown = ""
+        if index == 2 and run.config.startswith("fleet"):
+            lease_s = regrow(run, phase, args.max_size, "lease")
+            pool_s = regrow(run, phase, args.max_size, "pool_size")
+            shown = [
+                "never" if value is None else f"{value:.1f} s ({value / args.heartbeat:.1f} hb)"
+                for value in (lease_s, pool_s)
+            ]
+            regrown = f"lease {shown[0]}, pool {shown[1]}"
+        table.append(
+            [
+                LABELS[run.config],
+                f"{'→ ' if index else ''}{phase.processes}",
+                f"{max((s[1] for s in samples), default=0)} / {args.limit}",
+                f"{max(pool_sessions, default=0)} / {args.budget}",
+                f"{max((s[2] for s in samples), default=0)}",
+                f"{over} of {len(samples)}",
+                str(delta(run, "refused", phase.start, phase.end)),
+                str(delta(run, "errors", phase.start, phase.end)),
+                f"{rate:.0f}",
+                leases(run, phase.start, phase.end),
+                regrown,
+            ]
+        )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma-separated, of " + ", ".join(CONFIGS)
+    )
+    parser.add_argument("--processes", default="8,24,8", help="processes per phase (default 8,24,8)")
+    parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--min-size", type=int, default=1)
+    parser.add_argument("--max-size", type=int, default=3)
+    parser.add_argument("--pool-timeout", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=4, help="load threads per process")
+    parser.add_argument("--query-ms", type=float, default=50.0, help="pg_sleep per request (ms)")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="POOLGUARD['PUBLISH_INTERVAL'] (s)")
+    parser.add_argument("--budget", type=int, help="fleet_budget (default: first phase x max_size)")
+    parser.add_argument(
+        "--limit", type=int, help="the role's CONNECTION LIMIT (default: budget + peak processes)"
+    )
+    parser.add_argument("--report", type=float, default=0.5, help="children report every N s")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    args.processes = [int(n) for n in args.processes.split(",")]
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown or len(args.processes) != 3:
+        parser.error(f"--configs takes {', '.join(CONFIGS)}; --processes three counts")
+    args.budget = args.budget or args.processes[0] * args.max_size
+    args.limit = args.limit or args.budget + max(args.processes)
+    if "fleet-cache" in configs:
+        try:
+            socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        except OSError:
+            print("Redis is not answering on 127.0.0.1:6379: skipping fleet-cache", file=sys.stderr)
+            configs.remove("fleet-cache")
+
+    from psycopg import sql
+
+    from django_poolguard.testing import database_settings
+
+    settings = database_settings("postgres")
+    database = {**settings, "NAME": ROLE, "USER": ROLE, "PASSWORD": ""}
+    admin = admin_connect(settings)
+    sampler_admin = admin_connect(settings)
+    # The role's limit must fit in what the shared server has free, with room for the others.
+    max_connections, reserved = (
+        int(admin.execute(f"SHOW {name}").fetchone()[0])
+        for name in ("max_connections", "superuser_reserved_connections")
+    )
+    in_use = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    ).fetchone()[0]
+    if in_use + args.limit + 10 > max_connections - reserved:
+        sys.exit(
+            f"The server has {max_connections - reserved - in_use} connections free ({in_use} in use of "
+            f"{max_connections} - {reserved} reserved); this run needs {args.limit} + 10 to spare: "
+            "lower --max-size / --processes or run it when the server is quieter."
+        )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    atexit.register(kill_children)
+    logs = Path(tempfile.mkdtemp(prefix="bench_fleet_budget-"))
+    runs: list[Run] = []
+    started = time.time()
+    try:
+        drop(admin, ROLE)
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT {}").format(
+                sql.Identifier(ROLE), sql.Literal(args.limit)
+            )
+        )
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(ROLE), sql.Identifier(ROLE))
+        )
+        migrate_spec = spec_for("static", args, database, "migrate")
+        subprocess.run(
+            [sys.executable, str(CHILD), "migrate"],
+            cwd=ROOT,
+            env={**os.environ, "BENCH_FLEET_BUDGET": json.dumps(migrate_spec)},
+            check=True,
+            timeout=120,
+        )
+        for config in configs:
+            print(
+                f"{LABELS[config]}: {' → '.join(map(str, args.processes))} processes, {args.phase:.0f} s each",
+                file=sys.stderr,
+                flush=True,
+            )
+            runs.append(run_config(config, args, sampler_admin, database, logs))
+    finally:
+        kill_children()
+        drop(admin, ROLE)
+    import django
+
+    print(
+        f"Python {sys.version.split()[0]}, Django {django.get_version()}, PostgreSQL "
+        f"{admin.execute('SHOW server_version').fetchone()[0]}, {os.cpu_count()} CPUs; "
+        f"load average {min(min(r.load) for r in runs):.1f}-{max(max(r.load) for r in runs):.1f} during the run, "
+        f"{time.time() - started:.0f} s in all; child logs in {logs}"
+    )
+    print(
+        f"Role CONNECTION LIMIT {args.limit}, fleet_budget {args.budget}; each process: pool min_size "
+        f"{args.min_size}, max_size {args.max_size}, timeout {args.pool_timeout:g} s, {args.threads} threads of "
+        f"`SELECT pg_sleep({args.query_ms / 1000:g})`; heartbeat (PUBLISH_INTERVAL) {args.heartbeat:g} s; "
+        f"{args.phase:g} s per phase; sampled every {SAMPLE_EVERY * 1000:.0f} ms"
+    )
+    print()
+    header = [
+        "configuration",
+        "processes",
+        "max sessions / limit",
+        "max pool sessions / budget",
+        "max side conns",
+        "samples over budget",
+        "refused",
+        "other errors",
+        "queries/s",
+        "lease",
+        "regrown after scale-in",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for run in runs:
+        for row in rows(run, args):
+            print("| " + " | ".join(row) + " |")
+    admin.close()
+    sampler_admin.close()
+
+
+if __name__ == "__main__":
+    main()
