@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 CHILD = Path(__file__).with_name("fleet_budget_child.py")
-ROLE = "poolguard_bench_budget"
+DEFAULT_ROLE = "poolguard_bench_budget"
 SAMPLE_EVERY = 0.1  # s
 CONFIGS = ("native", "static", "fleet", "fleet-cache")
 LABELS = {
@@ -129,12 +129,13 @@ def admin_connect(settings: dict[str, Any], dbname: str = "postgres") -> Any:
     )
 
 
-def drop(admin: Any, database: str) -> None:
+def drop(admin: Any, role: str) -> None:
+    """The role, its sessions and its database (named after it) gone."""
     from psycopg import sql
 
-    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [ROLE])
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(role)))
+    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def spec_for(config: str, args: argparse.Namespace, database: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -196,13 +197,13 @@ def start_child(spec: dict[str, Any], log: Any) -> Child:
     return child
 
 
-def sample(admin: Any, run: Run, done: threading.Event) -> None:
+def sample(admin: Any, role: str, run: Run, done: threading.Event) -> None:
     while not done.is_set():
         started = time.monotonic()
         total, side = admin.execute(
             "SELECT count(*), count(*) FILTER (WHERE application_name LIKE 'poolguard:%%') "
             "FROM pg_stat_activity WHERE usename = %s",
-            [ROLE],
+            [role],
         ).fetchone()
         run.samples.append((time.time(), total, side))
         done.wait(max(0.0, SAMPLE_EVERY - (time.monotonic() - started)))
@@ -228,7 +229,7 @@ def run_config(
     spec = spec_for(config, args, database, f"bench-budget-{os.getpid()}")
     run = Run(config)
     done = threading.Event()
-    sampler = threading.Thread(target=sample, args=(admin, run, done), daemon=True)
+    sampler = threading.Thread(target=sample, args=(admin, args.role, run, done), daemon=True)
     sampler.start()
     run.load.append(os.getloadavg()[0])
     with open(logs / f"{config}.log", "w") as log:
@@ -258,7 +259,9 @@ def run_config(
     # The next configuration starts from no session of the role at all.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        left = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [ROLE]).fetchone()[0]
+        left = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [args.role]
+        ).fetchone()[0]
         if not left:
             break
         time.sleep(0.2)
@@ -360,6 +363,7 @@ def main() -> None:
         "--limit", type=int, help="the role's CONNECTION LIMIT (default: budget + peak processes)"
     )
     parser.add_argument("--report", type=float, default=0.5, help="children report every N s")
+    parser.add_argument("--role", default=DEFAULT_ROLE, help="the role (and database) created, then dropped")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     args.processes = [int(n) for n in args.processes.split(",")]
@@ -381,7 +385,7 @@ def main() -> None:
     from django_poolguard.testing import database_settings
 
     settings = database_settings("postgres")
-    database = {**settings, "NAME": ROLE, "USER": ROLE, "PASSWORD": ""}
+    database = {**settings, "NAME": args.role, "USER": args.role, "PASSWORD": ""}
     admin = admin_connect(settings)
     sampler_admin = admin_connect(settings)
     # The role's limit must fit in what the shared server has free, with room for the others.
@@ -409,14 +413,16 @@ def main() -> None:
     runs: list[Run] = []
     started = time.time()
     try:
-        drop(admin, ROLE)
+        drop(admin, args.role)
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT {}").format(
-                sql.Identifier(ROLE), sql.Literal(args.limit)
+                sql.Identifier(args.role), sql.Literal(args.limit)
             )
         )
         admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(ROLE), sql.Identifier(ROLE))
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(args.role), sql.Identifier(args.role)
+            )
         )
         migrate_spec = spec_for("static", args, database, "migrate")
         subprocess.run(
@@ -435,7 +441,7 @@ def main() -> None:
             runs.append(run_config(config, args, sampler_admin, database, logs))
     finally:
         kill_children()
-        drop(admin, ROLE)
+        drop(admin, args.role)
     import django
 
     print(
