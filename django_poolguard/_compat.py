@@ -270,6 +270,57 @@ def close_pool_connection(pool: ConnectionPool[Any], connection: Any) -> None:
 
 
 _fence(
+    "set_limits",
+    "psycopg_pool ConnectionPool._min_size, _max_size, _nconns, _opened, _closed and AddConnection(pool)",
+    "a fleet budget's lease moves the pool's limits; psycopg_pool's resize() opens min_size - old min_size "
+    "connections whatever is already open, which could pass the lease",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def set_limits(pool: ConnectionPool[Any], min_size: int, max_size: int) -> None:
+    """Set the pool's min and max sizes; open connections up to ``min_size`` if it has fewer.
+
+    Before the pool opens, its initial tasks open ``min_size`` (``_nconns`` is their count).
+    Takes the pool's lock.
+    """
+    grow = 0
+    with pool._lock:
+        pool._min_size = min_size
+        pool._max_size = max_size
+        if not pool._opened:
+            pool._nconns = min_size
+        elif not pool._closed:
+            grow = max(0, min_size - pool._nconns)
+            pool._nconns += grow
+    for _ in range(grow):
+        pool.run_task(AddConnection(pool))
+
+
+_fence(
+    "close_idle",
+    "psycopg_pool ConnectionPool._pool (pop), _nconns, _nconns_min and _close_connection(conn), "
+    "as ConnectionPool._shrink_pool does for one connection",
+    "a process above its fleet-budget lease closes idle connections at once, never a busy one",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def close_idle(pool: ConnectionPool[Any], count: int) -> int:
+    """Close up to ``count`` idle connections and stop counting their slots; returns how many."""
+    closing = []
+    with pool._lock:
+        while count > 0 and pool._pool:
+            closing.append(pool._pool.popleft())
+            pool._nconns -= 1
+            pool._nconns_min = min(pool._nconns_min, len(pool._pool))
+            count -= 1
+    for connection in closing:
+        pool._close_connection(connection)
+    return len(closing)
+
+
+_fence(
     "connection_pool",
     "psycopg Connection._pool (set by psycopg_pool on a connection it hands out)",
     "tells a connection of one of poolguard's pools apart from any other",
@@ -459,6 +510,8 @@ OVERRIDDEN_HOOKS = (
     Hook(lambda: ConnectionPool, "schedule_task", ("self", "task", "delay"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "_get_ready_connection", ("self", "timeout"), PSYCOPG_POOL_CHECKED),
     Hook(lambda: ConnectionPool, "_add_to_pool", ("self", "conn"), PSYCOPG_POOL_CHECKED),
+    # Called under the pool's lock only when a client must wait: the fleet budget's lease cap.
+    Hook(lambda: ConnectionPool, "_maybe_grow_pool", ("self",), PSYCOPG_POOL_CHECKED),
     Hook(lambda: MaintenanceTask, "run", ("self",), PSYCOPG_POOL_CHECKED),
     Hook(lambda: MaintenanceTask, "_run", ("self", "pool"), PSYCOPG_POOL_CHECKED),
     Hook(_postgres_wrapper, "_configure_connection", ("self", "connection"), DJANGO_CHECKED),
@@ -482,7 +535,8 @@ OVERRIDDEN_HOOKS = (
 )
 _fence(
     "OVERRIDDEN_HOOKS",
-    "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool; "
+    "ConnectionPool._connect, run_task, schedule_task, _get_ready_connection, _add_to_pool, "
+    "_maybe_grow_pool; "
     "MaintenanceTask.run, _run; postgresql "
     "DatabaseWrapper._configure_connection, _close, _set_autocommit, _cursor, _commit, make_cursor, "
     "make_debug_cursor; CursorWrapper._execute, _executemany; DatabaseCreation._destroy_test_db",

@@ -26,8 +26,10 @@ from django_poolguard.rules import (
     E010,
     E015,
     E017,
+    E018,
     PG_MAX_MILLISECONDS,
     Finding,
+    FleetBudget,
     Fraction,
     Function,
     Mapping,
@@ -129,6 +131,9 @@ RELEASE_MODES = ("request", "transaction")
 #: How an alias's timeouts reach its sessions (``OPTIONS["poolguard"]["timeouts_via"]``).
 TIMEOUTS_VIA = ("startup", "set", "server")
 
+#: Where the leases of a fleet budget live (``OPTIONS["poolguard"]["lease_store"]``).
+LEASE_STORES = ("database", "cache")
+
 #: Every key of ``OPTIONS["poolguard"]``; a default of ``None`` means "not set".
 ALIAS_SETTINGS: dict[str, Setting] = {
     "workload": Setting(
@@ -164,6 +169,24 @@ ALIAS_SETTINGS: dict[str, Setting] = {
         OneOf(RELEASE_MODES),
         fix='Use "request" (default: a connection is kept from the first query to the end of the request '
         'or task) or "transaction" (given back to the pool whenever idle between transactions)',
+    ),
+    "fleet_budget": Setting(
+        None,
+        FleetBudget(),
+        fix='Use e.g. 120 (connections for this alias\'s workload across all processes) or "auto" '
+        "(max_connections minus the reserved connections and the other workloads, as poolbudget computes it)",
+        unset="or remove the key: each process's pool keeps its own max_size",
+    ),
+    "lease_store": Setting(
+        "database",
+        OneOf(LEASE_STORES, E018),
+        fix='Use "database" (a lease table in the alias\'s database: run manage.py migrate django_poolguard) '
+        'or "cache" (the Django cache named by lease_cache, e.g. Redis)',
+    ),
+    "lease_cache": Setting(
+        "default",
+        Text(E018),
+        fix="Name one of your CACHES aliases (a cache every process shares, e.g. Redis)",
     ),
 }
 
@@ -266,6 +289,9 @@ class AliasConfig:
     timeouts_via: str = "startup"
     reserve: dict[str, int] | None = None  # connections kept back per priority class
     release: str = "request"
+    fleet_budget: int | str | None = None  # connections across the fleet, "auto", or None (off)
+    lease_store: str = "database"
+    lease_cache: str = "default"
 
     @classmethod
     def from_settings_dict(cls, alias: str, settings_dict: dict[str, Any]) -> AliasConfig:
@@ -286,6 +312,9 @@ class AliasConfig:
             timeouts_via=options["timeouts_via"],
             reserve=dict(options["reserve"]) if options["reserve"] else None,
             release=options["release"],
+            fleet_budget=options["fleet_budget"],
+            lease_store=options["lease_store"],
+            lease_cache=options["lease_cache"],
         )
 
 
@@ -308,7 +337,39 @@ def alias_findings(alias: str, settings_dict: dict[str, Any]) -> list[Finding]:
                 findings.append(finding)
     if not findings and guard.get("reserve"):
         findings.extend(_reserve_findings(where, guard["reserve"], settings_dict))
+    if not findings and guard.get("fleet_budget") is not None:
+        findings.extend(_budget_findings(where, guard, settings_dict))
     return findings
+
+
+def _budget_findings(where: str, guard: dict[str, Any], settings_dict: dict[str, Any]) -> list[Finding]:
+    """E018: a fleet budget on an alias without a pool, or leases in a cache that does not exist."""
+    if not pool_options(settings_dict):
+        return [
+            Finding(
+                E018,
+                f"{where}['fleet_budget']",
+                guard["fleet_budget"],
+                "",
+                "Add OPTIONS['pool'] (e.g. {'min_size': 2, 'max_size': 10}) or remove the fleet_budget.",
+                text=f"{where}['fleet_budget'] is set but the alias has no pool to cap.",
+            )
+        ]
+    if guard.get("lease_store") == "cache":
+        cache_alias = guard.get("lease_cache", ALIAS_SETTINGS["lease_cache"].default)
+        if cache_alias not in (getattr(settings, "CACHES", None) or {}):
+            return [
+                Finding(
+                    E018,
+                    f"{where}['lease_cache']",
+                    cache_alias,
+                    "",
+                    ALIAS_SETTINGS["lease_cache"].hint,
+                    text=f"{where}['lease_store'] is 'cache' but lease_cache names {shown(cache_alias)}, "
+                    "which is not in CACHES.",
+                )
+            ]
+    return []
 
 
 def _reserve_findings(where: str, reserve: dict[str, int], settings_dict: dict[str, Any]) -> list[Finding]:

@@ -72,3 +72,23 @@ class Pool(models.Model):
     def __str__(self) -> str:
         # Admin log entries about a database session use an unsaved Pool whose pk is the backend pid.
         return f"database session {self.pk}" if self.pk else "connection pools"
+
+
+class Lease(models.Model):
+    """One process's lease of its workload's fleet budget (``OPTIONS["poolguard"]["fleet_budget"]``).
+
+    Written only by :mod:`django_poolguard.fleet.lease_stores` over the side connection, under an
+    advisory lock per budget key; a row past ``expires_at`` (by the server's clock) no longer counts.
+    """
+
+    key = models.CharField(max_length=300, help_text="workload@host:port/dbname")
+    owner = models.CharField(max_length=300, help_text="host:pid:token")
+    lease = models.IntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "poolguard_lease"
+        constraints = [models.UniqueConstraint(fields=["key", "owner"], name="poolguard_lease_unique_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.owner}: {self.lease} of {self.key}"

@@ -29,6 +29,7 @@ E012 = "django_poolguard.E012"  # a timeout PostgreSQL cannot take
 E013 = "django_poolguard.E013"  # a workload that is not a name
 E015 = "django_poolguard.E015"  # OPTIONS["poolguard"]["timeouts_via"]
 E017 = "django_poolguard.E017"  # priorities: OPTIONS["poolguard"]["reserve"], POOLGUARD["PRIORITIES"]
+E018 = "django_poolguard.E018"  # fleet budget: OPTIONS["poolguard"]["fleet_budget"], lease_store, lease_cache
 
 #: The priority classes, best first (engine/priority.py ranks them by this order).
 PRIORITY_NAMES = ("critical", "normal", "low")
@@ -218,6 +219,20 @@ class Function(Rule):
 
     def accepts(self, value: Any) -> bool:
         return callable(value)
+
+
+@dataclass(frozen=True)
+class FleetBudget(Rule):
+    """Connections for the alias's workload across every process: a whole number >= 1, or "auto"."""
+
+    check_id: str = E018
+    optional: bool = True
+    expects: str = 'a whole number >= 1 or "auto"'
+
+    def accepts(self, value: Any) -> bool:
+        if value == "auto" and isinstance(value, str):
+            return True
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The process runtime: one object per process that owns poolguard's background work and its lifecycle.
 
 It holds the watchdog and its ordered list of tasks (leak scan, leak-event writer, alerts, slot
-check, the profile's idle sampling, publishing, metrics), the Prometheus exporter, and the two
+check, the profile's idle sampling, publishing, metrics), the Prometheus exporter, the fleet
+budget's lease keepers (one thread per budgeted alias, started with its pool), and the two
 process hooks of the whole package: one ``os.register_at_fork`` handler that resets every
 component in a forked child in a fixed order, and one ``atexit`` hook that shuts them down in a
 fixed order. No other module
@@ -27,7 +28,7 @@ from django.core.signals import setting_changed
 
 from django_poolguard.engine import pool as pools
 from django_poolguard.engine import side_connection
-from django_poolguard.fleet import publish
+from django_poolguard.fleet import leases, publish
 from django_poolguard.watchdog import alerts, idle_sites, leak_events, leaks, slots
 from django_poolguard.watchdog.monitor import Watchdog, monitor_interval
 
@@ -82,11 +83,16 @@ class Runtime:
             exporter = self.exporter = MetricsExporter()
             self.add_task("metrics", exporter.export)
         pools.on_pool_created(self._pool_created)
+        # A budgeted alias's first lease is taken here, before its new pool opens a connection.
+        pools.on_pool_created(self._keep_lease)
         pools.registry.wrapper_collected.append(self._wrapper_collected)
         pools.registry.stop_background.append(self.watchdog.stop)
 
     def _pool_created(self, pool: pools.GuardedPool) -> None:
         self.watchdog.ensure_started()
+
+    def _keep_lease(self, pool: pools.GuardedPool) -> None:
+        leases.keep_lease(pool)
 
     def _wrapper_collected(self) -> None:
         # From a weakref callback inside the garbage collector: nudge takes no lock and does no I/O.
@@ -96,6 +102,7 @@ class Runtime:
         """Undo :meth:`start`: no task runs and nothing calls back into this runtime any more."""
         self.watchdog.stop()
         pools.forget_pool_created(self._pool_created)
+        pools.forget_pool_created(self._keep_lease)
         registry, mine = pools.registry, (self, self.watchdog)
         # Rebuilt, not mutated: a garbage-collector callback may be iterating the old list.
         registry.wrapper_collected = [
@@ -113,6 +120,7 @@ class Runtime:
         # First the pools: the parent's sockets are pointed at /dev/null before anything could use them.
         pools.after_fork_in_child()
         side_connection.reset_after_fork()
+        leases.reset_after_fork()  # the parent's leases stay the parent's; the child takes its own
         self.watchdog.reset_after_fork()  # the parent's thread does not exist here
         leaks.reset_after_fork()
         leak_events.reset_after_fork()
@@ -132,6 +140,8 @@ class Runtime:
             ("withdraw the published snapshot", publish.withdraw),
             ("write the pending leak events", leak_events.flush_at_exit),
             ("close the pools", lambda: pools.close_all_pools(EXIT_POOL_TIMEOUT)),
+            # Once the pools' connections are closed, and over the side connections closed next.
+            ("release the fleet-budget leases", leases.release_all),
             ("close the side connections", side_connection.close_all),  # last: the two above use them
         )
         for what, step in steps:

@@ -45,8 +45,25 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     #: The priority gate: only :class:`PrioritizedPool` (an alias with a ``reserve``) has one.
     admission: Admission | None = None
 
+    #: The fleet budget's cap (an alias with ``fleet_budget``): the pool never counts more
+    #: connections than this; None without a budget. Moved only by the lease keeper.
+    lease_limit: int | None = None
+    #: Called (under the pool's lock: it must only set an Event) when a client waits at the cap.
+    lease_wanted: Callable[[], None] | None = None
+    #: The lease as published (a ``fleet.schema.LeaseSnapshot``), set by the lease keeper.
+    lease_view: Callable[[], Any] | None = None
+
     def __init__(self, *args: Any, config: AliasConfig, **kwargs: Any) -> None:
         self.config = config
+        # What OPTIONS["pool"] asks for; with a fleet budget the pool runs within its lease.
+        self.configured_min = int(kwargs.get("min_size", 4))
+        configured_max = kwargs.get("max_size")
+        self.configured_max = int(configured_max if configured_max is not None else self.configured_min)
+        if config.fleet_budget is not None:
+            # Nothing opens before the first lease (taken when the pool is registered, before it opens).
+            self.lease_limit = 0
+            kwargs["min_size"] = 0
+            kwargs["max_size"] = max(1, self.configured_max)
         self.ledger = Ledger()
         self.pid = os.getpid()
         self.created = monotonic()
@@ -143,6 +160,30 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.connect_failing = False
         self._opened_connections.add(connection)
         return connection
+
+    def _maybe_grow_pool(self) -> None:
+        # psycopg_pool calls this under its lock only when a client must wait: never on the fast path.
+        limit = self.lease_limit
+        if limit is not None and self.get_stats()["pool_size"] >= limit:
+            wanted = self.lease_wanted
+            if wanted is not None:
+                wanted()  # sets an Event: no I/O, no other lock
+            return
+        super()._maybe_grow_pool()
+
+    def set_lease(self, limit: int) -> None:
+        """Follow a fleet-budget lease: never count more than ``limit`` connections (the lease keeper)."""
+        self.lease_limit = limit
+        _compat.set_limits(self, min(self.configured_min, limit), max(limit, 1))
+
+    def grow_for_waiting(self) -> None:
+        """Let clients already waiting have connections the raised cap now allows."""
+        with _compat.pool_lock(self):
+            _compat.grow_pool(self)
+
+    def close_idle(self, count: int) -> int:
+        """Close up to ``count`` idle connections (a lease shrank): never a busy one."""
+        return _compat.close_idle(self, count) if count > 0 else 0
 
     # --- Slots seen from outside ------------------------------------------------------------
     # psycopg_pool's private state is read and repaired in the methods below, through _compat

@@ -19,7 +19,7 @@ the server and the settings; the system checks E001/W001 are at the bottom.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_poolguard.conf import (
     AliasConfig,
+    is_guarded,
     is_postgresql,
     pool_findings,
     pool_max_size,
@@ -53,6 +54,9 @@ class Workload:
     pools: dict[str, int]  # alias -> max_size
     declared: bool = True  # False: not in DEPLOYMENT, counted as 1 instance x 1 process
     side_connections: int = SIDE_CONNECTIONS_PER_PROCESS
+    #: alias -> its fleet budget: the whole fleet's connections of that alias, whatever the process
+    #: count (0 for "auto": it takes what the others leave, so it cannot overrun them).
+    budgets: dict[str, int] = field(default_factory=dict)
 
     @property
     def process_count(self) -> int:
@@ -68,7 +72,8 @@ class Workload:
 
     @property
     def connections(self) -> int:
-        return self.process_count * self.per_process
+        unbudgeted = sum(size for alias, size in self.pools.items() if alias not in self.budgets)
+        return self.process_count * (unbudgeted + self.side_connections) + sum(self.budgets.values())
 
 
 def compute(
@@ -146,6 +151,7 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
     """
     server = _server(settings.DATABASES[alias])
     pools: dict[str, dict[str, int]] = {}
+    budgets: dict[str, dict[str, int]] = {}
     for name, settings_dict in settings.DATABASES.items():
         if not is_postgresql(settings_dict) or _server(settings_dict) != server:
             continue
@@ -155,16 +161,19 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
         max_size = pool_max_size(settings_dict)
         if max_size is None:
             continue
-        label = AliasConfig.from_settings_dict(name, settings_dict).workload
+        config = AliasConfig.from_settings_dict(name, settings_dict)
         # Counted in every workload the router sends to the alias, whatever its label says (E014).
-        for workload in workloads_opening(name, label, setting_as_written("WORKLOADS")):
+        for workload in workloads_opening(name, config.workload, setting_as_written("WORKLOADS")):
             pools.setdefault(workload, {})[name] = max_size
+            if config.fleet_budget is not None and guard_alias(settings_dict):
+                budget = config.fleet_budget
+                budgets.setdefault(workload, {})[name] = budget if isinstance(budget, int) else 0
     deployment = setting_as_written("DEPLOYMENT")
     out = []
     for workload, sizes in sorted(pools.items()):
         entry = deployment.get(workload)
         if entry is None:
-            out.append(Workload(workload, 1, 1, sizes, declared=False))
+            out.append(Workload(workload, 1, 1, sizes, declared=False, budgets=budgets.get(workload, {})))
             continue
         counts: list[Any] = [
             entry.get(key, 1) if isinstance(entry, dict) else None for key in ("instances", "processes")
@@ -174,8 +183,27 @@ def workloads_for_server(alias: str = "default") -> list[Workload]:
                 f"POOLGUARD['DEPLOYMENT'][{workload!r}] is {entry!r}; it must be a dict of whole numbers >= 1, "
                 'e.g. {"instances": 24, "processes": 4} (see system check E010).'
             )
-        out.append(Workload(workload, counts[0], counts[1], sizes))
+        out.append(Workload(workload, counts[0], counts[1], sizes, budgets=budgets.get(workload, {})))
     return out
+
+
+def guard_alias(settings_dict: dict[str, Any]) -> bool:
+    """Only poolguard's engine follows a fleet budget; another engine's pool keeps its max_size."""
+    return is_guarded(settings_dict)
+
+
+def auto_budget(alias: str) -> int:
+    """``fleet_budget = "auto"``: what the server leaves ``alias``'s workload, as ``poolbudget``
+    computes it (max_connections - superuser-reserved - RESERVED_CONNECTIONS - the other workloads'
+    connections - this workload's side connections and other pools); at least 1. Reads the server."""
+    from django.db import connections
+
+    data = for_alias(alias)
+    workload = AliasConfig.from_settings_dict(alias, connections[alias].settings_dict).workload
+    entry = data["workloads"].get(workload)
+    if entry is None:
+        return max(1, int(data["ceiling"]))
+    return max(1, int(entry["ceiling"]) - int(entry["connections"]))
 
 
 def for_alias(alias: str = "default", *, server: dict[str, int] | None = None) -> dict[str, Any]:

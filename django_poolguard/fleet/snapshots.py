@@ -116,6 +116,8 @@ def pool_snapshot(
         data["priorities"] = priority_snapshot(pool)
     if guard_settings.PROFILE:
         data["top"] = ledger.profile.rows()  # the pool-time profile (fleet/top.py sums it)
+    if pool.lease_view is not None:  # set by the fleet budget's lease keeper (fleet/leases.py)
+        data["lease"] = pool.lease_view()
     return data
 
 

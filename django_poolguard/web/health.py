@@ -13,7 +13,8 @@ from django.db import connections
 
 from django_poolguard.conf import is_guarded, pool_options
 from django_poolguard.engine.pool import all_pools
-from django_poolguard.fleet.snapshots import CRITICAL, pool_state, worst
+from django_poolguard.fleet.leases import lease_snapshot
+from django_poolguard.fleet.snapshots import CRITICAL, WARNING, pool_state, worst
 
 
 def guarded_aliases() -> list[str]:
@@ -49,6 +50,18 @@ def health() -> dict[str, Any]:
             "max": state["max"],
             "utilization": state["utilization"],
         }
+        lease = lease_snapshot(alias)
+        if lease is not None:
+            aliases[alias]["lease"] = {
+                "budget": lease["budget"],
+                "lease": lease["lease"],
+                "members": lease["members"],
+                "fallback": lease["fallback"],
+            }
+            if lease["fallback"] and state["status"] != CRITICAL:
+                # The pool works, on a static share: the lease store needs someone's attention.
+                aliases[alias]["status"] = WARNING
+                aliases[alias]["reason"] = f"lease store ({lease['store']}) unreachable: static share"
     return {"status": worst([entry["status"] for entry in aliases.values()]), "aliases": aliases}
 
 
