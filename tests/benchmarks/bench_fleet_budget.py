@@ -100,6 +100,7 @@ class Run:
     phases: list[Phase] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    heartbeat: float = 5.0
 
 
 # Every child ever started, so each exit path can kill what is left of them.
@@ -227,7 +228,7 @@ def run_config(
     config: str, args: argparse.Namespace, admin: Any, database: dict[str, Any], logs: Path
 ) -> Run:
     spec = spec_for(config, args, database, f"bench-budget-{os.getpid()}")
-    run = Run(config)
+    run = Run(config, heartbeat=args.heartbeat)
     done = threading.Event()
     sampler = threading.Thread(target=sample, args=(admin, args.role, run, done), daemon=True)
     sampler.start()
@@ -256,6 +257,14 @@ def run_config(
             kill_children()
             done.set()
             sampler.join()
+    raw = {
+        "samples": run.samples,
+        "phases": [vars(phase) for phase in run.phases],
+        "children": [
+            {"pid": c.process.pid, "started": c.started, "reports": c.reports} for c in run.children
+        ],
+    }
+    (logs / f"{config}.json").write_text(json.dumps(raw))
     # The next configuration starts from no session of the role at all.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -280,24 +289,44 @@ def delta(run: Run, key: str, start: float, end: float) -> int:
     return total
 
 
-def regrow(run: Run, phase: Phase, max_size: int, key: str) -> float | None:
-    """Seconds from the scale-in until every survivor reported ``key`` back at max_size."""
-    survivors = [c for c in run.children if c.started < run.phases[1].start]
-    for line_time in sorted(
-        {r["t"] for c in survivors for r in c.reports if phase.start <= r["t"] < phase.end}
-    ):
-        values = []
-        for child in survivors:
-            last = child.at(line_time)
-            if last is None:
-                values.append(0)
-            elif key == "lease":
-                values.append((last.get("lease") or {}).get("lease", 0))
-            else:
-                values.append(last[key])
-        if all(value >= max_size for value in values):
-            return line_time - phase.start
-    return None
+def lease_of(report: dict[str, Any] | None) -> int:
+    return int(((report or {}).get("lease") or {}).get("lease", 0))
+
+
+def regrow(run: Run, phase: Phase, max_size: int) -> str:
+    """After a scale-in: how long until every survivor leased its full max_size again, then had
+    its pool that large (it grows on demand), from the SIGTERM; in heartbeats too."""
+    survivors = run.children[: phase.processes]  # scale-in keeps the oldest
+    if all(lease_of(child.at(phase.start)) >= max_size for child in survivors):
+        return f"survivors never shrank (lease {max_size} at scale-in)"
+    times = sorted({r["t"] for c in survivors for r in c.reports if phase.start <= r["t"] < phase.end})
+    shown = []
+    for what, value in (("lease", lease_of), ("pool", lambda report: (report or {}).get("pool_size", 0))):
+        moment = next((t for t in times if all(value(child.at(t)) >= max_size for child in survivors)), None)
+        shown.append(
+            f"{what} never"
+            if moment is None
+            else f"{what} {moment - phase.start:.1f} s ({(moment - phase.start) / run.heartbeat:.1f} hb)"
+        )
+    return "regrown: " + ", ".join(shown)
+
+
+def first_leases(run: Run, phase: Phase) -> str:
+    """After a scale-out: the longest a new process waited, from its first report (it is up and
+    asking), until its pool had a lease of at least one connection."""
+    newcomers = [c for c in run.children if phase.start <= c.started < phase.end]
+    waits, never = [], 0
+    for child in newcomers:
+        reports = [r for r in child.reports if r["t"] < phase.end]
+        leased = next((r["t"] for r in reports if lease_of(r) >= 1), None)
+        if not reports or leased is None:
+            never += 1
+        else:
+            waits.append(leased - reports[0]["t"])
+    parts = [f"first lease within {max(waits):.1f} s ({max(waits) / run.heartbeat:.1f} hb)"] if waits else []
+    if never:
+        parts.append(f"{never} of {len(newcomers)} never leased")
+    return "; ".join(parts)
 
 
 def leases(run: Run, start: float, end: float) -> str:
@@ -318,15 +347,10 @@ def rows(run: Run, args: argparse.Namespace) -> list[list[str]]:
         over = sum(1 for value in pool_sessions if value > args.budget)
         steady = phase.end - (phase.end - phase.start) / 2
         rate = delta(run, "ok", steady, phase.end) / (phase.end - steady)
-        regrown = ""
-        if index == 2 and run.config.startswith("fleet"):
-            lease_s = regrow(run, phase, args.max_size, "lease")
-            pool_s = regrow(run, phase, args.max_size, "pool_size")
-            shown = [
-                "never" if value is None else f"{value:.1f} s ({value / args.heartbeat:.1f} hb)"
-                for value in (lease_s, pool_s)
-            ]
-            regrown = f"lease {shown[0]}, pool {shown[1]}"
+        settled = ""
+        if run.config.startswith("fleet"):
+            grew = index == 0 or phase.processes > run.phases[index - 1].processes
+            settled = first_leases(run, phase) if grew else regrow(run, phase, args.max_size)
         table.append(
             [
                 LABELS[run.config],
@@ -339,7 +363,7 @@ def rows(run: Run, args: argparse.Namespace) -> list[list[str]]:
                 str(delta(run, "errors", phase.start, phase.end)),
                 f"{rate:.0f}",
                 leases(run, phase.start, phase.end),
-                regrown,
+                settled,
             ]
         )
     return table
@@ -448,7 +472,7 @@ def main() -> None:
         f"Python {sys.version.split()[0]}, Django {django.get_version()}, PostgreSQL "
         f"{admin.execute('SHOW server_version').fetchone()[0]}, {os.cpu_count()} CPUs; "
         f"load average {min(min(r.load) for r in runs):.1f}-{max(max(r.load) for r in runs):.1f} during the run, "
-        f"{time.time() - started:.0f} s in all; child logs in {logs}"
+        f"{time.time() - started:.0f} s in all; child logs and raw samples in {logs}"
     )
     print(
         f"Role CONNECTION LIMIT {args.limit}, fleet_budget {args.budget}; each process: pool min_size "
@@ -468,13 +492,26 @@ def main() -> None:
         "other errors",
         "queries/s",
         "lease",
-        "regrown after scale-in",
+        "lease timing",  # after a scale-out: first leases; after a scale-in: back to max_size
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for run in runs:
         for row in rows(run, args):
             print("| " + " | ".join(row) + " |")
+    for run in runs:
+        kinds: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for child in run.children:
+            if child.reports:
+                for kind, count in child.reports[-1]["error_kinds"].items():
+                    kinds[kind] = kinds.get(kind, 0) + count
+                examples = {**child.reports[-1]["error_examples"], **examples}
+        if kinds:
+            print()
+            print(f"Other errors, {LABELS[run.config]}:")
+            for kind, count in sorted(kinds.items(), key=lambda item: -item[1]):
+                print(f"- {count} x {kind}: {examples.get(kind, '')}")
     admin.close()
     sampler_admin.close()
 

@@ -40,6 +40,7 @@ stop = threading.Event()
 lock = threading.Lock()
 counts = {"ok": 0, "refused": 0, "errors": 0}
 error_kinds: dict[str, int] = {}
+error_examples: dict[str, str] = {}  # the first message of each kind, for the report
 
 
 def refused(text: str) -> bool:
@@ -93,6 +94,7 @@ def load(seconds: float) -> None:
                     counts["errors"] += 1
                     kind = type(error).__name__
                     error_kinds[kind] = error_kinds.get(kind, 0) + 1
+                    error_examples.setdefault(kind, " ".join(str(error).split())[:300])
             stop.wait(0.05)  # a failing request is not retried in a hot loop
         finally:
             connection.close()
@@ -104,9 +106,9 @@ def lease() -> dict[str, Any] | None:
 
     if not settings.INSTALLED_APPS:  # Django's own engine
         return None
-    from django_poolguard.fleet import snapshots
+    from django_poolguard.fleet.leases import lease_snapshot
 
-    value = snapshots.snapshot(with_checkouts=False).get("default", {}).get("lease")
+    value = lease_snapshot("default")
     return dict(value) if value else None
 
 
@@ -121,6 +123,7 @@ def report(final: bool = False) -> None:
             "t": time.time(),
             **counts,
             "error_kinds": dict(error_kinds),
+            "error_examples": dict(error_examples),
             "pool_size": stats.get("pool_size", 0),
             "max_size": pool.max_size if pool is not None else 0,
             "final": final,
