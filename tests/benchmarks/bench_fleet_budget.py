@@ -70,7 +70,7 @@ LABELS = {
 class Child:
     """One load process and what it reported (cumulative counters, newest last)."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[str] | None  # None: read back from a saved run
     started: float
     reports: list[dict[str, Any]] = field(default_factory=list)
 
@@ -211,17 +211,19 @@ def sample(admin: Any, role: str, run: Run, done: threading.Event) -> None:
 
 
 def stop(children: list[Child], timeout: float = 15.0) -> None:
-    for child in children:
-        if child.process.poll() is None:
-            child.process.send_signal(signal.SIGTERM)
+    """SIGTERM (a graceful scale-in), then SIGKILL to whoever is still there after ``timeout``."""
+    processes = [child.process for child in children if child.process is not None]
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for child in children:
+    for process in processes:
         try:
-            child.process.wait(max(0.1, deadline - time.monotonic()))
+            process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"  child {child.process.pid} ignored SIGTERM for {timeout:.0f} s: killed", file=sys.stderr)
-            os.killpg(child.process.pid, signal.SIGKILL)
-            child.process.wait()
+            print(f"  child {process.pid} ignored SIGTERM for {timeout:.0f} s: killed", file=sys.stderr)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def run_config(
@@ -260,9 +262,9 @@ def run_config(
     raw = {
         "samples": run.samples,
         "phases": [vars(phase) for phase in run.phases],
-        "children": [
-            {"pid": c.process.pid, "started": c.started, "reports": c.reports} for c in run.children
-        ],
+        "heartbeat": run.heartbeat,
+        "load": run.load,
+        "children": [{"started": c.started, "reports": c.reports} for c in run.children],
     }
     (logs / f"{config}.json").write_text(json.dumps(raw))
     # The next configuration starts from no session of the role at all.
@@ -293,22 +295,25 @@ def lease_of(report: dict[str, Any] | None) -> int:
     return int(((report or {}).get("lease") or {}).get("lease", 0))
 
 
-def regrow(run: Run, phase: Phase, max_size: int) -> str:
+def regrow(run: Run, phase: Phase, max_size: int) -> tuple[str, float | None, bool]:
     """After a scale-in: how long until every survivor leased its full max_size again, then had
-    its pool that large (it grows on demand), from the SIGTERM; in heartbeats too."""
+    its pool that large (it grows on demand), from the SIGTERM; in heartbeats too. Returns the
+    text, the seconds until both (None: not within the phase) and whether they had shrunk at all."""
     survivors = run.children[: phase.processes]  # scale-in keeps the oldest
     if all(lease_of(child.at(phase.start)) >= max_size for child in survivors):
-        return f"survivors never shrank (lease {max_size} at scale-in)"
+        return f"survivors never shrank (lease {max_size} at scale-in)", None, False
     times = sorted({r["t"] for c in survivors for r in c.reports if phase.start <= r["t"] < phase.end})
-    shown = []
+    shown, moments = [], []
     for what, value in (("lease", lease_of), ("pool", lambda report: (report or {}).get("pool_size", 0))):
         moment = next((t for t in times if all(value(child.at(t)) >= max_size for child in survivors)), None)
+        moments.append(moment)
         shown.append(
             f"{what} never"
             if moment is None
             else f"{what} {moment - phase.start:.1f} s ({(moment - phase.start) / run.heartbeat:.1f} hb)"
         )
-    return "regrown: " + ", ".join(shown)
+    both = None if None in moments else max(m for m in moments if m is not None) - phase.start
+    return "regrown: " + ", ".join(shown), both, True
 
 
 def first_leases(run: Run, phase: Phase) -> str:
@@ -339,34 +344,102 @@ def leases(run: Run, start: float, end: float) -> str:
     return f"{min(seen)}-{max(seen)}" if seen else "-"
 
 
-def rows(run: Run, args: argparse.Namespace) -> list[list[str]]:
-    table = []
+@dataclass
+class PhaseResult:
+    processes: int
+    max_sessions: int
+    max_pool: int  # the role's sessions minus poolguard's side connections
+    max_side: int
+    over_budget: int  # samples with more pool sessions than the budget
+    samples: int
+    refused: int
+    errors: int
+    rate: float  # queries/s over the phase's second half
+    leases: str
+    settled: str
+    regrown_s: float | None = None
+    shrank: bool = False
+
+
+def measure(run: Run, args: argparse.Namespace) -> list[PhaseResult]:
+    results = []
     for index, phase in enumerate(run.phases):
         samples = [s for s in run.samples if phase.start <= s[0] < phase.end]
         pool_sessions = [total - side for _, total, side in samples]
-        over = sum(1 for value in pool_sessions if value > args.budget)
         steady = phase.end - (phase.end - phase.start) / 2
-        rate = delta(run, "ok", steady, phase.end) / (phase.end - steady)
-        settled = ""
-        if run.config.startswith("fleet"):
-            grew = index == 0 or phase.processes > run.phases[index - 1].processes
-            settled = first_leases(run, phase) if grew else regrow(run, phase, args.max_size)
-        table.append(
-            [
-                LABELS[run.config],
-                f"{'→ ' if index else ''}{phase.processes}",
-                f"{max((s[1] for s in samples), default=0)} / {args.limit}",
-                f"{max(pool_sessions, default=0)} / {args.budget}",
-                f"{max((s[2] for s in samples), default=0)}",
-                f"{over} of {len(samples)}",
-                str(delta(run, "refused", phase.start, phase.end)),
-                str(delta(run, "errors", phase.start, phase.end)),
-                f"{rate:.0f}",
-                leases(run, phase.start, phase.end),
-                settled,
-            ]
+        result = PhaseResult(
+            processes=phase.processes,
+            max_sessions=max((s[1] for s in samples), default=0),
+            max_pool=max(pool_sessions, default=0),
+            max_side=max((s[2] for s in samples), default=0),
+            over_budget=sum(1 for value in pool_sessions if value > args.budget),
+            samples=len(samples),
+            refused=delta(run, "refused", phase.start, phase.end),
+            errors=delta(run, "errors", phase.start, phase.end),
+            rate=delta(run, "ok", steady, phase.end) / (phase.end - steady),
+            leases=leases(run, phase.start, phase.end),
+            settled="",
         )
-    return table
+        if run.config.startswith("fleet"):
+            if index == 0 or phase.processes > run.phases[index - 1].processes:
+                result.settled = first_leases(run, phase)
+            else:
+                result.settled, result.regrown_s, result.shrank = regrow(run, phase, args.max_size)
+        results.append(result)
+    return results
+
+
+def row(config: str, index: int, result: PhaseResult, args: argparse.Namespace) -> list[str]:
+    return [
+        LABELS[config],
+        f"{'→ ' if index else ''}{result.processes}",
+        f"{result.max_sessions} / {args.limit}",
+        f"{result.max_pool} / {args.budget}",
+        str(result.max_side),
+        f"{result.over_budget} of {result.samples}",
+        str(result.refused),
+        str(result.errors),
+        f"{result.rate:.0f}",
+        result.leases,
+        result.settled,
+    ]
+
+
+def verdicts(results: dict[str, list[PhaseResult]], args: argparse.Namespace) -> list[str]:
+    """The issue's acceptance, one line per configuration, from the figures above."""
+    lines = []
+    static = {name: results[name][0].rate for name in ("native", "static") if name in results}
+    for config, phases in results.items():
+        over = sum(p.over_budget for p in phases)
+        refused = sum(p.refused for p in phases)
+        errors = sum(p.errors for p in phases)
+        if not config.startswith("fleet"):
+            peak = phases[1]
+            lines.append(
+                f"- {LABELS[config]}: at {peak.processes} processes {peak.max_pool} pool sessions for a budget "
+                f"of {args.budget} ({peak.over_budget} of {peak.samples} samples over), {peak.refused} refused "
+                f"connections, {peak.errors} other errors."
+            )
+            continue
+        ratios = ", ".join(f"{phases[0].rate / rate:.0%} of {LABELS[name]}" for name, rate in static.items())
+        within = all(abs(phases[0].rate / rate - 1) <= 0.10 for rate in static.values()) if static else None
+        last = phases[-1]
+        if not last.shrank:
+            regrew = "regrowth not measured: the survivors never shrank"
+        elif last.regrown_s is None:
+            regrew = "NOT regrown within the phase"
+        else:
+            hb = last.regrown_s / args.heartbeat
+            regrew = (
+                f"regrown in {last.regrown_s:.1f} s = {hb:.1f} heartbeats ({'ok' if hb <= 2 else 'over 2'})"
+            )
+        lines.append(
+            f"- {LABELS[config]}: {'never over the budget' if not over else f'OVER the budget in {over} samples'}; "
+            f"{refused} refused connections, {errors} other errors; throughput at {phases[0].processes} "
+            f"processes {ratios or 'not compared'}"
+            f"{'' if within is None else (' (within 10 %)' if within else ' (NOT within 10 %)')}; {regrew}."
+        )
+    return lines
 
 
 def main() -> None:
@@ -389,6 +462,9 @@ def main() -> None:
     parser.add_argument("--report", type=float, default=0.5, help="children report every N s")
     parser.add_argument("--role", default=DEFAULT_ROLE, help="the role (and database) created, then dropped")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--from-raw", metavar="DIR", help="print the tables of a run saved in DIR, running nothing"
+    )
     args = parser.parse_args()
     args.processes = [int(n) for n in args.processes.split(",")]
     configs = [name.strip() for name in args.configs.split(",") if name.strip()]
@@ -404,6 +480,16 @@ def main() -> None:
             print("Redis is not answering on 127.0.0.1:6379: skipping fleet-cache", file=sys.stderr)
             configs.remove("fleet-cache")
 
+    if args.from_raw:
+        runs, machine = load_runs(Path(args.from_raw), configs)
+    else:
+        runs, machine = run_all(args, configs)
+    print_report(runs, machine, args)
+
+
+def run_all(args: argparse.Namespace, configs: list[str]) -> tuple[list[Run], str]:
+    """Create the role and its database, run every configuration, drop them; the runs and a line
+    saying what ran where."""
     from psycopg import sql
 
     from django_poolguard.testing import database_settings
@@ -434,6 +520,7 @@ def main() -> None:
         signal.signal(signum, on_signal)
     atexit.register(kill_children)
     logs = Path(tempfile.mkdtemp(prefix="bench_fleet_budget-"))
+    (logs / "args.json").write_text(json.dumps({**vars(args), "configs": configs}))
     runs: list[Run] = []
     started = time.time()
     try:
@@ -468,12 +555,37 @@ def main() -> None:
         drop(admin, args.role)
     import django
 
-    print(
+    machine = (
         f"Python {sys.version.split()[0]}, Django {django.get_version()}, PostgreSQL "
         f"{admin.execute('SHOW server_version').fetchone()[0]}, {os.cpu_count()} CPUs; "
         f"load average {min(min(r.load) for r in runs):.1f}-{max(max(r.load) for r in runs):.1f} during the run, "
         f"{time.time() - started:.0f} s in all; child logs and raw samples in {logs}"
     )
+    (logs / "machine.txt").write_text(machine)
+    admin.close()
+    sampler_admin.close()
+    return runs, machine
+
+
+def load_runs(logs: Path, configs: list[str]) -> tuple[list[Run], str]:
+    """The runs a previous invocation saved (``--from-raw DIR``), to read them again."""
+    runs = []
+    for config in configs:
+        path = logs / f"{config}.json"
+        if not path.exists():
+            continue
+        raw = json.loads(path.read_text())
+        run = Run(config, samples=[tuple(s) for s in raw["samples"]], heartbeat=raw.get("heartbeat", 5.0))
+        run.phases = [Phase(**phase) for phase in raw["phases"]]
+        run.children = [Child(None, c["started"], c["reports"]) for c in raw["children"]]
+        run.load = raw.get("load", [])
+        runs.append(run)
+    machine = (logs / "machine.txt").read_text() if (logs / "machine.txt").exists() else f"(read from {logs})"
+    return runs, machine
+
+
+def print_report(runs: list[Run], machine: str, args: argparse.Namespace) -> None:
+    print(machine)
     print(
         f"Role CONNECTION LIMIT {args.limit}, fleet_budget {args.budget}; each process: pool min_size "
         f"{args.min_size}, max_size {args.max_size}, timeout {args.pool_timeout:g} s, {args.threads} threads of "
@@ -496,9 +608,14 @@ def main() -> None:
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for run in runs:
-        for row in rows(run, args):
-            print("| " + " | ".join(row) + " |")
+    results = {run.config: measure(run, args) for run in runs}
+    for config, phases in results.items():
+        for index, result in enumerate(phases):
+            print("| " + " | ".join(row(config, index, result, args)) + " |")
+    print()
+    print("Against the issue's acceptance:")
+    for line in verdicts(results, args):
+        print(line)
     for run in runs:
         kinds: dict[str, int] = {}
         examples: dict[str, str] = {}
@@ -506,14 +623,12 @@ def main() -> None:
             if child.reports:
                 for kind, count in child.reports[-1]["error_kinds"].items():
                     kinds[kind] = kinds.get(kind, 0) + count
-                examples = {**child.reports[-1]["error_examples"], **examples}
+                examples = {**child.reports[-1].get("error_examples", {}), **examples}
         if kinds:
             print()
             print(f"Other errors, {LABELS[run.config]}:")
             for kind, count in sorted(kinds.items(), key=lambda item: -item[1]):
                 print(f"- {count} x {kind}: {examples.get(kind, '')}")
-    admin.close()
-    sampler_admin.close()
 
 
 if __name__ == "__main__":
