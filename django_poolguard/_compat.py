@@ -321,6 +321,40 @@ def close_idle(pool: ConnectionPool[Any], count: int) -> int:
 
 
 _fence(
+    "counted_connections",
+    "psycopg_pool ConnectionPool._nconns",
+    "the fleet budget's cap compares the connections the pool counts (open, opening, out) with the lease "
+    "under the pool's lock, where get_stats() would build two dicts",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def counted_connections(pool: ConnectionPool[Any]) -> int:
+    """Connections the pool counts: open, being opened, or out; call under :func:`pool_lock`."""
+    return int(pool._nconns)
+
+
+_fence(
+    "close_over_limit",
+    "psycopg_pool ConnectionPool._lock, _nconns, _closed and _close_connection(conn), on _add_to_pool's path",
+    "a connection coming back to a pool that counts more than its fleet-budget lease is closed, not kept",
+    PSYCOPG_POOL_CHECKED,
+)
+
+
+def close_over_limit(pool: ConnectionPool[Any], connection: Any, limit: int) -> bool:
+    """Close ``connection`` and stop counting its slot if the pool counts more than ``limit``."""
+    if pool._nconns <= limit:  # the common case, read without the lock (checked again under it)
+        return False
+    with pool._lock:
+        if pool._closed or pool._nconns <= limit:
+            return False
+        pool._nconns -= 1
+    pool._close_connection(connection)
+    return True
+
+
+_fence(
     "connection_pool",
     "psycopg Connection._pool (set by psycopg_pool on a connection it hands out)",
     "tells a connection of one of poolguard's pools apart from any other",

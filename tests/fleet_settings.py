@@ -34,6 +34,16 @@ if _env.get("POOLGUARD_FLEET_WORKER", "1") == "1":
     }
     _workloads["worker"] = "worker"
 
+if _env.get("POOLGUARD_FLEET_BUDGET"):
+    # The fleet budget tests: every child's web pool follows its lease of one budget.
+    _budget = _env["POOLGUARD_FLEET_BUDGET"]
+    _default["OPTIONS"]["poolguard"].update(
+        fleet_budget=_budget if _budget == "auto" else int(_budget),
+        lease_store=_env.get("POOLGUARD_FLEET_LEASE_STORE", "database"),
+        lease_cache="fleet",
+    )
+    _default["OPTIONS"]["pool"]["min_size"] = int(_env.get("POOLGUARD_FLEET_MIN_SIZE", "0"))
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if _env.get("POOLGUARD_FLEET_REDIS"):
     CACHES["fleet"] = {

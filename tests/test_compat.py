@@ -382,6 +382,60 @@ def test_pop_idle_connection(make_alias):
     assert wait_until(lambda: pool.get_stats()["pool_available"] == 2, 5)
 
 
+@canary("set_limits")
+def test_set_limits(make_alias):
+    alias = make_alias(pool={"min_size": 0, "max_size": 4, "timeout": 2})
+    pool = get_pool(alias) or connections[alias].pool
+    assert pool is not None and pool.closed
+    _compat.set_limits(pool, 2, 3)  # before open: the initial tasks open min_size
+    assert (pool.min_size, pool.max_size, pool.get_stats()["pool_size"]) == (2, 3, 2), changed(
+        "set_limits", "the sizes of an unopened pool did not move"
+    )
+    pool.open(wait=True, timeout=5)
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 2, 5), changed(
+        "set_limits", "the pool did not open min_size connections"
+    )
+    held = [pool.getconn(2), pool.getconn(2)]
+    _compat.set_limits(pool, 3, 3)  # one more to reach min_size, none more though 2 are out
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 1, 5)
+    assert pool.get_stats()["pool_size"] == 3, changed("set_limits", "it opened past min_size")
+    for connection in held:
+        pool.putconn(connection)
+
+
+@canary("close_idle")
+def test_close_idle(make_alias):
+    alias = make_alias(pool={"min_size": 3, "max_size": 3, "timeout": 2})
+    pool = open_pool(alias)
+    pool.wait(5)
+    held = pool.getconn(2)
+    assert _compat.close_idle(pool, 5) == 2, changed("close_idle", "it did not close exactly the idle ones")
+    stats = pool.get_stats()
+    assert (stats["pool_size"], stats["pool_available"]) == (1, 0), changed("close_idle", f"left {stats}")
+    pool.putconn(held)
+
+
+@canary("counted_connections")
+def test_counted_connections(make_alias):
+    alias = make_alias(pool={"min_size": 2, "max_size": 3, "timeout": 2})
+    pool = open_pool(alias)
+    with _compat.pool_lock(pool):
+        assert _compat.counted_connections(pool) == pool.get_stats()["pool_size"] >= 2, changed(
+            "counted_connections", "_nconns is not the pool's size"
+        )
+
+
+@canary("close_over_limit")
+def test_close_over_limit(make_alias):
+    alias = make_alias(pool={"min_size": 2, "max_size": 2, "timeout": 2})
+    pool = open_pool(alias)
+    pool.wait(5)
+    connection = pool.getconn(2)
+    assert not _compat.close_over_limit(pool, connection, 2)
+    assert _compat.close_over_limit(pool, connection, 1), changed("close_over_limit", "kept over the limit")
+    assert connection.closed and pool.get_stats()["pool_size"] == 1
+
+
 @canary("connection_pool")
 def test_connection_pool(make_alias):
     alias = make_alias()
@@ -618,11 +672,11 @@ def test_forget_connection_leaves_the_wrapper_as_django_initialises_it(make_alia
 def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
     """GuardedPool's own attributes must never take the name of one psycopg_pool uses."""
     own = {"config", "ledger", "pid", "created", "connect_failing", "last_connect_error", "factory"}
-    own |= {"_transit", "_opened_connections", "slots_broken_at"}
+    own |= {"_transit", "_opened_connections", "slots_broken_at", "configured_min", "configured_max"}
     plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
     guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
     assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
-    taken = (own | {"admission"}) & (set(vars(plain)) | set(dir(ConnectionPool)))
+    taken = (own | {"admission", "lease_limit", "lease_wanted", "lease_view"}) & (set(vars(plain)) | set(dir(ConnectionPool)))
     assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
 
 

@@ -59,7 +59,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self.configured_min = int(kwargs.get("min_size", 4))
         configured_max = kwargs.get("max_size")
         self.configured_max = int(configured_max if configured_max is not None else self.configured_min)
-        if config.fleet_budget is not None:
+        if getattr(config, "fleet_budget", None) is not None:
             # Nothing opens before the first lease (taken when the pool is registered, before it opens).
             self.lease_limit = 0
             kwargs["min_size"] = 0
@@ -161,20 +161,15 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         self._opened_connections.add(connection)
         return connection
 
-    def _maybe_grow_pool(self) -> None:
-        # psycopg_pool calls this under its lock only when a client must wait: never on the fast path.
-        limit = self.lease_limit
-        if limit is not None and self.get_stats()["pool_size"] >= limit:
-            wanted = self.lease_wanted
-            if wanted is not None:
-                wanted()  # sets an Event: no I/O, no other lock
-            return
-        super()._maybe_grow_pool()
-
     def set_lease(self, limit: int) -> None:
         """Follow a fleet-budget lease: never count more than ``limit`` connections (the lease keeper)."""
         self.lease_limit = limit
         _compat.set_limits(self, min(self.configured_min, limit), max(limit, 1))
+
+    def size_limit(self) -> int:
+        """The most connections the pool may count now: ``max_size``, or its lease when lower."""
+        limit = self.lease_limit
+        return self.max_size if limit is None else min(self.max_size, limit)
 
     def grow_for_waiting(self) -> None:
         """Let clients already waiting have connections the raised cap now allows."""
@@ -375,8 +370,40 @@ class PrioritizedPool(GuardedPool):
             _compat.keep_idle(self, conn)
 
 
+class LeasedPool(GuardedPool):
+    """A :class:`GuardedPool` under a fleet budget's lease (``fleet_budget``): it never counts more
+    connections than :attr:`lease_limit`. A subclass, so pools without a budget run exactly
+    GuardedPool's code; the checkout itself is untouched (the cap acts where psycopg_pool grows,
+    and on a connection's way back into the pool)."""
+
+    def _maybe_grow_pool(self) -> None:
+        # psycopg_pool calls this under its lock only when a client must wait: never on the fast path.
+        limit = self.lease_limit
+        if limit is not None and _compat.counted_connections(self) >= limit:
+            wanted = self.lease_wanted
+            if wanted is not None:
+                wanted()  # sets an Event: no I/O, no other lock
+            return
+        super()._maybe_grow_pool()
+
+    def _add_to_pool(self, conn: Any) -> None:
+        # A connection coming back (or newly opened) while the pool counts more than its lease is
+        # closed instead of kept: a busy process gives back over-lease connections as they turn idle.
+        limit = self.lease_limit
+        if limit is not None and _compat.close_over_limit(self, conn, limit):
+            return
+        super()._add_to_pool(conn)
+
+
+class LeasedPrioritizedPool(LeasedPool, PrioritizedPool):
+    """A :class:`PrioritizedPool` under a fleet budget's lease."""
+
+
 def pool_class(config: AliasConfig) -> type[GuardedPool]:
-    """The pool an alias gets: with a priority ``reserve``, the one with a gate."""
+    """The pool an alias gets: with a priority ``reserve``, the one with a gate; with a
+    ``fleet_budget``, the one under a lease."""
+    if config.fleet_budget is not None:
+        return LeasedPrioritizedPool if config.reserve else LeasedPool
     return PrioritizedPool if config.reserve else GuardedPool
 
 
@@ -713,6 +740,8 @@ def _forget_wrapper_connections(inherited: list[GuardedPool]) -> None:
 
 __all__ = [
     "GuardedPool",
+    "LeasedPool",
+    "LeasedPrioritizedPool",
     "PoolClosed",
     "PrioritizedPool",
     "Registry",

@@ -193,15 +193,14 @@ class LeaseKeeper:
         """The lease to ask for: the fair share, more for waiting clients, borrowed budget kept
         while nobody else needs it."""
         maximum = pool.configured_max
-        share = self.budget // max(1, self.members)
-        target = min(maximum, share)
+        share = min(maximum, self.budget // max(1, self.members))
+        free = self.budget - self.fleet_held  # at the last exchange
+        if free <= 0:
+            return share  # a full fleet: back to the fair share (a borrower gives back)
         waiting = pool.waiting()
-        free = self.budget - self.fleet_held
         if waiting:
-            target = max(target, min(maximum, self.limit + waiting))
-        elif self.limit > target and free > 0:
-            target = self.limit  # borrowed, and the fleet does not need it back
-        return max(0, target)
+            return max(share, min(maximum, self.limit + waiting))  # borrow what nobody leases
+        return max(share, self.limit)  # keep what was borrowed while nobody needs it
 
     def _record(self, granted: Grant) -> None:
         self.lease = granted.lease

@@ -156,14 +156,15 @@ def _check_pool(alias: str, pool: GuardedPool) -> None:
 
     acquired = pool.ledger.acquired_total
     waiting = pool.waiting()
-    can_serve = count.idle > 0 or (count.size < pool.max_size and count.opening == 0)
+    # A pool at its fleet-budget lease has no room, whatever max_size says: its waiters wait for returns.
+    can_serve = count.idle > 0 or (count.size < pool.size_limit() and count.opening == 0)
     if waiting and can_serve and acquired == watch.acquired and not repaired:
         watch.stalled += 1
     else:
         watch.stalled = 0
     watch.acquired = acquired
     if watch.stalled >= 2:
-        room = f"{count.idle} idle" if count.idle else f"room for {pool.max_size - count.size} more"
+        room = f"{count.idle} idle" if count.idle else f"room for {pool.size_limit() - count.size} more"
         _replace(
             alias,
             pool,

@@ -8,6 +8,7 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
     python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
     python tests/benchmarks/bench_checkout.py --priorities     # adds an alias with a priority reserve
+    python tests/benchmarks/bench_checkout.py --fleet-budget   # adds an alias under a fleet budget's lease
 
 "poolguard" runs with the pool-time profile (``POOLGUARD["PROFILE"]``, off unless turned on) on,
 "profile off" without it; "poolguard, priorities" (``--priorities``) is an alias with a reserve and
@@ -40,6 +41,9 @@ POOL = {"min_size": 8, "max_size": 8, "timeout": 10}
 # uncontended path); min_size keeps the same 8 sessions open as the other pools.
 PRIORITY_POOL = {**POOL, "max_size": 11}
 PRIORITY_GUARD = {"reserve": {"critical": 2, "normal": 1}}
+# --fleet-budget: a budget far above max_size, so the lease is the whole pool (8) and the row measures
+# the checkout of a LeasedPool; leases live in a local cache here (one process: no store to share).
+BUDGET_GUARD = {"fleet_budget": 100, "lease_store": "cache"}
 
 
 def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
@@ -51,6 +55,7 @@ def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
         INSTALLED_APPS=["django_poolguard"],
         USE_TZ=True,
         POOLGUARD={"CAPTURE_STACKS": capture_stacks, "PUBLISH": None, "WORKLOADS": {}},
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
         DATABASES={
             "default": {"ENGINE": "django.db.backends.postgresql", **connection},
             "native": {"ENGINE": "django.db.backends.postgresql", **connection, "OPTIONS": {"pool": POOL}},
@@ -64,6 +69,11 @@ def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
                 "ENGINE": "django_poolguard.backends.postgresql",
                 **connection,
                 "OPTIONS": {"pool": PRIORITY_POOL, "poolguard": {**guard, **PRIORITY_GUARD}},
+            },
+            "budgeted": {
+                "ENGINE": "django_poolguard.backends.postgresql",
+                **connection,
+                "OPTIONS": {"pool": POOL, "poolguard": {**guard, **BUDGET_GUARD}},
             },
         },
     )
@@ -128,7 +138,7 @@ def count_instructions(
     return int(re.search(r"Collected : (\d+)", output).group(1))  # type: ignore[union-attr]
 
 
-def instructions(timeouts_via: str | None = None, priorities: bool = False) -> None:
+def instructions(timeouts_via: str | None = None, priorities: bool = False, budget: bool = False) -> None:
     rows = {
         "native": ("native", True, True),
         "poolguard": ("poolguard", True, True),
@@ -137,6 +147,8 @@ def instructions(timeouts_via: str | None = None, priorities: bool = False) -> N
     }
     if priorities:
         rows["poolguard, priorities"] = ("priorities", True, False)
+    if budget:
+        rows["poolguard, fleet budget"] = ("budgeted", True, True)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -151,7 +163,7 @@ def instructions(timeouts_via: str | None = None, priorities: bool = False) -> N
         print(f"| {name} | {counts[name]:,.0f} | {counts[name] / counts['native']:.3f} |", flush=True)
 
 
-def opcodes(priorities: bool = False) -> None:
+def opcodes(priorities: bool = False, budget: bool = False) -> None:
     """Python bytecodes executed per checkout, by engine: exact and the same on a busy machine
     (C work, libpq and the server are not counted; see --instructions for those)."""
     from django_poolguard.conf import guard_settings
@@ -173,6 +185,8 @@ def opcodes(priorities: bool = False) -> None:
     }
     if priorities:
         rows["poolguard, priorities"] = ("priorities", True, False)
+    if budget:
+        rows["poolguard, fleet budget"] = ("budgeted", True, True)
     print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
     print()
     print("| engine | bytecodes per checkout | / native |")
@@ -221,6 +235,11 @@ def main() -> None:
         help='add "poolguard, priorities": an alias with reserve {"critical": 2, "normal": 1}',
     )
     parser.add_argument(
+        "--fleet-budget",
+        action="store_true",
+        help='add "poolguard, fleet budget": an alias under a fleet budget\'s lease (fleet_budget 100)',
+    )
+    parser.add_argument(
         "--timeouts-via",
         choices=["startup", "set"],
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
@@ -228,11 +247,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.opcodes:
         configure(capture_stacks=True)
-        opcodes(args.priorities)
+        opcodes(args.priorities, args.fleet_budget)
         return
     if args.instructions:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
-        instructions(args.timeouts_via, args.priorities)
+        instructions(args.timeouts_via, args.priorities, args.fleet_budget)
         return
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
@@ -246,6 +265,8 @@ def main() -> None:
     }
     if args.priorities:
         engines["poolguard, priorities"] = ("priorities", True, False)
+    if args.fleet_budget:
+        engines["poolguard, fleet budget"] = ("budgeted", True, True)
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():

@@ -330,7 +330,12 @@ def test_cache_store_outage_falls_back_to_a_static_share_and_recovers(make_alias
         with override_settings(CACHES=caches):
             alias = make_alias(
                 pool={"min_size": 3, "max_size": 3, "timeout": 3},
-                poolguard={"fleet_budget": 6, "workload": "web", "lease_store": "cache", "lease_cache": "leases"},
+                poolguard={
+                    "fleet_budget": 6,
+                    "workload": "web",
+                    "lease_store": "cache",
+                    "lease_cache": "leases",
+                },
             )
             with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT 1")
@@ -345,7 +350,9 @@ def test_cache_store_outage_falls_back_to_a_static_share_and_recovers(make_alias
             assert health()["aliases"][alias]["status"] == "warning"
             time.sleep(3 * INTERVAL)
             forwarder.start()
-            eventually(lambda: not (leases.lease_snapshot(alias) or {"fallback": True})["fallback"], "recovery")
+            eventually(
+                lambda: not (leases.lease_snapshot(alias) or {"fallback": True})["fallback"], "recovery"
+            )
             messages = [r.getMessage() for r in caplog.records if alias in r.getMessage()]
             assert len([m for m in messages if "cannot reach the cache lease store" in m]) == 1
             assert len([m for m in messages if "reaches the cache lease store" in m]) == 1

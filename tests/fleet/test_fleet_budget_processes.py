@@ -1,0 +1,151 @@
+"""A fleet budget across real OS processes: a burst of 10 processes started at once never opens
+more than the budget, and a SIGKILLed process's lease is freed by expiry for the others."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from django_poolguard.engine.side_connection import side_cursor
+from tests.fleet_helpers import ROOT, fleet_env, redis_url  # noqa: F401  (fleet_env is a fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+INTERVAL = 0.5  # the children's PUBLISH_INTERVAL: their heartbeat; a lease expires after 1.5 s
+
+
+class BudgetFleet:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: list[subprocess.Popen[str]] = []
+        self.log = tempfile.TemporaryFile("w+")  # the children's stderr, shown when a test fails
+
+    def logs(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-6000:]
+
+    def start(self, threads: int) -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.fleet_budget_child", str(threads)],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if line.strip() != "ready":
+            child.kill()
+            child.communicate(timeout=10)
+            pytest.fail(f"budget child did not start: {line!r} {self.logs()}")
+
+    def sessions(self) -> dict[int, int]:
+        """Pool sessions of the children (``web:default:<host>:<pid>``) by pid; side connections
+        (``poolguard:...``) and this test process's own pools are not counted."""
+        pids = [child.pid for child in self.children]
+        with side_cursor("default") as cursor:
+            cursor.execute(
+                "SELECT split_part(application_name, ':', 4)::int AS pid, count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'web:default:%%' "
+                "AND split_part(application_name, ':', 4) ~ '^[0-9]+$' "
+                "AND split_part(application_name, ':', 4)::int = ANY(%s) GROUP BY 1",
+                [pids],
+            )
+            return {int(pid): int(n) for pid, n in cursor.fetchall()}
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                try:
+                    child.communicate(input="", timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.communicate()
+
+
+@pytest.fixture(params=["database", "cache"])
+def budget_fleet(request: Any, fleet_env: dict[str, str]) -> Iterator[Any]:  # noqa: F811
+    def make(budget: int, max_size: int) -> BudgetFleet:
+        env = {
+            **fleet_env,
+            "POOLGUARD_FLEET_WORKER": "0",
+            "POOLGUARD_FLEET_PUBLISH": "None",
+            "POOLGUARD_FLEET_INTERVAL": str(INTERVAL),
+            "POOLGUARD_FLEET_BUDGET": str(budget),
+            "POOLGUARD_FLEET_MAX_SIZE": str(max_size),
+            "POOLGUARD_FLEET_LEASE_STORE": request.param,
+        }
+        if request.param == "cache":
+            url = redis_url()
+            if url is None:
+                pytest.skip("no Redis at REDIS_URL")
+            env["POOLGUARD_FLEET_REDIS"] = url
+            env["POOLGUARD_FLEET_PREFIX"] = f"poolguard-budget-{os.getpid()}-{time.monotonic_ns()}"
+        fleet = BudgetFleet(env)
+        fleets.append(fleet)
+        return fleet
+
+    fleets: list[BudgetFleet] = []
+    yield make
+    for fleet in fleets:
+        fleet.stop_all()
+
+
+def test_a_burst_of_10_processes_never_overshoots_the_budget(budget_fleet):
+    fleet = budget_fleet(budget=12, max_size=4)
+    for _ in range(10):
+        fleet.start(threads=4)  # 40 threads want connections; 12 may exist
+    for child in fleet.children:
+        fleet.wait_ready(child)
+    peak, deadline = 0, time.monotonic() + 90
+    everyone_served = False
+    while time.monotonic() < deadline:
+        counts = fleet.sessions()
+        total = sum(counts.values())
+        peak = max(peak, total)
+        assert total <= 12, counts
+        if len(counts) == 10 and total >= 10:
+            everyone_served = True
+            break
+        time.sleep(0.05)
+    assert everyone_served, f"not every process got its share: {fleet.sessions()}\n{fleet.logs()}"
+    until = time.monotonic() + 3  # and it holds while they keep asking
+    while time.monotonic() < until:
+        assert sum(fleet.sessions().values()) <= 12
+        time.sleep(0.05)
+
+
+def test_a_killed_process_lease_is_freed_by_expiry(budget_fleet):
+    fleet = budget_fleet(budget=4, max_size=4)
+    first = fleet.start(threads=4)
+    fleet.wait_ready(first)
+    deadline = time.monotonic() + 60
+    while fleet.sessions().get(first.pid, 0) < 4:
+        assert time.monotonic() < deadline, fleet.sessions()
+        time.sleep(0.05)
+    second = fleet.start(threads=4)
+    fleet.wait_ready(second)
+    time.sleep(4 * INTERVAL)
+    counts = fleet.sessions()
+    assert sum(counts.values()) <= 4, counts
+    os.kill(first.pid, signal.SIGKILL)  # no exit handler: its lease stays until it expires
+    first.wait(10)
+    deadline = time.monotonic() + 60
+    while (counts := fleet.sessions()).get(second.pid, 0) < 4:
+        assert sum(counts.values()) <= 4, counts
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
