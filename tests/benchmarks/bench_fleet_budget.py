@@ -97,6 +97,9 @@ class Run:
 
     config: str
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, sessions, side)
+    sessions: list[list[list[Any]]] = field(
+        default_factory=list
+    )  # per sample: application_name, starting, count
     phases: list[Phase] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
@@ -201,12 +204,17 @@ def start_child(spec: dict[str, Any], log: Any) -> Child:
 def sample(admin: Any, role: str, run: Run, done: threading.Event) -> None:
     while not done.is_set():
         started = time.monotonic()
-        total, side = admin.execute(
-            "SELECT count(*), count(*) FILTER (WHERE application_name LIKE 'poolguard:%%') "
-            "FROM pg_stat_activity WHERE usename = %s",
+        # Per application_name (poolguard's say which process and whether a side connection),
+        # with the sessions still starting or in a state: kept raw for reading an odd sample.
+        by_name = admin.execute(
+            "SELECT coalesce(application_name, ''), state IS NULL, count(*) "
+            "FROM pg_stat_activity WHERE usename = %s GROUP BY 1, 2",
             [role],
-        ).fetchone()
+        ).fetchall()
+        total = sum(count for _, _, count in by_name)
+        side = sum(count for name, _, count in by_name if name.startswith("poolguard:"))
         run.samples.append((time.time(), total, side))
+        run.sessions.append([[name, starting, count] for name, starting, count in by_name])
         done.wait(max(0.0, SAMPLE_EVERY - (time.monotonic() - started)))
 
 
@@ -262,6 +270,7 @@ def run_config(
     raw = {
         "samples": run.samples,
         "phases": [vars(phase) for phase in run.phases],
+        "sessions": run.sessions,
         "heartbeat": run.heartbeat,
         "load": run.load,
         "children": [{"started": c.started, "reports": c.reports} for c in run.children],
