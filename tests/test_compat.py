@@ -676,7 +676,9 @@ def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
     plain = ConnectionPool(kwargs={}, min_size=0, max_size=1, open=False)
     guarded = GuardedPool(kwargs={}, min_size=0, max_size=1, open=False, config=None)  # type: ignore[arg-type]
     assert set(vars(guarded)) - set(vars(plain)) == own, "GuardedPool.__init__ changed: update this list"
-    taken = (own | {"admission", "lease_limit", "lease_wanted", "lease_view"}) & (set(vars(plain)) | set(dir(ConnectionPool)))
+    taken = (own | {"admission", "lease_limit", "lease_wanted", "lease_view"}) & (
+        set(vars(plain)) | set(dir(ConnectionPool))
+    )
     assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"
 
 

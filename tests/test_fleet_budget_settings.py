@@ -24,7 +24,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:Use
 
 def _databases(poolguard: dict[str, Any], pool: Any = None) -> dict[str, Any]:
     databases = copy.deepcopy(settings.DATABASES)
-    databases["default"]["OPTIONS"]["poolguard"] = {**databases["default"]["OPTIONS"]["poolguard"], **poolguard}
+    databases["default"]["OPTIONS"]["poolguard"] = {
+        **databases["default"]["OPTIONS"]["poolguard"],
+        **poolguard,
+    }
     if pool is not None:
         databases["default"]["OPTIONS"]["pool"] = pool
     return databases
@@ -33,10 +36,20 @@ def _databases(poolguard: dict[str, Any], pool: Any = None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("poolguard", "pool", "says", "fix"),
     [
-        ({"fleet_budget": 0}, None, "['fleet_budget'] is 0; it must be a whole number >= 1 or \"auto\"", "e.g. 120"),
-        ({"fleet_budget": "120"}, None, "['fleet_budget'] is '120'", "or \"auto\""),
+        (
+            {"fleet_budget": 0},
+            None,
+            "['fleet_budget'] is 0; it must be a whole number >= 1 or \"auto\"",
+            "e.g. 120",
+        ),
+        ({"fleet_budget": "120"}, None, "['fleet_budget'] is '120'", 'or "auto"'),
         ({"fleet_budget": True}, None, "['fleet_budget'] is True", "e.g. 120"),
-        ({"fleet_budget": 10}, False, "['fleet_budget'] is set but the alias has no pool to cap", "Add OPTIONS['pool']"),
+        (
+            {"fleet_budget": 10},
+            False,
+            "['fleet_budget'] is set but the alias has no pool to cap",
+            "Add OPTIONS['pool']",
+        ),
         ({"fleet_budget": 10, "lease_store": "redis"}, None, "['lease_store'] is 'redis'", 'Use "database"'),
         ({"fleet_budget": 10, "lease_cache": ""}, None, "['lease_cache'] is ''", "CACHES aliases"),
         (
@@ -89,3 +102,22 @@ def test_auto_is_what_the_server_leaves_the_workload():
         ceiling = server["max_connections"] - server["superuser_reserved_connections"] - 10
         worker = 2 * (4 + 1)  # the worker alias: max_size 4 plus a side connection, in 2 processes
         assert auto_budget("default") == ceiling - worker - 3 * 1  # minus web's own side connections
+
+
+@pytest.mark.django_db(transaction=True)
+def test_e001_counts_a_budgeted_workload_as_its_budget():
+    from django_poolguard.fleet.activity import server_settings
+    from django_poolguard.fleet.budget import budget_messages
+
+    server = server_settings("default")
+    ceiling = server["max_connections"] - server["superuser_reserved_connections"] - 10
+    instances = ceiling // 3  # x (8 + 1) per process: three times over without a budget
+    poolguard = {
+        **settings.POOLGUARD,
+        "DEPLOYMENT": {"web": {"instances": instances}, "worker": {"instances": 1}},
+    }
+    with override_settings(POOLGUARD=poolguard):
+        over = budget_messages(["default"])
+    assert [m.id for m in over] == ["django_poolguard.E001"]
+    with override_settings(DATABASES=_databases({"fleet_budget": 10}), POOLGUARD=poolguard):
+        assert budget_messages(["default"]) == []

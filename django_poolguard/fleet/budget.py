@@ -114,6 +114,8 @@ def compute(
             "processes": workload.processes,
             "declared": workload.declared,
             "pools": dict(workload.pools),
+            # alias -> fleet_budget (0 for "auto"): counted once for the fleet, not per process
+            "budgets": dict(workload.budgets),
             "max_size": workload.max_size,
             "side_connections": workload.side_connections,
             "per_process": workload.per_process,
@@ -249,6 +251,22 @@ def _read_server(alias: str) -> dict[str, int] | None:
     return {"max_connections": row[0], "superuser_reserved_connections": row[1], "server_connections": 0}
 
 
+def _share_text(name: str, w: dict[str, Any]) -> str:
+    """``"web: 24 x 1 x (12 + 1) = 312"``; a budgeted alias counts once: ``"web: 120 + 24 x 1 x (0 + 1) = 144"``."""
+    budgets = w.get("budgets") or {}
+    if not budgets:
+        return (
+            f"{name}: {w['instances']} x {w['processes']} x ({w['max_size']} + {w['side_connections']})"
+            f" = {w['connections']}"
+        )
+    unbudgeted = sum(size for alias, size in w["pools"].items() if alias not in budgets)
+    fleet = " + ".join(f"fleet_budget {b}" if b else "fleet_budget auto" for b in budgets.values())
+    return (
+        f"{name}: {fleet} + {w['instances']} x {w['processes']} x ({unbudgeted} + {w['side_connections']})"
+        f" = {w['connections']}"
+    )
+
+
 def budget_messages(aliases: list[str]) -> list[Any]:
     messages: list[Any] = []
     seen: set[tuple[str, str, str]] = set()
@@ -270,11 +288,7 @@ def budget_messages(aliases: list[str]) -> list[Any]:
         if server is None:
             continue
         budget = for_alias(alias, server=server)
-        shares = ", ".join(
-            f"{name}: {w['instances']} x {w['processes']} x ({w['max_size']} + {w['side_connections']})"
-            f" = {w['connections']}"
-            for name, w in budget["workloads"].items()
-        )
+        shares = ", ".join(_share_text(name, w) for name, w in budget["workloads"].items())
         safe = ", ".join(
             f"{name} max_size <= {w['safe_max_size']}" for name, w in budget["workloads"].items()
         )

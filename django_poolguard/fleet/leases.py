@@ -41,7 +41,7 @@ logger = logging.getLogger("django_poolguard")
 
 TTL_INTERVALS = 3  # a lease not renewed for this many heartbeats expires (as publish.SILENT_INTERVALS)
 FIRST_LEASE_TIMEOUT = 2.0  # s a new pool waits for its first lease before running on the static share
-MIN_GAP = 0.2  # s between two exchanges woken by waiting clients: no busy loop at a full budget
+MIN_GAP = 0.2  # s at least between two exchanges asked for by waiting clients
 
 
 def heartbeat_interval() -> float:
@@ -97,7 +97,7 @@ class LeaseKeeper:
         self.fallback = False
         self.fallback_reason: str | None = None
         self.min_short_logged = False
-        self.last_exchange = -math.inf
+        self.last_attempt = -math.inf  # monotonic time of the last heartbeat, answered or not
         # Woken by the pool (lease_wanted, under its lock: only set()) and by stop().
         self._wake = threading.Event()
         self._stopping = False
@@ -142,26 +142,36 @@ class LeaseKeeper:
             pass  # it expires by the store's clock
 
     def _run(self) -> None:
+        asked = False  # a client waits at the cap and asking could get it a connection
         while not self._stopping:
-            interval = heartbeat_interval()
-            woken = self._wake.wait(interval)
-            if self._stopping:
-                return
-            self._wake.clear()
-            if woken:  # a client waits at the cap: ask soon, but not in a loop
-                gap = MIN_GAP - (monotonic() - self.last_exchange)
-                if gap > 0 and self._wake.wait(gap) and self._stopping:
-                    return
+            if self._wake.is_set():
+                self._wake.clear()
+                asked = asked or self._worth_asking()
+            since = monotonic() - self.last_attempt
+            remaining = (MIN_GAP if asked else heartbeat_interval()) - since
+            if remaining > 0:
+                self._wake.wait(remaining)
+                continue  # woken or due: look again
+            asked = False
             try:
                 with self._lock:
                     self._heartbeat()
             except Exception:
                 logger.exception("poolguard's fleet-budget lease of alias %r failed; it retries.", self.alias)
 
+    def _worth_asking(self) -> bool:
+        """Ask the store before the heartbeat only when it could say yes: the fleet had unleased
+        budget, or this process is below its share. A full fleet is not asked in a loop."""
+        if self.fallback:
+            return False
+        share = min(self.pool.configured_max, self.budget // max(1, self.members))
+        return self.budget - self.fleet_held > 0 or self.limit < share
+
     # --- One heartbeat -----------------------------------------------------------------------
 
     def _heartbeat(self, first: bool = False) -> None:
         pool = self.pool
+        self.last_attempt = monotonic()
         try:
             self.budget = resolve_budget(self.config, self.settings_dict, self.budget)
         except Exception as exc:  # "auto" needs the server: keep the last figure
@@ -183,7 +193,6 @@ class LeaseKeeper:
         except lease_stores.StoreUnavailable as exc:
             self._enter_fallback(str(exc))
             return
-        self.last_exchange = monotonic()
         self._leave_fallback()
         self._record(granted)
         self._apply(pool, min(granted.lease, target))
@@ -221,7 +230,10 @@ class LeaseKeeper:
 
     @staticmethod
     def _counted(pool: GuardedPool) -> int:
-        """Connections the pool counts: open, being opened or out."""
+        """Connections the pool counts: open, being opened or out. A closed pool (not opened yet, or
+        closed by ``close_pool()``) still has only its checkouts: they close when returned."""
+        if pool.closed:
+            return len(pool.ledger)
         return int(pool.get_stats()["pool_size"])
 
     # --- The store's outage -------------------------------------------------------------------

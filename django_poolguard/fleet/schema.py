@@ -125,9 +125,7 @@ class LeaseSnapshot(TypedDict):
     fleet_held: int  # leases held across the fleet at the last heartbeat, this one's included
     store: str  # where leases live: "database" or "cache"
     fallback: bool  # the store is unreachable: the pool runs on a static share
-    capped: (
-        str | None
-    )  # why the pool runs below max_size, e.g. "capped at 4 by fleet budget 120 over 30 processes"
+    capped: str | None  # why the pool runs below max_size, e.g. "capped at 4 by fleet budget 120 over 30 processes"
 
 
 class AliasSnapshot(PoolState):

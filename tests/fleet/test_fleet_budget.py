@@ -360,3 +360,72 @@ def test_cache_store_outage_falls_back_to_a_static_share_and_recovers(make_alias
             leases.release_all()
     finally:
         forwarder.stop()
+
+
+def test_a_replaced_pool_keeps_the_current_lease(make_alias, fast_heartbeat):
+    from django_poolguard.engine.pool import replace_pool
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 6, "timeout": 3}, poolguard={"fleet_budget": 2, "workload": "web"}
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    pool = get_pool(alias)
+    assert pool is not None and pool.lease_limit == 2
+    fresh = replace_pool(alias, pool)  # as the slot check does with a wedged pool
+    assert fresh is not None and fresh is not pool
+    assert fresh.lease_limit == 2 and fresh.max_size == 2 and fresh.size_limit() == 2
+    holders = Holders(alias, 4)
+    try:
+        eventually(lambda: holders.got == 2, "2 holders served by the new pool")
+        time.sleep(3 * INTERVAL)
+        assert fresh.get_stats()["pool_size"] <= 2 and holders.got == 2
+    finally:
+        holders.stop()
+
+
+def _forked_child(alias: str, parent_owner: str, queue: Any) -> None:
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        keeper = leases.keeper(alias)
+        queue.put(
+            {
+                "owner": keeper.owner if keeper is not None else None,
+                "lease": keeper.limit if keeper is not None else None,
+                "members": keeper.members if keeper is not None else None,
+            }
+        )
+        connections[alias].close()
+    except BaseException as exc:  # pragma: no cover - reported to the parent
+        queue.put({"error": repr(exc)})
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_takes_a_lease_of_its_own(make_alias, fast_heartbeat):
+    import multiprocessing
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 4, "timeout": 5}, poolguard={"fleet_budget": 4, "workload": "web"}
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    parent = leases.keeper(alias)
+    assert parent is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forked_child, args=(alias, parent.owner, queue))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(60)
+    assert "error" not in result, result
+    # Its own owner (a new token after fork), and the store counted the parent too.
+    assert result["owner"] not in (None, parent.owner) and result["members"] == 2
+    assert child.exitcode == 0
+    # multiprocessing ends the child with os._exit (no exit hooks): its lease expires, the parent's stays.
+    eventually(
+        lambda: leases.keeper(alias) is parent and (leases.lease_snapshot(alias) or {}).get("members") == 1,
+        "the child's lease expired while the parent's lives on",
+    )

@@ -27,6 +27,7 @@ class BudgetFleet:
         self.env = env
         self.children: list[subprocess.Popen[str]] = []
         self.log = tempfile.TemporaryFile("w+")  # the children's stderr, shown when a test fails
+        self.overrides: list[Any] = []  # settings overridden to read the children's store
 
     def logs(self) -> str:
         self.log.seek(0)
@@ -68,6 +69,9 @@ class BudgetFleet:
             return {int(pid): int(n) for pid, n in cursor.fetchall()}
 
     def stop_all(self) -> None:
+        for override in self.overrides:
+            override.disable()
+        self.overrides = []
         for child in self.children:
             if child.poll() is None:
                 try:
@@ -149,3 +153,50 @@ def test_a_killed_process_lease_is_freed_by_expiry(budget_fleet):
         assert sum(counts.values()) <= 4, counts
         assert time.monotonic() < deadline, counts
         time.sleep(0.05)
+
+
+def test_a_process_that_exits_cleanly_releases_its_lease_at_once(budget_fleet):
+    fleet = budget_fleet(budget=3, max_size=3)
+    fleet.env["POOLGUARD_FLEET_INTERVAL"] = "20"  # a 60 s ttl: only a release can free it in time
+    child = fleet.start(threads=3)
+    fleet.wait_ready(child)
+    deadline = time.monotonic() + 60
+    while fleet.sessions().get(child.pid, 0) < 3:
+        assert time.monotonic() < deadline, fleet.sessions()
+        time.sleep(0.05)
+    store = _store(fleet)
+    key = "web@" + _server_key()
+    assert store.exchange(key, "observer", 3, 0, 3, 5).lease == 0  # the child holds the whole budget
+    child.communicate(input="", timeout=30)
+    assert child.returncode == 0
+    granted = store.exchange(key, "observer", 3, 0, 3, 5)
+    assert granted.lease == 3 and granted.members == 1, granted
+    store.release(key, "observer")
+
+
+def _server_key() -> str:
+    from django.db import connections
+
+    settings_dict = connections["default"].settings_dict
+    return f"{settings_dict['HOST'] or 'localhost'}:{settings_dict['PORT'] or '5432'}/{settings_dict['NAME']}"
+
+
+def _store(fleet: BudgetFleet) -> Any:
+    from django.test import override_settings
+
+    from django_poolguard.fleet.lease_stores import CacheLeaseStore, DatabaseLeaseStore
+
+    if fleet.env["POOLGUARD_FLEET_LEASE_STORE"] == "database":
+        return DatabaseLeaseStore("default")
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "fleet": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": fleet.env["POOLGUARD_FLEET_REDIS"],
+            "KEY_PREFIX": fleet.env["POOLGUARD_FLEET_PREFIX"],
+        },
+    }
+    override = override_settings(CACHES=caches)
+    override.enable()
+    fleet.overrides.append(override)
+    return CacheLeaseStore("fleet")
