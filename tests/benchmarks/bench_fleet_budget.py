@@ -457,7 +457,7 @@ def main() -> None:
         "--configs", default=",".join(CONFIGS), help="comma-separated, of " + ", ".join(CONFIGS)
     )
     parser.add_argument("--processes", default="8,24,8", help="processes per phase (default 8,24,8)")
-    parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--phase", type=float, default=25.0, help="seconds per phase")
     parser.add_argument("--min-size", type=int, default=1)
     parser.add_argument("--max-size", type=int, default=3)
     parser.add_argument("--pool-timeout", type=float, default=2.0)
