@@ -147,6 +147,11 @@ def main() -> None:
     for name in ("psycopg.pool", "django_poolguard"):
         logging.getLogger(name).addHandler(counter)
         logging.getLogger(name).propagate = False  # counted, not printed 24 times over
+    # poolguard's own warnings go to this child's log file (stderr), each with the child's pid.
+    written = logging.StreamHandler(sys.stderr)
+    written.setLevel(logging.WARNING)
+    written.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("django_poolguard").addHandler(written)
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     threads = [
         threading.Thread(target=load, args=(spec["query_seconds"],), name=f"load-{i}", daemon=True)
