@@ -84,6 +84,9 @@ class Lease(models.Model):
     key = models.CharField(max_length=300, help_text="workload@host:port/dbname")
     owner = models.CharField(max_length=300, help_text="host:pid:token")
     lease = models.IntegerField()
+    want = models.IntegerField(
+        default=0, help_text="What the owner asked for: others below their share give back to it."
+    )
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:

@@ -54,7 +54,9 @@ if _env.get("POOLGUARD_FLEET_REDIS"):
 
 POOLGUARD = {
     "WORKLOADS": _workloads,
-    "PUBLISH": _env.get("POOLGUARD_FLEET_PUBLISH", "database"),
+    "PUBLISH": None
+    if _env.get("POOLGUARD_FLEET_PUBLISH") == "None"
+    else _env.get("POOLGUARD_FLEET_PUBLISH", "database"),
     "PUBLISH_CACHE": "fleet" if _env.get("POOLGUARD_FLEET_REDIS") else "default",
     "PUBLISH_INTERVAL": float(_env.get("POOLGUARD_FLEET_INTERVAL", "1.0")),
     "DEPLOYMENT": json.loads(_env.get("POOLGUARD_FLEET_DEPLOYMENT", "{}")),

@@ -39,10 +39,18 @@ class Grant:
     lease: int  # connections this owner may now hold
     members: int  # live owners of the key, this one included
     fleet_held: int  # sum of live leases of the key, this one's included
+    #: connections the other owners asked for, up to the fair share, and do not hold: what a
+    #: borrower above its share gives back (0: nobody needs it, borrowed connections may stay)
+    wanting: int = 0
 
 
 class StoreUnavailable(Exception):
     """The lease store could not answer; the message names the store and the reason, never a secret."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The store answers, but other owners held its lock too long this time: try at the next heartbeat
+    (not an outage: the pool keeps its lease, it does not fall back)."""
 
 
 class LeaseStore(Protocol):
@@ -51,6 +59,12 @@ class LeaseStore(Protocol):
     def exchange(self, key: str, owner: str, want: int, hold: int, budget: int, ttl: float) -> Grant: ...
 
     def release(self, key: str, owner: str) -> None: ...
+
+
+def wanting(budget: int, members: int, others: list[tuple[int, int]]) -> int:
+    """What the other owners (``(lease, want)``) lack of what they asked for, up to the fair share."""
+    share = budget // max(1, members)
+    return sum(max(0, min(want, share) - lease) for lease, want in others)
 
 
 def grant(want: int, hold: int, budget: int, others: int, previous: int) -> int:
@@ -79,19 +93,20 @@ class DatabaseLeaseStore:
                     cursor.execute(
                         f"DELETE FROM {TABLE} WHERE key = %s AND expires_at < clock_timestamp()", [key]
                     )
-                    cursor.execute(f"SELECT owner, lease FROM {TABLE} WHERE key = %s", [key])
+                    cursor.execute(f"SELECT owner, lease, want FROM {TABLE} WHERE key = %s", [key])
                     rows = cursor.fetchall()
-                    previous = sum(lease for row_owner, lease in rows if row_owner == owner)
-                    others = sum(lease for row_owner, lease in rows if row_owner != owner)
+                    previous = sum(lease for row_owner, lease, _ in rows if row_owner == owner)
+                    rest = [(lease, wanted) for row_owner, lease, wanted in rows if row_owner != owner]
+                    others = sum(lease for lease, _ in rest)
                     lease = grant(want, hold, budget, others, previous)
                     cursor.execute(
-                        f"INSERT INTO {TABLE} (key, owner, lease, expires_at) "
-                        "VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                        f"INSERT INTO {TABLE} (key, owner, lease, want, expires_at) "
+                        "VALUES (%s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
                         "ON CONFLICT (key, owner) DO UPDATE SET lease = EXCLUDED.lease, "
-                        "expires_at = EXCLUDED.expires_at",
-                        [key, owner, lease, float(ttl)],
+                        "want = EXCLUDED.want, expires_at = EXCLUDED.expires_at",
+                        [key, owner, lease, want, float(ttl)],
                     )
-                    members = len({row_owner for row_owner, _ in rows} | {owner})
+                    members = len(rest) + 1
         except pg_errors.UndefinedTable as exc:
             raise StoreUnavailable(
                 f"the table {TABLE} does not exist in the database of alias {self.alias!r}: "
@@ -101,7 +116,9 @@ class DatabaseLeaseStore:
             raise StoreUnavailable(
                 f"database store of alias {self.alias!r}: {connect_error_text(exc)}"
             ) from exc
-        return Grant(lease=lease, members=members, fleet_held=others + lease)
+        return Grant(
+            lease=lease, members=members, fleet_held=others + lease, wanting=wanting(budget, members, rest)
+        )
 
     def release(self, key: str, owner: str) -> None:
         try:
@@ -147,18 +164,24 @@ class CacheLeaseStore:
                 owners = [o for o in (cache.get(index_key) or []) if isinstance(o, str)]
                 entry_keys = {o: _cache_key(key, "owner", o) for o in {*owners, owner}}
                 found = cache.get_many(list(entry_keys.values()))
-                leases = {o: int(found[k]) for o, k in entry_keys.items() if k in found}
-                previous = leases.pop(owner, 0)
-                others = sum(leases.values())
+                entries = {o: _entry(found[k]) for o, k in entry_keys.items() if k in found}
+                previous = entries.pop(owner, (0, 0))[0]
+                others = sum(lease for lease, _ in entries.values())
                 lease = grant(want, hold, budget, others, previous)
                 # Django's Redis backend truncates timeouts to whole seconds: round up, never to 0.
-                cache.set(entry_keys[owner], lease, timeout=max(1, math.ceil(ttl)))
-                cache.set(index_key, sorted({*leases, owner}), timeout=INDEX_TIMEOUT)
+                cache.set(entry_keys[owner], [lease, want], timeout=max(1, math.ceil(ttl)))
+                cache.set(index_key, sorted({*entries, owner}), timeout=INDEX_TIMEOUT)
+                members = len(entries) + 1
         except StoreUnavailable:
             raise
         except Exception as exc:  # each cache backend raises its own client's errors
             raise StoreUnavailable(f"cache store {self.cache_alias!r}: {_error_text(exc)}") from exc
-        return Grant(lease=lease, members=len(leases) + 1, fleet_held=others + lease)
+        return Grant(
+            lease=lease,
+            members=members,
+            fleet_held=others + lease,
+            wanting=wanting(budget, members, list(entries.values())),
+        )
 
     def release(self, key: str, owner: str) -> None:
         try:
@@ -185,7 +208,7 @@ class _CacheLock:
         delay = 0.005
         while not self.cache.add(self.key, self.owner, timeout=LOCK_TTL):
             if time.monotonic() > deadline:
-                raise StoreUnavailable("cache store: its lease lock stayed taken for 2 s")
+                raise StoreBusy(f"cache store: its lease lock stayed taken for {LOCK_WAIT:g} s")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
@@ -193,6 +216,12 @@ class _CacheLock:
         # Only our own lock: one that expired under a slow holder may be someone else's now.
         if self.cache.get(self.key) == self.owner:
             self.cache.delete(self.key)
+
+
+def _entry(value: Any) -> tuple[int, int]:
+    """An owner's cache entry, ``[lease, want]``."""
+    lease, want = value
+    return int(lease), int(want)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -209,7 +238,9 @@ __all__ = [
     "DatabaseLeaseStore",
     "Grant",
     "LeaseStore",
+    "StoreBusy",
     "StoreUnavailable",
     "grant",
     "store_for",
+    "wanting",
 ]

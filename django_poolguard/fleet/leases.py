@@ -14,7 +14,8 @@ process's lease expires) and moves it toward the fair share, ``budget // live pr
 - shrinking: the pool's limits drop and idle connections close first, then the store records
   what is still open (never less), so busy connections are never taken away;
 - borrowing: clients waiting at the cap wake the keeper, which asks for more while the fleet has
-  unleased budget; a borrower above its share gives back idle connections once the fleet has none.
+  unleased budget; a borrower above its share gives back (as connections turn idle) once another
+  process lacks its share, and keeps what it borrowed while nobody does.
 
 When the store cannot answer, the pool runs on a static share (``DEPLOYMENT``'s instances x
 processes, else ``min_size``), said once in the log and in health, until the store answers again.
@@ -94,10 +95,12 @@ class LeaseKeeper:
         self.limit = 0  # what the pool may count now (<= lease)
         self.members = 1
         self.fleet_held = 0
+        self.wanting = 0  # what the others lack of their share, at the last exchange
         self.fallback = False
         self.fallback_reason: str | None = None
         self.min_short_logged = False
         self.last_attempt = -math.inf  # monotonic time of the last heartbeat, answered or not
+        self.valid_until = math.inf  # monotonic time the store may expire the lease after, at the earliest
         # Woken by the pool (lease_wanted, under its lock: only set()) and by stop().
         self._wake = threading.Event()
         self._stopping = False
@@ -161,11 +164,9 @@ class LeaseKeeper:
 
     def _worth_asking(self) -> bool:
         """Ask the store before the heartbeat only when it could say yes: the fleet had unleased
-        budget, or this process is below its share. A full fleet is not asked in a loop."""
-        if self.fallback:
-            return False
-        share = min(self.pool.configured_max, self.budget // max(1, self.members))
-        return self.budget - self.fleet_held > 0 or self.limit < share
+        budget at the last exchange. A full fleet is asked at heartbeats only, so a crowd of waiting
+        processes does not queue on the store's lock."""
+        return not self.fallback and self.budget > self.fleet_held
 
     # --- One heartbeat -----------------------------------------------------------------------
 
@@ -179,21 +180,39 @@ class LeaseKeeper:
                 self._enter_fallback(f"the budget 'auto' could not be read: {type(exc).__name__}")
                 return
         ttl = TTL_INTERVALS * heartbeat_interval()
+        started = monotonic()
+        if started > self.valid_until and self.limit > 0 and not self.fallback:
+            # The store may have expired this lease and granted it to others while connections were
+            # still open here: the fleet may have been over budget for a moment. Say so.
+            logger.warning(
+                "poolguard renewed the fleet-budget lease of alias %r %.1f s after it could expire "
+                "(ttl %.1f s): this process was stalled (CPU, GC, a blocked thread). Raise "
+                "POOLGUARD['PUBLISH_INTERVAL'] if this repeats.",
+                self.alias,
+                started - self.valid_until,
+                ttl,
+            )
         try:
             if first:
                 # Join first (want 0) to learn how many share the budget, then ask for a share.
-                joined = self.store.exchange(self.key, self.owner, 0, 0, self.budget, ttl)
-                self.members = joined.members
+                self._record(self.store.exchange(self.key, self.owner, 0, 0, self.budget, ttl))
             target = self._target(pool)
             if target < self.limit:
                 # Shrink before telling the store: never record less than is open.
                 self._apply(pool, target)
             hold = self._counted(pool)
             granted = self.store.exchange(self.key, self.owner, target, hold, self.budget, ttl)
+        except lease_stores.StoreBusy:
+            # Contended, not down: keep the current cap (never grow without the store) and retry.
+            logger.debug(
+                "poolguard's lease store of alias %r was busy; retrying at the next heartbeat", self.alias
+            )
+            return
         except lease_stores.StoreUnavailable as exc:
             self._enter_fallback(str(exc))
             return
         self._leave_fallback()
+        self.valid_until = started + ttl  # the store's expiry is later: it started counting after us
         self._record(granted)
         self._apply(pool, min(granted.lease, target))
         self._say_min_short()
@@ -203,18 +222,18 @@ class LeaseKeeper:
         while nobody else needs it."""
         maximum = pool.configured_max
         share = min(maximum, self.budget // max(1, self.members))
-        free = self.budget - self.fleet_held  # at the last exchange
-        if free <= 0:
-            return share  # a full fleet: back to the fair share (a borrower gives back)
+        if self.wanting > 0:
+            return share  # others lack their share: a borrower gives back
         waiting = pool.waiting()
-        if waiting:
+        if waiting and self.budget > self.fleet_held:
             return max(share, min(maximum, self.limit + waiting))  # borrow what nobody leases
-        return max(share, self.limit)  # keep what was borrowed while nobody needs it
+        return max(share, min(maximum, self.limit))  # keep what was borrowed while nobody needs it
 
     def _record(self, granted: Grant) -> None:
         self.lease = granted.lease
         self.members = granted.members
         self.fleet_held = granted.fleet_held
+        self.wanting = granted.wanting
 
     def _apply(self, pool: GuardedPool, limit: int) -> None:
         """Move the pool's cap: lower limits first and close idle surplus (never a busy

@@ -429,3 +429,18 @@ def test_a_forked_child_takes_a_lease_of_its_own(make_alias, fast_heartbeat):
         lambda: leases.keeper(alias) is parent and (leases.lease_snapshot(alias) or {}).get("members") == 1,
         "the child's lease expired while the parent's lives on",
     )
+
+
+def test_auto_resolves_the_budget_from_the_server(make_alias, fast_heartbeat):
+    from django_poolguard.fleet.budget import auto_budget
+
+    alias = make_alias(
+        pool={"min_size": 0, "max_size": 3, "timeout": 3},
+        poolguard={"fleet_budget": "auto", "workload": "web"},
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    lease = leases.lease_snapshot(alias)
+    assert lease is not None and lease["budget"] == auto_budget(alias) >= 1
+    assert lease["lease"] == min(3, lease["budget"]) and not lease["fallback"]

@@ -121,7 +121,7 @@ def test_a_burst_of_10_processes_never_overshoots_the_budget(budget_fleet):
         counts = fleet.sessions()
         total = sum(counts.values())
         peak = max(peak, total)
-        assert total <= 12, counts
+        assert total <= 12, f"{counts}\n{fleet.logs()}"
         if len(counts) == 10 and total >= 10:
             everyone_served = True
             break

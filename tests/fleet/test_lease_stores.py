@@ -90,6 +90,21 @@ def test_a_lease_not_renewed_expires_by_the_stores_clock(store: LeaseStore):
     assert granted.members == 1 and granted.fleet_held == 10
 
 
+def test_owners_below_their_share_are_counted_as_wanting(store: LeaseStore):
+    key = _key()
+    assert store.exchange(key, "borrower", 8, 0, 8, 30).wanting == 0
+    joined = store.exchange(key, "newcomer", 4, 0, 8, 30)
+    assert (joined.lease, joined.wanting) == (0, 0)  # the borrower wants nothing it lacks
+    # The borrower learns the newcomer lacks its share of 4, gives back 4, the newcomer takes them.
+    seen = store.exchange(key, "borrower", 4, 4, 8, 30)
+    assert (seen.lease, seen.members, seen.wanting) == (4, 2, 4)
+    assert store.exchange(key, "newcomer", 4, 0, 8, 30).lease == 4
+    assert store.exchange(key, "borrower", 4, 4, 8, 30).wanting == 0
+    # Someone asking for less than the share wants only that.
+    assert store.exchange(key, "small", 1, 0, 9, 30).lease == 1
+    assert store.exchange(key, "borrower", 4, 4, 9, 30).wanting == 0
+
+
 def test_a_released_lease_is_free_at_once_and_renewal_keeps_what_is_held(store: LeaseStore):
     key = _key()
     assert store.exchange(key, "a", 6, 0, 8, 30).lease == 6
