@@ -165,6 +165,8 @@ def get_runtime() -> Runtime:
         with _runtime_lock:
             if _runtime is None:
                 _runtime = Runtime()
+                # Even without the app (W011): a budgeted pool opens nothing until it has a lease.
+                pools.on_pool_created(_runtime._keep_lease)
             runtime = _runtime
     return runtime
 
