@@ -1,11 +1,13 @@
 """The autoscaling replay: 8 → 24 → 8 processes against a database limit that 8 fit and 24 do not.
 
-    python tests/benchmarks/bench_fleet_budget.py [--phase 20] [--configs native,static,fleet,fleet-cache]
+    python tests/benchmarks/bench_fleet_budget.py [--phase 25] [--configs native,static,fleet,fleet-cache]
+    python tests/benchmarks/bench_fleet_budget.py --from-raw /tmp/bench_fleet_budget-XXXX   (reprint a run)
 
-Real OS processes on the real PostgreSQL found by ``django_poolguard.testing`` (127.0.0.1:5432,
-else the embedded server). The benchmark creates its own role, ``poolguard_bench_budget LOGIN
-CONNECTION LIMIT <limit>``, and a database it owns; the role's limit plays the database's
-``max_connections`` (the shared server's settings are not touched), and both are dropped at the end.
+About 5.5 minutes with the defaults. Real OS processes on the real PostgreSQL found by
+``django_poolguard.testing`` (127.0.0.1:5432, else the embedded server). The benchmark creates its
+own role, ``poolguard_bench_budget LOGIN CONNECTION LIMIT <limit>``, and a database it owns; the
+role's limit plays the database's ``max_connections`` (the shared server's settings are not
+touched), and both are dropped at the end.
 
 Each configuration runs the same three phases: 8 processes, 16 more started (24), then SIGTERM to
 those 16 (a graceful scale-in, 8 left). Every process is a Django setup with a pool (min_size 1,
@@ -22,15 +24,17 @@ pg_sleep(0.05)``, ``connection.close()``): ``tests/benchmarks/fleet_budget_child
 
 The arithmetic: the pools' budget is 8 x max_size = 24 (8 processes fit exactly); the role's limit
 is that budget plus one side connection for each of the 24 processes at peak = 48. Static pools at
-24 processes want 24 x 3 + 24 = 96 sessions. With the budget, each of 24 processes leases 24 // 24 = 1.
+24 processes want 24 x 3 = 72 pool sessions (+ 24 side connections with poolguard's engine). With the budget, each of 24 processes leases 24 // 24 = 1.
 
 A sampler connected as the server's superuser (another role: it is not counted) counts the role's
 sessions in ``pg_stat_activity`` every 100 ms, poolguard's side connections (``application_name``
 ``poolguard:…``) apart. Per configuration and phase it prints the largest sample against the limit
 and the budget, the samples over the budget, refused connections (the server's "too many
 connections" / "remaining connection slots") apart from other failed requests (pool timeouts),
-queries/s over the phase's second half, the leases seen and, after the scale-in, how long the
-survivors took to lease (and open) their full max_size again, in heartbeats (PUBLISH_INTERVAL).
+queries/s over the phase's second half, the leases seen and, in heartbeats (PUBLISH_INTERVAL):
+after a scale-out how long the new processes waited for a first lease, after the scale-in how long
+the survivors took to lease (and open) their full max_size again. Children's logs and the raw
+samples stay in a temporary directory the output names.
 Results are recorded in docs/benchmarks/fleet-budget.md.
 """
 
@@ -97,9 +101,8 @@ class Run:
 
     config: str
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, sessions, side)
-    sessions: list[list[list[Any]]] = field(
-        default_factory=list
-    )  # per sample: application_name, starting, count
+    # Per sample: [application_name, still starting, count] of the role's sessions.
+    sessions: list[list[list[Any]]] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
@@ -202,6 +205,7 @@ def start_child(spec: dict[str, Any], log: Any) -> Child:
 
 
 def sample(admin: Any, role: str, run: Run, done: threading.Event) -> None:
+    """Every 100 ms until ``done``: the role's sessions, poolguard's side connections apart."""
     while not done.is_set():
         started = time.monotonic()
         # Per application_name (poolguard's say which process and whether a side connection),
