@@ -494,6 +494,11 @@ def main() -> None:
             configs.remove("fleet-cache")
 
     if args.from_raw:
+        saved = Path(args.from_raw) / "args.json"
+        if saved.exists():  # the figures the run had (budget, limit, sizes), not today's defaults
+            for key, value in json.loads(saved.read_text()).items():
+                if key not in ("from_raw", "configs"):
+                    setattr(args, key, value)
         runs, machine = load_runs(Path(args.from_raw), configs)
     else:
         runs, machine = run_all(args, configs)
