@@ -115,6 +115,7 @@ class LeaseKeeper:
         self.fallback_reason: str | None = None
         self.min_short_logged = False
         self.last_attempt = -math.inf  # monotonic time of the last heartbeat, answered or not
+        self.budget_read = -math.inf  # monotonic time the budget was last resolved ("auto": read)
         self.valid_until = math.inf  # monotonic time the store may expire the lease after, at the earliest
         self.short_since: float | None = None  # monotonic time this process found itself below its share
         self._starved_gap = STARVED_GAP
@@ -231,12 +232,15 @@ class LeaseKeeper:
     def _heartbeat(self, first: bool = False) -> None:
         pool = self.pool
         self.last_attempt = monotonic()
-        try:
-            self.budget = resolve_budget(self.config, self.settings_dict, self.budget)
-        except Exception as exc:  # "auto" needs the server: keep the last figure
-            if not self.budget:
-                self._enter_fallback(f"the budget 'auto' could not be read: {type(exc).__name__}")
-                return
+        # "auto" reads the server: once a heartbeat, not at every early exchange.
+        if not self.budget or self.last_attempt - self.budget_read >= heartbeat_interval():
+            self.budget_read = self.last_attempt
+            try:
+                self.budget = resolve_budget(self.config, self.settings_dict, self.budget)
+            except Exception as exc:  # keep the last figure
+                if not self.budget:
+                    self._enter_fallback(f"the budget 'auto' could not be read: {type(exc).__name__}")
+                    return
         ttl = TTL_INTERVALS * heartbeat_interval()
         started = monotonic()
         if started > self.valid_until and self.limit > 0 and not self.fallback:
