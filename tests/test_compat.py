@@ -737,7 +737,7 @@ def test_guarded_pool_attributes_shadow_nothing_of_psycopg_pool():
         "_get_ready_connection",
         "_add_to_pool",
     }, "PrioritizedPool has new attributes: add them here"
-    taken = (own | gate | {"lease_limit", "lease_wanted", "lease_view"}) & (
+    taken = (own | gate | {"lease_limit", "lease_wanted", "lease_freed", "lease_view"}) & (
         set(vars(plain)) | set(dir(ConnectionPool))
     )
     assert not taken, f"psycopg_pool {psycopg_pool.__version__} now uses {sorted(taken)} itself: rename ours"

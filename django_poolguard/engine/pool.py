@@ -50,6 +50,9 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     lease_limit: int | None = None
     #: Called (under the pool's lock: it must only set an Event) when a client waits at the cap.
     lease_wanted: Callable[[], None] | None = None
+    #: Called (outside the pool's lock; it must only set an Event) when a connection coming back
+    #: over the lease was closed: the lease keeper can record the smaller lease at once.
+    lease_freed: Callable[[], None] | None = None
     #: The lease as published (a ``fleet.schema.LeaseSnapshot``), set by the lease keeper.
     lease_view: Callable[[], Any] | None = None
 
@@ -411,6 +414,9 @@ class LeasedPool(GuardedPool):
         # closed instead of kept: a busy process gives back over-lease connections as they turn idle.
         limit = self.lease_limit
         if limit is not None and _compat.close_over_limit(self, conn, limit):
+            freed = self.lease_freed
+            if freed is not None:
+                freed()  # sets an Event: the keeper gives the slot back to the store within MIN_GAP
             return
         super()._add_to_pool(conn)
 

@@ -17,6 +17,17 @@ process's lease expires) and moves it toward the fair share, ``budget // live pr
   unleased budget; a borrower above its share gives back (as connections turn idle) once another
   process lacks its share, and keeps what it borrowed while nobody does.
 
+Between heartbeats, so that a scale-out converges in about one heartbeat rather than three:
+
+- an exchange that shows a smaller share (more processes) or a process lacking its share lowers
+  the pool at once, not at the next heartbeat;
+- while the store records more than the pool still counts (busy connections closed as they came
+  back over the lease), the keeper exchanges again within ``MIN_GAP``, so the budget is free for
+  the others within a second;
+- a process short of its share with clients waiting asks again every ``STARVED_GAP`` (with
+  jitter), for ``STARVED_FOR`` heartbeats after it found itself short, even when the fleet had no
+  unleased budget: the others free theirs within a heartbeat and a second.
+
 When the store cannot answer, the pool runs on a static share (``DEPLOYMENT``'s instances x
 processes, else ``min_size``), said once in the log and in health, until the store answers again.
 """
@@ -26,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import secrets
 import threading
 from collections.abc import Callable
@@ -42,7 +54,10 @@ logger = logging.getLogger("django_poolguard")
 
 TTL_INTERVALS = 3  # a lease not renewed for this many heartbeats expires (as publish.SILENT_INTERVALS)
 FIRST_LEASE_TIMEOUT = 2.0  # s a new pool waits for its first lease before running on the static share
-MIN_GAP = 0.2  # s at least between two exchanges asked for by waiting clients
+MIN_GAP = 0.2  # s at least between two exchanges asked for by waiting clients or a freed connection
+STARVED_GAP = 0.5  # s between a short process's early asks, x 0.75-1.25 (jitter: they do not ask in step)
+STARVED_FOR = 2  # heartbeats (+ 1 s) after it found itself short a process asks early; then at heartbeats
+FREED_POLL = 0.5  # s between looks at the pool while the store records more than it counts
 
 
 def heartbeat_interval() -> float:
@@ -100,9 +115,14 @@ class LeaseKeeper:
         self.fallback_reason: str | None = None
         self.min_short_logged = False
         self.last_attempt = -math.inf  # monotonic time of the last heartbeat, answered or not
+        self.budget_read = -math.inf  # monotonic time the budget was last resolved ("auto": read)
         self.valid_until = math.inf  # monotonic time the store may expire the lease after, at the earliest
-        # Woken by the pool (lease_wanted, under its lock: only set()) and by stop().
+        self.short_since: float | None = None  # monotonic time this process found itself below its share
+        self._starved_gap = STARVED_GAP
+        # Woken by the pool (a client waits at the cap, under its lock; a connection closed over the
+        # lease) and by stop(). _client_waited says which: a bool set before the Event.
         self._wake = threading.Event()
+        self._client_waited = False
         self._stopping = False
         self._thread: threading.Thread | None = None
         # Serializes heartbeats: the keeper's thread, the first lease and exit's release.
@@ -112,8 +132,7 @@ class LeaseKeeper:
 
     def start(self) -> None:
         """Take the first lease (before the pool opens its connections) and start the heartbeat."""
-        self.pool.lease_wanted = self._wake.set
-        self.pool.lease_view = self.snapshot
+        self._attach(self.pool)
         with self._lock:
             self._heartbeat(first=True)
         self._thread = threading.Thread(
@@ -125,9 +144,18 @@ class LeaseKeeper:
         """A replaced pool (the slot check) keeps the current lease."""
         with self._lock:
             self.pool = pool
-            pool.lease_wanted = self._wake.set
-            pool.lease_view = self.snapshot
+            self._attach(pool)
             pool.set_lease(self.limit)
+
+    def _attach(self, pool: GuardedPool) -> None:
+        pool.lease_wanted = self._client_waits
+        pool.lease_freed = self._wake.set
+        pool.lease_view = self.snapshot
+
+    def _client_waits(self) -> None:
+        # Under the pool's lock: a flag and an Event, nothing else.
+        self._client_waited = True
+        self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping = True
@@ -149,11 +177,21 @@ class LeaseKeeper:
         while not self._stopping:
             if self._wake.is_set():
                 self._wake.clear()
-                asked = asked or self._worth_asking()
-            since = monotonic() - self.last_attempt
-            remaining = (MIN_GAP if asked else heartbeat_interval()) - since
+                if self._client_waited:
+                    self._client_waited = False
+                    asked = asked or self._worth_asking()
+            freeing = self._freeing()
+            if asked or freeing is True:
+                gap = MIN_GAP
+            elif self._starved():
+                gap = self._starved_gap
+            else:
+                gap = heartbeat_interval()
+            remaining = gap - (monotonic() - self.last_attempt)
             if remaining > 0:
-                self._wake.wait(remaining)
+                # While connections over the lease are still out, look again soon: one can also
+                # leave the pool without coming back through it (a broken connection).
+                self._wake.wait(remaining if freeing is None else min(remaining, FREED_POLL))
                 continue  # woken or due: look again
             asked = False
             try:
@@ -168,17 +206,41 @@ class LeaseKeeper:
         processes does not queue on the store's lock."""
         return not self.fallback and self.budget > self.fleet_held
 
+    def _freeing(self) -> bool | None:
+        """After a shrink the store records more than the pool's cap until busy connections came
+        back: True once the pool counts less than the store records (an exchange frees budget for
+        the others), False while it does not yet, None when there is nothing to give back."""
+        if self.fallback or self.lease <= self.limit:
+            return None
+        return self._counted(self.pool) < self.lease
+
+    def _share(self, pool: GuardedPool) -> int:
+        """The fair share, as of the last exchange, within the pool's ``max_size``."""
+        return min(pool.configured_max, self.budget // max(1, self.members))
+
+    def _starved(self) -> bool:
+        """Below its share with clients waiting, in the first heartbeats after it found itself
+        short (the others free their surplus within a heartbeat and a second): worth asking early
+        even though the fleet had no unleased budget at the last exchange."""
+        since = self.short_since
+        if since is None or self.fallback or not self.pool.waiting():
+            return False
+        return monotonic() - since < STARVED_FOR * heartbeat_interval() + 1.0
+
     # --- One heartbeat -----------------------------------------------------------------------
 
     def _heartbeat(self, first: bool = False) -> None:
         pool = self.pool
         self.last_attempt = monotonic()
-        try:
-            self.budget = resolve_budget(self.config, self.settings_dict, self.budget)
-        except Exception as exc:  # "auto" needs the server: keep the last figure
-            if not self.budget:
-                self._enter_fallback(f"the budget 'auto' could not be read: {type(exc).__name__}")
-                return
+        # "auto" reads the server: once a heartbeat, not at every early exchange.
+        if not self.budget or self.last_attempt - self.budget_read >= heartbeat_interval():
+            self.budget_read = self.last_attempt
+            try:
+                self.budget = resolve_budget(self.config, self.settings_dict, self.budget)
+            except Exception as exc:  # keep the last figure
+                if not self.budget:
+                    self._enter_fallback(f"the budget 'auto' could not be read: {type(exc).__name__}")
+                    return
         ttl = TTL_INTERVALS * heartbeat_interval()
         started = monotonic()
         if started > self.valid_until and self.limit > 0 and not self.fallback:
@@ -214,14 +276,30 @@ class LeaseKeeper:
         self._leave_fallback()
         self.valid_until = started + ttl  # the store's expiry is later: it started counting after us
         self._record(granted)
-        self._apply(pool, min(granted.lease, target))
+        limit = min(granted.lease, target)
+        # What the store just said (more processes, one lacking its share) can lower the target:
+        # shrink now rather than at the next heartbeat; the store learns the smaller hold as busy
+        # connections come back (_freeing).
+        limit = min(limit, self._target(pool))
+        self._apply(pool, limit)
+        self._note_short()
         self._say_min_short()
+
+    def _note_short(self) -> None:
+        if self.limit >= self._share(self.pool):
+            self.short_since = None
+            self._starved_gap = STARVED_GAP
+            return
+        if self.short_since is None:
+            self.short_since = monotonic()
+        # Jitter: the processes that joined together do not ask in step.
+        self._starved_gap = STARVED_GAP * random.uniform(0.75, 1.25)
 
     def _target(self, pool: GuardedPool) -> int:
         """The lease to ask for: the fair share, more for waiting clients, borrowed budget kept
         while nobody else needs it."""
         maximum = pool.configured_max
-        share = min(maximum, self.budget // max(1, self.members))
+        share = self._share(pool)
         if self.wanting > 0:
             return share  # others lack their share: a borrower gives back
         waiting = pool.waiting()

@@ -133,6 +133,30 @@ def test_a_burst_of_10_processes_never_overshoots_the_budget(budget_fleet):
         time.sleep(0.05)
 
 
+def test_a_newcomer_to_a_fully_leased_budget_gets_its_share_within_a_heartbeat_and_a_second(budget_fleet):
+    # A 5 s heartbeat: the old keeper needed >= 2 heartbeats (10 s) from the newcomer's join (the
+    # incumbent learned at its heartbeat, shrank at the next; the newcomer asked a full fleet again
+    # only at its own). Now: <= 1 heartbeat for the incumbent to learn, then about a second.
+    slow = 5.0
+    fleet = budget_fleet(budget=4, max_size=4)
+    fleet.env["POOLGUARD_FLEET_INTERVAL"] = str(slow)
+    first = fleet.start(threads=6)  # more threads than connections: always busy, clients waiting
+    fleet.wait_ready(first)
+    deadline = time.monotonic() + 60
+    while fleet.sessions().get(first.pid, 0) < 4:
+        assert time.monotonic() < deadline, f"{fleet.sessions()}\n{fleet.logs()}"
+        time.sleep(0.05)
+    second = fleet.start(threads=6)
+    fleet.wait_ready(second)
+    ready = time.monotonic()
+    while (counts := fleet.sessions()).get(second.pid, 0) < 2:  # its share: 4 // 2
+        assert sum(counts.values()) <= 4, f"{counts}\n{fleet.logs()}"
+        waited = time.monotonic() - ready
+        assert waited < 1.7 * slow, f"after {waited:.1f} s the newcomer has {counts}\n{fleet.logs()}"
+        time.sleep(0.05)
+    assert sum(fleet.sessions().values()) <= 4
+
+
 def test_a_killed_process_lease_is_freed_by_expiry(budget_fleet):
     fleet = budget_fleet(budget=4, max_size=4)
     first = fleet.start(threads=4)
