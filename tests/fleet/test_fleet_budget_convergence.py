@@ -36,6 +36,7 @@ def _key(alias: str) -> str:
     return f"web@{host}:{port}/{settings_dict['NAME']}"
 
 
+@pytest.mark.timing
 def test_a_busy_process_frees_its_surplus_soon_after_it_learns_of_a_newcomer(make_alias, slow_heartbeat):
     alias = make_alias(
         pool={"min_size": 0, "max_size": 4, "timeout": 10}, poolguard={"fleet_budget": 4, "workload": "web"}
@@ -69,6 +70,7 @@ def test_a_busy_process_frees_its_surplus_soon_after_it_learns_of_a_newcomer(mak
             keeper.store.release(keeper.key, "newcomer")
 
 
+@pytest.mark.timing
 def test_a_process_short_of_its_share_asks_again_before_its_heartbeat(make_alias, slow_heartbeat):
     alias = make_alias(
         pool={"min_size": 0, "max_size": 4, "timeout": 15}, poolguard={"fleet_budget": 4, "workload": "web"}

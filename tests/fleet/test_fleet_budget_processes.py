@@ -133,6 +133,7 @@ def test_a_burst_of_10_processes_never_overshoots_the_budget(budget_fleet):
         time.sleep(0.05)
 
 
+@pytest.mark.timing
 def test_a_newcomer_to_a_fully_leased_budget_gets_its_share_within_a_heartbeat_and_a_second(budget_fleet):
     # A 5 s heartbeat: the old keeper needed >= 2 heartbeats (10 s) from the newcomer's join (the
     # incumbent learned at its heartbeat, shrank at the next; the newcomer asked a full fleet again
