@@ -14,6 +14,7 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
 "profile off" without it; "poolguard, priorities" (``--priorities``) is an alias with a reserve and
 the profile off, as priorities are turned on alone.
 
+Wall-clock ratios are paired (each round over native's in the same round, then the median).
 Wall-clock figures move with whatever else the machine runs; the instruction counts do not
 (``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
 500 and 3,000 checkouts, with the watchdog parked so only per-checkout work is counted).
@@ -148,7 +149,7 @@ def instructions(timeouts_via: str | None = None, priorities: bool = False, budg
     if priorities:
         rows["poolguard, priorities"] = ("priorities", True, False)
     if budget:
-        rows["poolguard, fleet budget"] = ("budgeted", True, True)
+        rows["poolguard, fleet budget"] = ("budgeted", True, False)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -186,7 +187,7 @@ def opcodes(priorities: bool = False, budget: bool = False) -> None:
     if priorities:
         rows["poolguard, priorities"] = ("priorities", True, False)
     if budget:
-        rows["poolguard, fleet budget"] = ("budgeted", True, True)
+        rows["poolguard, fleet budget"] = ("budgeted", True, False)
     print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
     print()
     print("| engine | bytecodes per checkout | / native |")
@@ -277,7 +278,7 @@ def main() -> None:
     if args.priorities:
         engines["poolguard, priorities"] = ("priorities", True, False)
     if args.fleet_budget:
-        engines["poolguard, fleet budget"] = ("budgeted", True, True)
+        engines["poolguard, fleet budget"] = ("budgeted", True, False)
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
@@ -290,12 +291,11 @@ def main() -> None:
     if args.timeouts_via:
         print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
-    extra = " priorities / native |" if args.priorities else ""
-    print(
-        f"| threads | {' | '.join(engines)} | poolguard / native | profile off / native | no stacks / native |"
-        f"{extra}"
-    )
-    print("|---|" + "---|" * len(engines) + "---|---|---|" + ("---|" if extra else ""))
+    # Ratios are paired: each round's figure over native's in the same round, then the median,
+    # so a slow moment of the machine (which hits a whole round) cancels out.
+    others = [name for name in engines if name not in ("native", "no pool")]
+    print(f"| threads | {' | '.join(engines)} | {' | '.join(f'{name} / native' for name in others)} |")
+    print("|---|" + "---|" * (len(engines) + len(others)))
     for threads in args.threads:
         results: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.rounds):
@@ -307,13 +307,11 @@ def main() -> None:
         guard_settings.reload()
         medians = {name: statistics.median(values) for name, values in results.items()}
         cells = " | ".join(f"{medians[name]:,.0f}" for name in engines)
-        ratio = medians["poolguard"] / medians["native"]
-        bare = medians["poolguard, no stacks"] / medians["native"]
-        unprofiled = medians["profile off"] / medians["native"]
-        row = f"| {threads} | {cells} | {ratio:.3f} | {unprofiled:.3f} | {bare:.3f} |"
-        if args.priorities:
-            row += f" {medians['poolguard, priorities'] / medians['native']:.3f} |"
-        print(row)
+        ratios = " | ".join(
+            f"{statistics.median(a / b for a, b in zip(results[name], results['native'], strict=True)):.3f}"
+            for name in others
+        )
+        print(f"| {threads} | {cells} | {ratios} |")
 
 
 if __name__ == "__main__":
