@@ -116,6 +116,24 @@ def measure(alias: str, threads: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
+def engine_rows(
+    priorities: bool, budget: bool, profile_off: str = "poolguard, profile off"
+) -> dict[str, tuple[str, bool, bool]]:
+    """Row name -> (alias, poolguard's CAPTURE_STACKS, its PROFILE) while that row is measured.
+    Priorities and the fleet budget run with the profile off, as they are turned on alone."""
+    rows = {
+        "native": ("native", True, True),
+        "poolguard": ("poolguard", True, True),
+        profile_off: ("poolguard", True, False),
+        "poolguard, no stacks": ("poolguard", False, True),
+    }
+    if priorities:
+        rows["poolguard, priorities"] = ("priorities", True, False)
+    if budget:
+        rows["poolguard, fleet budget"] = ("budgeted", True, False)
+    return rows
+
+
 def count_instructions(
     alias: str, capture: bool, checkouts: int, timeouts_via: str | None = None, profile: bool = True
 ) -> int:
@@ -140,16 +158,7 @@ def count_instructions(
 
 
 def instructions(timeouts_via: str | None = None, priorities: bool = False, budget: bool = False) -> None:
-    rows = {
-        "native": ("native", True, True),
-        "poolguard": ("poolguard", True, True),
-        "poolguard, profile off": ("poolguard", True, False),
-        "poolguard, no stacks": ("poolguard", False, True),
-    }
-    if priorities:
-        rows["poolguard, priorities"] = ("priorities", True, False)
-    if budget:
-        rows["poolguard, fleet budget"] = ("budgeted", True, False)
+    rows = engine_rows(priorities, budget)
     print("CPU instructions per checkout (acquire + SELECT 1 + release), client process, callgrind")
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}")
     if timeouts_via:
@@ -178,16 +187,7 @@ def opcodes(priorities: bool = False, budget: bool = False) -> None:
             count[0] += 1
         return tracer
 
-    rows = {
-        "native": ("native", True, True),
-        "poolguard": ("poolguard", True, True),
-        "poolguard, profile off": ("poolguard", True, False),
-        "poolguard, no stacks": ("poolguard", False, True),
-    }
-    if priorities:
-        rows["poolguard, priorities"] = ("priorities", True, False)
-    if budget:
-        rows["poolguard, fleet budget"] = ("budgeted", True, False)
+    rows = engine_rows(priorities, budget)
     print("Python bytecodes per checkout (acquire + SELECT 1 + release), sys.settrace opcode events")
     print()
     print("| engine | bytecodes per checkout | / native |")
@@ -268,17 +268,7 @@ def main() -> None:
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
 
-    # Column -> (alias, poolguard's CAPTURE_STACKS and PROFILE while measuring it).
-    engines = {
-        "native": ("native", True, True),
-        "poolguard": ("poolguard", True, True),
-        "profile off": ("poolguard", True, False),
-        "poolguard, no stacks": ("poolguard", False, True),
-    }
-    if args.priorities:
-        engines["poolguard, priorities"] = ("priorities", True, False)
-    if args.fleet_budget:
-        engines["poolguard, fleet budget"] = ("budgeted", True, False)
+    engines = engine_rows(args.priorities, args.fleet_budget, profile_off="profile off")
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
