@@ -2,9 +2,9 @@
 
 One operation = what a Django request does with the database at minimum: check a connection
 out (``cursor()``), run ``SELECT 1``, give it back (``close()``). Engines are measured in
-interleaved rounds so drift on the machine hits them alike; the median round counts.
+short alternating slices so drift on the machine hits them alike (see ``Interleaved``).
 
-    python tests/benchmarks/bench_checkout.py [--seconds 2] [--rounds 7] [--threads 1 8] [--skip-nopool]
+    python tests/benchmarks/bench_checkout.py [--slice 0.25] [--rounds 40] [--threads 1 8] [--skip-nopool]
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
     python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
     python tests/benchmarks/bench_checkout.py --priorities     # adds an alias with a priority reserve
@@ -14,8 +14,10 @@ interleaved rounds so drift on the machine hits them alike; the median round cou
 "profile off" without it; "poolguard, priorities" (``--priorities``) is an alias with a reserve and
 the profile off, as priorities are turned on alone.
 
-Wall-clock ratios are paired (each round over native's in the same round, then the median).
-Wall-clock figures move with whatever else the machine runs; the instruction counts do not
+Wall-clock ratios are paired (each slice over native's in the same cycle, then the median, with
+the middle half of the ratios in brackets); "native, again", a second alias of Django's pool,
+shows the spread the machine alone makes. Wall-clock figures move with whatever else the machine
+runs; the instruction counts do not
 (``valgrind --tool=callgrind`` counts the instructions the client executes, the slope between
 500 and 3,000 checkouts, with the watchdog parked so only per-checkout work is counted).
 """
@@ -65,6 +67,11 @@ def configure(capture_stacks: bool, timeouts_via: str | None = None) -> None:
                 **connection,
                 "OPTIONS": {"pool": POOL, "poolguard": guard},
             },
+            "native_again": {
+                "ENGINE": "django.db.backends.postgresql",
+                **connection,
+                "OPTIONS": {"pool": POOL},
+            },
             "nopool": {"ENGINE": "django.db.backends.postgresql", **connection},
             "priorities": {
                 "ENGINE": "django_poolguard.backends.postgresql",
@@ -91,29 +98,58 @@ def one_checkout(alias: str) -> None:
     connection.close()
 
 
-def measure(alias: str, threads: int, seconds: float) -> float:
-    """Checkouts per second over ``seconds`` with ``threads`` threads."""
-    stop = time.monotonic() + seconds
-    counts = [0] * threads
-    barrier = threading.Barrier(threads + 1)
+class Interleaved:
+    """Wall-clock checkouts per second of several engines, measured in short alternating slices.
 
-    def worker(index: int) -> None:
-        one_checkout(alias)  # warm this thread's wrapper
-        barrier.wait()
-        n = 0
-        while time.monotonic() < stop:
-            one_checkout(alias)
-            n += 1
-        counts[index] = n
+    All ``threads`` threads run one engine for ``slice_s`` seconds, meet at a barrier, then run
+    the next one: each engine's slice sits a fraction of a second away from native's, so a slow
+    moment of the machine (a shared 2-core VM drifts by 10-15 % from one second to the next)
+    hits both alike. The order of the engines turns every cycle, so none always follows another.
+    """
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    started = time.monotonic()
-    for t in pool:
-        t.join()
-    return sum(counts) / (time.monotonic() - started)
+    def __init__(self, threads: int, slice_s: float) -> None:
+        self.threads = threads
+        self.slice_s = slice_s
+        self._alias = ""
+        self._stop = 0.0
+        self._done = False
+        self._counts = [0] * threads
+        self._start = threading.Barrier(threads + 1)
+        self._end = threading.Barrier(threads + 1)
+        self._pool = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self._pool:
+            thread.start()
+
+    def _worker(self, index: int) -> None:
+        while True:
+            self._start.wait()
+            if self._done:
+                return
+            alias, stop, n = self._alias, self._stop, 0
+            while time.monotonic() < stop:
+                one_checkout(alias)
+                n += 1
+            self._counts[index] = n
+            self._end.wait()
+
+    def slice(self, alias: str) -> tuple[float, float]:
+        """One slice of ``alias``: checkouts per second by all threads together, and this
+        process's CPU time per checkout in microseconds (every thread's, the watchdog's too)."""
+        self._alias = alias
+        cpu = time.process_time()
+        started = time.monotonic()
+        self._stop = started + self.slice_s
+        self._start.wait()
+        self._end.wait()
+        elapsed = time.monotonic() - started
+        checkouts = max(1, sum(self._counts))
+        return checkouts / elapsed, (time.process_time() - cpu) / checkouts * 1e6
+
+    def close(self) -> None:
+        self._done = True
+        self._start.wait()
+        for thread in self._pool:
+            thread.join()
 
 
 def engine_rows(
@@ -126,6 +162,8 @@ def engine_rows(
         "poolguard": ("poolguard", True, True),
         profile_off: ("poolguard", True, False),
         "poolguard, no stacks": ("poolguard", False, True),
+        # What the guard costs with neither of its per-checkout recordings.
+        "no stacks, profile off": ("poolguard", False, False),
     }
     if priorities:
         rows["poolguard, priorities"] = ("priorities", True, False)
@@ -235,8 +273,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of one round per engine")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--slice", type=float, default=0.25, help="seconds of one engine's slice")
+    parser.add_argument("--rounds", type=int, default=40, help="cycles: each engine runs one slice per cycle")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run this process on one CPU only (the server keeps the others): on a small machine the"
+        " client's threads otherwise hand Python's lock from core to core, and 8-thread figures"
+        " swing by 30 %% from one slice to the next",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
@@ -265,43 +311,77 @@ def main() -> None:
         configure(capture_stacks=True, timeouts_via=args.timeouts_via)
         instructions(args.timeouts_via, args.priorities, args.fleet_budget)
         return
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})
     configure(capture_stacks=True, timeouts_via=args.timeouts_via)
     from django_poolguard.conf import guard_settings
 
-    engines = engine_rows(args.priorities, args.fleet_budget, profile_off="profile off")
+    rows = engine_rows(args.priorities, args.fleet_budget, profile_off="profile off")
+    # The control: a second alias of Django's pool, to show what the machine's noise alone makes of it.
+    engines = {"native": rows.pop("native"), "native, again": ("native_again", True, True), **rows}
+    if os.environ.get("BENCH_ROWS"):  # experiments: only these rows
+        engines = {k: v for k, v in engines.items() if k in os.environ["BENCH_ROWS"].split(";")}
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
         one_checkout(alias)  # open pools before timing
 
     print(
-        f"checkouts/s (acquire + SELECT 1 + release), median of {args.rounds} interleaved rounds of {args.seconds:g} s"
+        f"checkouts/s (acquire + SELECT 1 + release): {args.rounds} cycles of {args.slice:g} s slices,"
+        " every engine once per cycle, the order turning each cycle"
     )
-    print(f"Python {sys.version.split()[0]}, Django {django.__version__}, {os.cpu_count()} CPUs")
+    pinned = f", this process on CPU {args.pin}" if args.pin is not None else ""
+    print(f"Python {sys.version.split()[0]}, Django {django.__version__}, {os.cpu_count()} CPUs{pinned}")
     if args.timeouts_via:
         print(f"poolguard's alias: statement_timeout 30 s, timeouts_via={args.timeouts_via!r}")
     print()
-    # Ratios are paired: each round's figure over native's in the same round, then the median,
-    # so a slow moment of the machine (which hits a whole round) cancels out.
+    # Ratios are paired: each slice's figure over native's in the same cycle, then the median and
+    # the middle half (25th-75th percentile) of those ratios. "native, again" is Django's pool
+    # against itself: how far apart two identical engines measure on this machine.
     others = [name for name in engines if name not in ("native", "no pool")]
     print(f"| threads | {' | '.join(engines)} | {' | '.join(f'{name} / native' for name in others)} |")
     print("|---|" + "---|" * (len(engines) + len(others)))
+    names = list(engines)
+    cpu_rows = []
     for threads in args.threads:
+        runner = Interleaved(threads, args.slice)
+        for alias, _, _ in engines.values():
+            runner.slice(alias)  # each thread's wrapper of each alias, before timing
         results: dict[str, list[float]] = {name: [] for name in engines}
-        for _ in range(args.rounds):
-            for name, (alias, capture, profile) in engines.items():
+        cpu: dict[str, list[float]] = {name: [] for name in engines}
+        for cycle in range(args.rounds):
+            turn = cycle % len(names)
+            for name in names[turn:] + names[:turn]:
+                alias, capture, profile = engines[name]
                 guard_settings.CAPTURE_STACKS = capture
                 guard_settings.PROFILE = profile
-                seconds = args.seconds if alias != "nopool" else min(args.seconds, 1.0)
-                results[name].append(measure(alias, threads, seconds))
+                rate, cpu_us = runner.slice(alias)
+                results[name].append(rate)
+                cpu[name].append(cpu_us)
+        runner.close()
         guard_settings.reload()
-        medians = {name: statistics.median(values) for name, values in results.items()}
-        cells = " | ".join(f"{medians[name]:,.0f}" for name in engines)
-        ratios = " | ".join(
-            f"{statistics.median(a / b for a, b in zip(results[name], results['native'], strict=True)):.3f}"
-            for name in others
-        )
-        print(f"| {threads} | {cells} | {ratios} |")
+        print(f"| {threads} | {_cells(results, engines)} | {_paired(results, others)} |", flush=True)
+        cpu_rows.append(f"| {threads} | {_cells(cpu, engines, '.1f')} | {_paired(cpu, others)} |")
+    print()
+    print("Client CPU per checkout, microseconds (this process, all threads), medians and paired ratios:")
+    print()
+    print(f"| threads | {' | '.join(engines)} | {' | '.join(f'{name} / native' for name in others)} |")
+    print("|---|" + "---|" * (len(engines) + len(others)))
+    print("\n".join(cpu_rows))
+
+
+def _cells(results: dict[str, list[float]], engines: dict[str, Any], spec: str = ",.0f") -> str:
+    return " | ".join(format(statistics.median(results[name]), spec) for name in engines)
+
+
+def _paired(results: dict[str, list[float]], others: list[str]) -> str:
+    """Each slice over native's in the same cycle: the median, and the middle half in brackets."""
+    cells = []
+    for name in others:
+        paired = [a / b for a, b in zip(results[name], results["native"], strict=True)]
+        low, _, high = statistics.quantiles(paired, n=4)
+        cells.append(f"{statistics.median(paired):.3f} ({low:.2f}-{high:.2f})")
+    return " | ".join(cells)
 
 
 if __name__ == "__main__":

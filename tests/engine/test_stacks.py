@@ -1,0 +1,95 @@
+"""The acquire stack's capture: whatever path led to the checkout, the first frame kept is the
+first one outside the connection plumbing, and every frame above it follows in order."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from django_poolguard.engine import stacks
+
+
+def _plumbing_inner(depth: int) -> stacks.RawStack:
+    return stacks.capture(1, depth, PLUMBING)
+
+
+def _plumbing_middle(depth: int) -> stacks.RawStack:
+    return _plumbing_inner(depth)
+
+
+def _plumbing_outer(depth: int) -> stacks.RawStack:
+    return _plumbing_middle(depth)
+
+
+PLUMBING = frozenset(id(f.__code__) for f in (_plumbing_inner, _plumbing_middle, _plumbing_outer))
+
+
+def _codes(raw: stacks.RawStack) -> list[object]:
+    return list(raw[0::2])
+
+
+def _expected_from(frame: object, depth: int) -> list[object]:
+    """The reference: the codes of ``frame`` and its callers, walked plainly."""
+    codes: list[object] = []
+    while frame is not None and len(codes) < depth:
+        codes.append(frame.f_code)  # type: ignore[attr-defined]
+        frame = frame.f_back  # type: ignore[attr-defined]
+    return codes
+
+
+def view_via_long_path() -> tuple[stacks.RawStack, list[object]]:
+    here = sys._getframe()
+    return _plumbing_outer(20), _expected_from(here, 20)
+
+
+def view_via_short_path() -> tuple[stacks.RawStack, list[object]]:
+    here = sys._getframe()
+    return _plumbing_inner(20), _expected_from(here, 20)
+
+
+def view_nested_deeper() -> tuple[stacks.RawStack, list[object]]:
+    return view_via_long_path()
+
+
+def test_the_stack_starts_at_the_first_frame_outside_the_plumbing_whatever_the_path():
+    # Alternate paths with 3, 1 and 3 plumbing frames at two depths: the remembered depth of the
+    # plumbing's end is a hint only; a path of another length must never cost an application frame.
+    for view in [view_via_long_path, view_via_short_path, view_nested_deeper] * 3:
+        raw, expected = view()
+        assert _codes(raw)[0] is expected[0], view.__name__
+        assert _codes(raw) == expected
+        assert all(isinstance(offset, int) for offset in raw[1::2])
+
+
+def test_the_innermost_frame_names_the_line_that_took_the_connection():
+    raw, _ = view_via_short_path()
+    path, lineno, function, is_app = stacks.frames(raw)[0]
+    assert function == "view_via_short_path"
+    assert path.endswith("test_stacks.py")
+    assert is_app
+    source = open(__file__).read().splitlines()[lineno - 1]
+    assert "_plumbing_inner(20)" in source
+
+
+def test_depth_bounds_the_frames_kept():
+    assert len(_plumbing_outer(3)) == 2 * 3
+    assert _plumbing_outer(0) == ()
+    assert _plumbing_outer(-5) == ()
+
+
+def test_a_plumbing_only_stack_keeps_what_is_there():
+    # A thread whose whole stack is plumbing: the capture ends where the stack does.
+    result: list[stacks.RawStack] = []
+    thread = threading.Thread(target=lambda: result.append(_plumbing_outer(200)))
+    thread.start()
+    thread.join()
+    codes = _codes(result[0])
+    assert codes and all(id(code) not in PLUMBING for code in codes)
+    assert codes[-1].co_name == "_bootstrap"  # type: ignore[attr-defined]
+
+
+def test_without_plumbing_codes_the_stack_starts_at_the_caller():
+    def holder() -> stacks.RawStack:
+        return stacks.capture(0, 5)
+
+    assert _codes(holder())[0] is holder.__code__
