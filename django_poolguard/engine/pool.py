@@ -579,6 +579,9 @@ class Registry:
     # Called before the test database is dropped: the runtime stops the watchdog, so nothing
     # reopens a connection while the sessions are being closed.
     stop_background: list[Callable[[], None]] = field(default_factory=list)
+    # Called with an alias whose pool was forgotten or replaced (None: every alias, after fork):
+    # the backend drops the pool its wrappers keep as a plain attribute.
+    pool_forgotten: list[Callable[[str | None], None]] = field(default_factory=list)
 
 
 registry = Registry()
@@ -610,6 +613,12 @@ def stop_background() -> None:
 
 def get_pool(alias: str) -> GuardedPool | None:
     return _pools.get(alias)
+
+
+def _forgotten(alias: str | None) -> None:
+    """Tell the layers above that ``alias``'s pool (every pool, for None) is no longer current."""
+    for hook in list(registry.pool_forgotten):
+        hook(alias)
 
 
 def get_or_create_pool(alias: str, factory: Callable[[], GuardedPool]) -> GuardedPool:
@@ -648,7 +657,9 @@ def discard_pool(alias: str, pool: GuardedPool | None = None) -> GuardedPool | N
         current = _pools.get(alias)
         if current is None or (pool is not None and current is not pool):
             return None
-        return _pools.pop(alias)
+        _pools.pop(alias)
+    _forgotten(alias)
+    return current
 
 
 def replace_pool(alias: str, pool: GuardedPool) -> GuardedPool | None:
@@ -671,6 +682,7 @@ def replace_pool(alias: str, pool: GuardedPool) -> GuardedPool | None:
                 logger.exception(
                     "Building a new pool for alias %r failed; the next checkout will try.", alias
                 )
+    _forgotten(alias)
     if replacement is not None:
         for hook in list(_pool_created_hooks):
             hook(replacement)
@@ -742,6 +754,7 @@ def after_fork_in_child() -> None:
     """In a forked child: forget the parent's pools without touching the parent's sessions."""
     inherited = list(_pools.values())
     _pools.clear()
+    _forgotten(None)
     for pool in inherited:
         _inherited.append(pool)
         for connection in _compat.idle_connections(pool):
