@@ -114,8 +114,9 @@ class Interleaved:
         self._stop = 0.0
         self._done = False
         self._counts = [0] * threads
-        self._start = threading.Barrier(threads + 1)
-        self._end = threading.Barrier(threads + 1)
+        # A timeout: a worker that died (the database went away) breaks the run instead of hanging it.
+        self._start = threading.Barrier(threads + 1, timeout=120)
+        self._end = threading.Barrier(threads + 1, timeout=120)
         self._pool = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(threads)]
         for thread in self._pool:
             thread.start()
@@ -319,8 +320,6 @@ def main() -> None:
     rows = engine_rows(args.priorities, args.fleet_budget, profile_off="profile off")
     # The control: a second alias of Django's pool, to show what the machine's noise alone makes of it.
     engines = {"native": rows.pop("native"), "native, again": ("native_again", True, True), **rows}
-    if os.environ.get("BENCH_ROWS"):  # experiments: only these rows
-        engines = {k: v for k, v in engines.items() if k in os.environ["BENCH_ROWS"].split(";")}
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
     for alias, _, _ in engines.values():
