@@ -69,22 +69,18 @@ def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[int] = frozens
                 frame = inside.f_back
                 if frame is not None and id(frame.f_code) in skip_codes:
                     frame = None
-        if frame is None:
-            try:
-                frame = sys._getframe(skip + 1)
-            except ValueError:
-                return ()
+    if frame is None:
+        try:
+            frame = sys._getframe(skip + 1)
+        except ValueError:
+            return ()
+        if skip_codes:
             level = skip
             while frame is not None and id(frame.f_code) in skip_codes:
                 frame = frame.f_back
                 level += 1
             if level > skip:
                 _last_inside_hint[skip_codes] = level
-    else:
-        try:
-            frame = sys._getframe(skip + 1)
-        except ValueError:
-            return ()
     out: list[CodeType | int] = []
     append = out.append
     for _ in range(depth):

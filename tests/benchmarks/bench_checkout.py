@@ -304,6 +304,12 @@ def main() -> None:
         help="give poolguard's alias a statement_timeout delivered this way (default: none)",
     )
     args = parser.parse_args()
+    if args.rounds < 2 or args.slice <= 0:
+        parser.error(
+            "--rounds needs at least 2 cycles (the middle half of the ratios) and --slice a positive length"
+        )
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: this process may run on CPUs {sorted(os.sched_getaffinity(0))} only")
     if args.opcodes:
         configure(capture_stacks=True)
         opcodes(args.priorities, args.fleet_budget)
@@ -322,9 +328,6 @@ def main() -> None:
     engines = {"native": rows.pop("native"), "native, again": ("native_again", True, True), **rows}
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
-    for alias, _, _ in engines.values():
-        one_checkout(alias)  # open pools before timing
-
     print(
         f"checkouts/s (acquire + SELECT 1 + release): {args.rounds} cycles of {args.slice:g} s slices,"
         " every engine once per cycle, the order turning each cycle"
@@ -338,14 +341,13 @@ def main() -> None:
     # the middle half (25th-75th percentile) of those ratios. "native, again" is Django's pool
     # against itself: how far apart two identical engines measure on this machine.
     others = [name for name in engines if name not in ("native", "no pool")]
-    print(f"| threads | {' | '.join(engines)} | {' | '.join(f'{name} / native' for name in others)} |")
-    print("|---|" + "---|" * (len(engines) + len(others)))
+    print(_header(engines, others))
     names = list(engines)
     cpu_rows = []
     for threads in args.threads:
         runner = Interleaved(threads, args.slice)
         for alias, _, _ in engines.values():
-            runner.slice(alias)  # each thread's wrapper of each alias, before timing
+            runner.slice(alias)  # opens the pools and each thread's wrappers, before timing
         results: dict[str, list[float]] = {name: [] for name in engines}
         cpu: dict[str, list[float]] = {name: [] for name in engines}
         for cycle in range(args.rounds):
@@ -364,9 +366,13 @@ def main() -> None:
     print()
     print("Client CPU per checkout, microseconds (this process, all threads), medians and paired ratios:")
     print()
-    print(f"| threads | {' | '.join(engines)} | {' | '.join(f'{name} / native' for name in others)} |")
-    print("|---|" + "---|" * (len(engines) + len(others)))
+    print(_header(engines, others))
     print("\n".join(cpu_rows))
+
+
+def _header(engines: dict[str, Any], others: list[str]) -> str:
+    names = [*engines, *(f"{name} / native" for name in others)]
+    return f"| threads | {' | '.join(names)} |\n|---|" + "---|" * len(names)
 
 
 def _cells(results: dict[str, list[float]], engines: dict[str, Any], spec: str = ",.0f") -> str:

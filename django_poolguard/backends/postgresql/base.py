@@ -46,7 +46,6 @@ from django_poolguard.conf import AliasConfig, guard_settings, hostname, pool_fi
 from django_poolguard.engine import stacks
 from django_poolguard.engine.pool import (
     GuardedPool,
-    _pools,
     discard_pool,
     get_or_create_pool,
     get_pool,
@@ -191,9 +190,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
-        pool = _pools.get(self.alias)
-        if pool is None:
-            pool = get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
+        pool = get_or_create_pool(self.alias, lambda: self._build_pool(pool_options))
         _keep_pool(self, pool)
         return pool
 
