@@ -13,6 +13,7 @@ poolguard overrides.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql.base import CursorDebugWrapper as PostgresCursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
+from django.utils.asyncio import async_unsafe
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection, WaitingClient
 
@@ -420,6 +422,34 @@ _fence(
 DJANGO_CONNECT_PATH = ("connect", "ensure_connection", "_cursor", "cursor", "get_new_connection")
 
 _fence(
+    "async_unsafe_parts",
+    "django.utils.asyncio.async_unsafe's inner(): __wrapped__, its 'message' cell and its check (a"
+    " RuntimeError from get_running_loop() means no loop; else SynchronousOnlyOperation unless"
+    " DJANGO_ALLOW_ASYNC_UNSAFE); asyncio._get_running_loop()",
+    "the backend makes Django's async-safety check on connect(), cursor(), close()... without raising"
+    " and catching an exception for it",
+    f"{DJANGO_CHECKED}; {PYTHON_CHECKED}",
+)
+#: The code of every function ``@async_unsafe`` returns (one nested function: one code object).
+ASYNC_UNSAFE_CODE = async_unsafe(lambda: None).__code__
+#: This thread's running event loop, or None: the C function ``get_running_loop()`` raises over.
+running_loop: Callable[[], Any] = asyncio._get_running_loop
+
+
+def async_unsafe_parts(method: Any) -> tuple[Callable[..., Any], str] | None:
+    """The function Django decorated with ``@async_unsafe`` and the decorator's message; None
+    when ``method`` is not decorated so (then the backend keeps Django's method as it is)."""
+    code = getattr(method, "__code__", None)
+    if code is not ASYNC_UNSAFE_CODE:
+        return None
+    cells = dict(zip(code.co_freevars, method.__closure__ or (), strict=False))
+    try:
+        return method.__wrapped__, cells["message"].cell_contents
+    except (AttributeError, KeyError, ValueError):  # an empty cell raises ValueError
+        return None
+
+
+_fence(
     "configure_timezone",
     "postgresql DatabaseWrapper._configure_timezone(connection)",
     "a side connection gets the alias's time zone exactly as Django sets it",
@@ -632,6 +662,7 @@ def current_frames() -> dict[int, Any]:
 
 
 __all__ = [
+    "ASYNC_UNSAFE_CODE",
     "CONNECT_CONFIGURATION",
     "DJANGO_CONNECT_PATH",
     "DJANGO_CURSOR_CLASSES",
@@ -643,6 +674,7 @@ __all__ = [
     "MaintenanceTask",
     "ReturnConnection",
     "WaitingClient",
+    "async_unsafe_parts",
     "called_by_django_connect",
     "client_pending",
     "close_pool_connection",
@@ -665,6 +697,7 @@ __all__ = [
     "pool_growing",
     "pool_lock",
     "pop_idle_connection",
+    "running_loop",
     "stop_growing",
     "task_queue_lock",
     "waiting_clients",

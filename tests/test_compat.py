@@ -531,6 +531,45 @@ def test_called_by_django_connect(make_alias):
     assert "application_name" in wrapper.get_connection_params()  # anywhere else, the real ones
 
 
+@canary("async_unsafe_parts")
+def test_async_unsafe_parts():
+    import asyncio
+
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
+    from django.utils.asyncio import async_unsafe
+
+    from django_poolguard.backends.postgresql.async_check import ASYNC_UNSAFE_METHODS
+
+    code = _compat.ASYNC_UNSAFE_CODE
+    # The check poolguard makes the cheap way: no loop (get_running_loop() raising) passes; a loop
+    # raises SynchronousOnlyOperation unless DJANGO_ALLOW_ASYNC_UNSAFE is set.
+    assert {"get_running_loop", "RuntimeError", "environ", "SynchronousOnlyOperation"} <= set(
+        code.co_names
+    ), changed("async_unsafe_parts", f"its check reads {code.co_names}")
+    assert "DJANGO_ALLOW_ASYNC_UNSAFE" in code.co_consts, changed(
+        "async_unsafe_parts", "another escape hatch"
+    )
+    assert set(code.co_freevars) == {"func", "message"}, changed("async_unsafe_parts", "other closure cells")
+    decorated = async_unsafe("a message")(len)
+    assert _compat.async_unsafe_parts(decorated) == (len, "a message")
+    assert _compat.async_unsafe_parts(len) is None
+    guarded = [
+        name for name in dir(PostgresWrapper) if _compat.async_unsafe_parts(getattr(PostgresWrapper, name))
+    ]
+    assert "cursor" in guarded and "connect" in guarded, changed(
+        "async_unsafe_parts", "cursor()/connect() unguarded"
+    )
+    assert set(guarded) <= set(ASYNC_UNSAFE_METHODS), changed(
+        "async_unsafe_parts", f"it now guards {guarded}"
+    )
+
+    async def inside() -> Any:
+        return _compat.running_loop()
+
+    assert _compat.running_loop() is None
+    assert isinstance(asyncio.run(inside()), asyncio.AbstractEventLoop)
+
+
 @canary("DJANGO_CONNECT_PATH")
 def test_django_connect_path():
     from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper

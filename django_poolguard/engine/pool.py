@@ -100,7 +100,9 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
     def getconn(self, timeout: float | None = None) -> Any:
         started = monotonic()
         try:
-            connection = super().getconn(timeout)
+            # psycopg_pool's, named rather than super() (next in every subclass's MRO): no proxy
+            # object per checkout.
+            connection = ConnectionPool.getconn(self, timeout)
         except TooManyRequests as exc:
             raise self._exhausted(started, queue_full=True, cause=exc) from exc
         except PoolTimeout as exc:
@@ -117,7 +119,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
             # Nobody will ever return a connection the ledger does not know: give it back now,
             # whatever interrupted us (a bad setting, a Celery soft time limit, Ctrl-C).
             self.ledger.remove(connection)
-            super().putconn(connection)
+            ConnectionPool.putconn(self, connection)
             raise
         return connection
 
@@ -125,7 +127,7 @@ class GuardedPool(ConnectionPool):  # type: ignore[type-arg]
         try:
             self.ledger.remove(conn)
         finally:
-            super().putconn(conn)
+            ConnectionPool.putconn(self, conn)
 
     def state(self) -> dict[str, int]:
         """Sizes read without the pool's lock: a consistent-enough view for monitoring."""
@@ -522,7 +524,9 @@ def _plumbing_codes() -> frozenset[int]:
             if function is not None:
                 functions.append(function)
                 functions.append(getattr(function, "__wrapped__", function))
-    functions.extend(registry.plumbing)  # the backend's own (see register_backend)
+    for function in registry.plumbing:  # the backend's own (see register_backend), and what they wrap
+        functions.append(function)
+        functions.append(getattr(function, "__wrapped__", function))
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING

@@ -1,8 +1,9 @@
 """Acquire stacks: captured cheaply on every checkout, formatted only when someone looks.
 
-Capture keeps a flat ``[code, offset, code, offset, ...]`` list: a frame walk with no
-string work and no per-frame allocation; even line numbers are resolved only when the
-stack is formatted (``f_lineno`` costs a line-table scan per frame, ``f_lasti`` does not).
+Capture keeps a flat ``(code, offset, code, offset, ...)`` tuple: a frame walk with no
+string work; even line numbers are resolved only when the stack is formatted (``f_lineno``
+costs a line-table scan per frame, ``f_lasti`` does not). The walk runs in C where the
+optional ``_frames`` extension was built (``setup.py``), else in Python, with the same result.
 Formatting puts the application's frames first (anything outside the standard library,
 site-packages and poolguard itself), innermost first, so the first line is the place in
 *your* code that took the connection.
@@ -14,13 +15,24 @@ import hashlib
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
 
 # Flat pairs: code object, then the byte offset of its last instruction.
 RawStack = tuple[CodeType | int, ...]
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_c_after_hint: Callable[[int, int, frozenset[int]], RawStack | None] | None
+_c_walk: Callable[[FrameType | None, int], RawStack] | None
+try:  # the optional C walk (setup.py builds it where it can)
+    from django_poolguard.engine._frames import after_hint as _c_after_hint
+    from django_poolguard.engine._frames import walk as _c_walk
+except ImportError:  # no compiler at install time, or another interpreter
+    _c_after_hint = _c_walk = None
+#: Whether stacks are walked in C (the ``_frames`` extension was built).
+ACCELERATED = _c_walk is not None
+
+# The whole package (this file is in its engine/): poolguard's frames are never the application's.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -53,43 +65,62 @@ def capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[int] = frozens
     Code objects are matched by ``id``: hashing a code object hashes its constants, every
     time. ``sys._getframe(n)`` walks in C without creating frame objects for the frames it
     passes, so probing for the end of the skipped frames is cheaper than stepping over them.
-    Every line here runs on every checkout: about 1,000 CPU instructions per frame walked.
+    Every line here runs on every checkout.
     """
-    frame: FrameType | None = None
     if skip_codes:
         hint = _hint_for(skip_codes)
         if hint is not None:
-            # The hinted frame must be inside the plumbing and its caller outside (a path with
-            # more or fewer plumbing frames fails one of the two and is walked below).
-            try:
-                inside: FrameType | None = sys._getframe(hint)
-            except ValueError:
-                inside = None
-            if inside is not None and id(inside.f_code) in skip_codes:
-                frame = inside.f_back
-                if frame is not None and id(frame.f_code) in skip_codes:
-                    frame = None
-    if frame is None:
-        try:
-            frame = sys._getframe(skip + 1)
-        except ValueError:
-            return ()
-        if skip_codes:
-            level = skip
-            while frame is not None and id(frame.f_code) in skip_codes:
-                frame = frame.f_back
-                level += 1
-            if level > skip:
-                _last_inside_hint[skip_codes] = level
+            stack = (
+                _c_after_hint(hint, depth, skip_codes)
+                if _c_after_hint is not None
+                else _after_hint(hint + 1, depth, skip_codes)  # + 1: its own frame
+            )
+            if stack is not None:
+                return stack
+    # No hint yet, or a path with more or fewer skipped frames than the last: step over them.
+    try:
+        frame: FrameType | None = sys._getframe(skip + 1)
+    except ValueError:
+        return ()
+    if skip_codes:
+        level = skip
+        while frame is not None and id(frame.f_code) in skip_codes:
+            frame = frame.f_back
+            level += 1
+        if level > skip:
+            _last_inside_hint[skip_codes] = level
+    return walk(frame, depth)
+
+
+def _after_hint(hint: int, depth: int, skip_codes: frozenset[int]) -> RawStack | None:
+    """``_frames.after_hint`` in Python (``hint`` counted from here): the stack outside the skipped
+    frames if the hinted frame is the last skipped one, else None."""
+    try:
+        inside = sys._getframe(hint)
+    except ValueError:
+        return None
+    if id(inside.f_code) not in skip_codes:
+        return None
+    frame = inside.f_back
+    if frame is not None and id(frame.f_code) in skip_codes:
+        return None
+    return _walk(frame, depth)
+
+
+def _walk(frame: FrameType | None, depth: int) -> RawStack:
+    """``_frames.walk`` in Python."""
     out: list[CodeType | int] = []
     append = out.append
-    for _ in range(depth):
-        if frame is None:
-            break
+    while frame is not None and depth > 0:
         append(frame.f_code)
         append(frame.f_lasti)
         frame = frame.f_back
+        depth -= 1
     return tuple(out)
+
+
+#: ``(code, offset, ...)`` of ``frame`` and its callers, innermost first, at most ``depth`` frames.
+walk: Callable[[FrameType | None, int], RawStack] = _c_walk or _walk
 
 
 def _pairs(raw: RawStack) -> Iterator[tuple[CodeType, int]]:
@@ -169,14 +200,7 @@ def fingerprint(raw: RawStack) -> str:
 
 def capture_frame(frame: FrameType | None, depth: int = 20) -> RawStack:
     """The stack from ``frame`` outwards (another thread's, from ``sys._current_frames()``)."""
-    out: list[CodeType | int] = []
-    for _ in range(depth):
-        if frame is None:
-            break
-        out.append(frame.f_code)
-        out.append(frame.f_lasti)
-        frame = frame.f_back
-    return tuple(out)
+    return walk(frame, depth)
 
 
 def call_chain(raw: RawStack, limit: int = 2) -> str | None:

@@ -156,6 +156,65 @@ def test_ten_thousand_patterns_keep_twice_profile_top_labels_and_lose_nothing(se
     assert sorted(labels[:2]) == ["task shop.tasks.export", "thread Thread-N (worker)"]
 
 
+def test_each_return_adds_its_figures_and_buckets_exactly():
+    from django_poolguard.engine.ledger import Checkout
+    from django_poolguard.engine.profile import QUERY_BOUNDS, WAIT_BOUNDS, Scope
+
+    profile = Profile()
+    n = 777
+    queries = [i % 9 if i % 100 else 1500 for i in range(n)]  # 1,500: past every bound
+    waits = [(i % 13) * 0.0002 for i in range(n)]
+    for i in range(n):
+        checkout = Checkout(object(), waits[i], (), None, started=100.0)
+        checkout.scope = Scope("GET /orders/")
+        checkout.queries, checkout.db_time, checkout.tx_time = queries[i], 0.001, 0.002
+        if i % 2:
+            checkout.tx_started = 100.5  # still in its transaction when it came back
+        profile.fold(checkout, 101.0, 1.0)
+    [row] = profile.rows()
+    assert row["checkouts"] == n and row["queries"] == sum(queries) and row["queries_max"] == 1500
+    assert row["held_s"] == pytest.approx(n * 1.0) and row["db_s"] == pytest.approx(n * 0.001)
+    assert row["tx_s"] == pytest.approx(n * 0.002 + (n // 2) * 0.5)
+    expected_queries = [0] * (len(QUERY_BOUNDS) + 1)
+    expected_waits = [0] * (len(WAIT_BOUNDS) + 1)
+    for q, w in zip(queries, waits, strict=True):
+        expected_queries[sum(1 for bound in QUERY_BOUNDS if bound < q)] += 1
+        expected_waits[sum(1 for bound in WAIT_BOUNDS if bound < w)] += 1
+    assert row["query_hist"] == expected_queries and row["wait_hist"] == expected_waits
+
+
+def test_returns_folded_by_many_threads_while_others_read_are_all_counted():
+    from django_poolguard.engine.ledger import Checkout
+
+    profile = Profile()
+    per_thread, threads = 600, 6
+    reading = threading.Event()
+
+    def fold_many() -> None:
+        for _ in range(per_thread):
+            checkout = Checkout(object(), 0.0, (), "command migrate")
+            checkout.queries = 2
+            profile.fold(checkout, checkout.started + 0.01, 0.01)
+
+    def read() -> None:
+        while not reading.is_set():
+            profile.rows()
+            profile.totals()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    workers = [threading.Thread(target=fold_many) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    reading.set()
+    reader.join()
+    [row] = profile.rows()
+    assert row["checkouts"] == per_thread * threads and row["queries"] == 2 * per_thread * threads
+    assert profile.totals()[0] == pytest.approx(0.01 * per_thread * threads)
+
+
 def test_time_in_transaction_is_counted_for_a_thread_label(make_alias):
     from django.db import transaction
 

@@ -1,12 +1,30 @@
 """The acquire stack's capture: whatever path led to the checkout, the first frame kept is the
-first one outside the connection plumbing, and every frame above it follows in order."""
+first one outside the connection plumbing, and every frame above it follows in order. Every test
+runs twice: with the C walk (the ``_frames`` extension) and with the pure-Python one."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from typing import Any
+
+import pytest
 
 from django_poolguard.engine import stacks
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def walk_in(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "c":
+        if not stacks.ACCELERATED:
+            pytest.skip("the _frames extension was not built here")
+    else:
+        monkeypatch.setattr(stacks, "_c_after_hint", None)
+        monkeypatch.setattr(stacks, "walk", stacks._walk)
+    hints: dict[frozenset[int], int] = {}
+    monkeypatch.setattr(stacks, "_last_inside_hint", hints)
+    monkeypatch.setattr(stacks, "_hint_for", hints.get)
+    return str(request.param)
 
 
 def _plumbing_inner(depth: int) -> stacks.RawStack:
@@ -93,3 +111,33 @@ def test_without_plumbing_codes_the_stack_starts_at_the_caller():
         return stacks.capture(0, 5)
 
     assert _codes(holder())[0] is holder.__code__
+
+
+def test_another_threads_stack_is_walked_from_its_frame():
+    started, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        started.set()
+        release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    started.wait(5)
+    try:
+        frame = sys._current_frames()[thread.ident]  # type: ignore[index]
+        raw = stacks.capture_frame(frame, 20)
+        assert _codes(raw) == _expected_from(frame, 20)
+        assert [f[2] for f in stacks.frames(raw)][-1] == "Thread._bootstrap"
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_poolguards_own_frames_are_never_the_applications():
+    from django_poolguard import middleware
+    from django_poolguard.backends.postgresql import base
+
+    for function in (base.DatabaseWrapper.get_connection_params, middleware.PoolGuardMiddleware.__call__):
+        path, _, is_app = stacks._info(function.__code__)
+        assert not is_app, path
+    assert stacks._info(test_poolguards_own_frames_are_never_the_applications.__code__)[2]

@@ -29,6 +29,7 @@ from django_poolguard._compat import (
     initial_state,
     on_commit_pending,
 )
+from django_poolguard.backends.postgresql.async_check import cheap_async_checks, checked_like, django_function
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.cursor import TimedCursorDebugWrapper, TimedCursorWrapper
 from django_poolguard.backends.postgresql.release import (
@@ -59,6 +60,9 @@ from django_poolguard.engine.session_timeouts import configure_session, timeout_
 from django_poolguard.exceptions import PoolExhausted
 
 _TRANSACTION_IDLE = TransactionStatus.IDLE
+# Django's own, called without its @async_unsafe: the overrides below make that check.
+_django_get_new_connection = django_function(postgresql.DatabaseWrapper.get_new_connection)
+_django_create_cursor = django_function(postgresql.DatabaseWrapper.create_cursor)
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 logger = logging.getLogger("django_poolguard")
@@ -142,6 +146,9 @@ def _drop_kept_pools(alias: str | None) -> None:
 registry.pool_forgotten.append(_drop_kept_pools)
 
 
+# Django's @async_unsafe methods (connect(), cursor(), close()...): Django's functions behind the
+# same check, made without raising and catching an exception (async_check.py).
+@cheap_async_checks(postgresql.DatabaseWrapper)
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     creation_class = DatabaseCreation
     validation_class = DatabaseValidation
@@ -273,8 +280,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return commit
         return configure_session(connection, config, self.get_connection_params()) or commit
 
+    @checked_like(postgresql.DatabaseWrapper.get_new_connection)
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        connection = super().get_new_connection(conn_params)
+        connection = _django_get_new_connection(self, conn_params)
         pool = connection_pool(connection)
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
@@ -297,11 +305,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._guard_checkout = None
         super()._close()  # type: ignore[misc]
 
+    @checked_like(postgresql.DatabaseWrapper.create_cursor)
     def create_cursor(self, name: Any = None) -> Any:
         checkout = self._guard_checkout
         if checkout is not None:
             checkout.last_used = monotonic()
-        return super().create_cursor(name)
+        return _django_create_cursor(self, name)
 
     # The pool-time profile times statements and commits while the connection is checked out.
     # (Django's classes built here rather than through super(): one call less per cursor; the
@@ -372,6 +381,7 @@ class TransactionReleasingWrapper(DatabaseWrapper):
         finally:
             self._guard_opening_cursors -= 1
 
+    @checked_like(BaseDatabaseWrapper.connect)
     def connect(self) -> None:
         # A new checkout: no pin, no open cursor. Never released while connecting: the
         # connection_created receivers query.
