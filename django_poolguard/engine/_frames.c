@@ -56,10 +56,16 @@ walk_from(PyObject *frame, Py_ssize_t depth)
     return result;
 }
 
+/* The argument count is `expected` (else TypeError with `usage`) and args[1] a depth: 0, or -1 with
+   an exception set. */
 static int
-depth_arg(PyObject *arg, Py_ssize_t *depth)
+parse_args(Py_ssize_t nargs, Py_ssize_t expected, const char *usage, PyObject *const *args, Py_ssize_t *depth)
 {
-    *depth = PyLong_AsSsize_t(arg);
+    if (nargs != expected) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *depth = PyLong_AsSsize_t(args[1]);
     return *depth == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
@@ -71,11 +77,7 @@ static PyObject *
 walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t depth;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "walk() takes a frame (or None) and a depth");
-        return NULL;
-    }
-    if (depth_arg(args[1], &depth) < 0)
+    if (parse_args(nargs, 2, "walk() takes a frame (or None) and a depth", args, &depth) < 0)
         return NULL;
     return walk_from(args[0], depth);
 }
@@ -90,11 +92,7 @@ static PyObject *
 after_hint(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t depth;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "after_hint() takes a hint, a depth and a set of code ids");
-        return NULL;
-    }
-    if (depth_arg(args[1], &depth) < 0)
+    if (parse_args(nargs, 3, "after_hint() takes a hint, a depth and a set of code ids", args, &depth) < 0)
         return NULL;
     if (!PyObject_TypeCheck(args[2], &PyFrozenSet_Type) && !PyObject_TypeCheck(args[2], &PySet_Type)) {
         PyErr_SetString(PyExc_TypeError, "after_hint(): skip_codes must be a set of code object ids");
@@ -138,7 +136,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef frames_module = {
-    PyModuleDef_HEAD_INIT, "_frames", "The acquire stack's frame walk (see stacks.py).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_frames",
+    .m_doc = "The acquire stack's frame walk (see stacks.py).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
