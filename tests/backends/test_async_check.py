@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
 
 from django_poolguard._compat import ASYNC_UNSAFE_CODE, async_unsafe_parts
@@ -88,3 +89,38 @@ def test_django_allow_async_unsafe_lets_a_query_run_inside_a_loop(make_alias, mo
         asyncio.run(query())
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     assert asyncio.run(query()) == (42,)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "django.db.backends.base.base.BaseDatabaseWrapper.connect",
+        "django.db.backends.base.base.BaseDatabaseWrapper.ensure_connection",
+        "django.db.backends.postgresql.base.DatabaseWrapper.get_new_connection",
+        "django.db.backends.postgresql.base.DatabaseWrapper.create_cursor",
+    ],
+)
+def test_a_patch_of_djangos_method_is_the_one_called(make_alias, target):
+    """As Django's own tests do: patching Django's method patches poolguard's wrapper too."""
+    from unittest import mock
+
+    alias = make_alias()
+    module, _, attribute = target.rpartition(".")
+    owner = BaseDatabaseWrapper if module.endswith("BaseDatabaseWrapper") else postgresql.DatabaseWrapper
+    original = getattr(owner, attribute)
+    calls: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(attribute)
+        return original(*args, **kwargs)
+
+    with mock.patch(target, side_effect=spy, autospec=True):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections[alias].close()
+    assert attribute in calls
+    seen = len(calls)
+    with connections[alias].cursor() as cursor:  # unpatched again: Django's function, checked cheaply
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+    assert len(calls) == seen

@@ -7,9 +7,10 @@ twice, ``connect``, ``get_new_connection``, ``create_cursor``, ``close``). Askin
 loop, ``None`` outside one, makes the same check for a tenth of that: the same rule, the same
 ``SynchronousOnlyOperation`` with Django's message, the same ``DJANGO_ALLOW_ASYNC_UNSAFE``.
 
-The wrapper's methods call Django's own functions (``BaseDatabaseWrapper.connect``, ...) by name:
-a class of yours that subclasses poolguard's wrapper and must run inside these methods goes
-*before* it in the bases (``class Wrapper(YourMixin, DatabaseWrapper)``), as Django's own
+The wrapper's methods call Django's own functions (``BaseDatabaseWrapper.connect``, ...) directly
+while those are Django's own; one replaced on Django's class (a test's ``mock.patch``) is called
+instead. A class of yours that subclasses poolguard's wrapper and must run inside these methods
+goes *before* it in the bases (``class Wrapper(YourMixin, DatabaseWrapper)``), as Django's own
 wrappers are extended.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.core.exceptions import SynchronousOnlyOperation
 
@@ -45,21 +46,36 @@ ASYNC_UNSAFE_METHODS = (
 )
 
 
-def checked(function: F, message: str) -> F:
-    """``function`` behind Django's async-safety check, made the cheap way."""
+def checked(django_class: type, name: str) -> Callable[..., Any]:
+    """``django_class``'s method ``name``: Django's function behind the cheap check, while the
+    method is Django's own. Replaced (a test's ``mock.patch`` of ``BaseDatabaseWrapper.connect``,
+    say), the replacement is called as it is, as Django's own wrapper would."""
+    decorated = getattr(django_class, name)
+    function, message = async_unsafe_parts(decorated)  # type: ignore[misc]
 
     def async_unsafe(*args: Any, **kwargs: Any) -> Any:
+        current = getattr(django_class, name)
+        if current is not decorated:
+            return current(*args, **kwargs)
         if running_loop() is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
             raise SynchronousOnlyOperation(message)
         return function(*args, **kwargs)
 
-    return functools.wraps(function)(async_unsafe)  # type: ignore[return-value]
+    return functools.wraps(function)(async_unsafe)
 
 
-def django_function(method: F) -> F:
-    """Django's ``method`` without its ``@async_unsafe`` (for an override that makes the check)."""
+class DjangoMethod(NamedTuple):
+    """A Django method an override calls without its ``@async_unsafe`` (the override makes the
+    check): call ``function if getattr(cls, name) is decorated else getattr(cls, name)``, so a
+    replaced method (a test's patch) is still the one called."""
+
+    decorated: Callable[..., Any]
+    function: Callable[..., Any]
+
+
+def django_method(method: Callable[..., Any]) -> DjangoMethod:
     parts = async_unsafe_parts(method)
-    return method if parts is None else parts[0]  # type: ignore[return-value]
+    return DjangoMethod(method, method if parts is None else parts[0])
 
 
 def checked_like(method: Callable[..., Any]) -> Callable[[F], F]:
@@ -68,7 +84,16 @@ def checked_like(method: Callable[..., Any]) -> Callable[[F], F]:
     if parts is None:
         return lambda function: function
     message = parts[1]
-    return lambda function: checked(function, message)
+
+    def decorate(function: F) -> F:
+        def async_unsafe(*args: Any, **kwargs: Any) -> Any:
+            if running_loop() is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+                raise SynchronousOnlyOperation(message)
+            return function(*args, **kwargs)
+
+        return functools.wraps(function)(async_unsafe)  # type: ignore[return-value]
+
+    return decorate
 
 
 def cheap_async_checks(django_class: type) -> Callable[[C], C]:
@@ -78,9 +103,8 @@ def cheap_async_checks(django_class: type) -> Callable[[C], C]:
 
     def decorate(cls: C) -> C:
         for name in ASYNC_UNSAFE_METHODS:
-            parts = async_unsafe_parts(getattr(django_class, name, None))
-            if parts is not None and name not in cls.__dict__:
-                setattr(cls, name, checked(*parts))
+            if async_unsafe_parts(getattr(django_class, name, None)) is not None and name not in cls.__dict__:
+                setattr(cls, name, checked(django_class, name))
         return cls
 
     return decorate

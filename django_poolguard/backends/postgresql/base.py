@@ -29,7 +29,7 @@ from django_poolguard._compat import (
     initial_state,
     on_commit_pending,
 )
-from django_poolguard.backends.postgresql.async_check import cheap_async_checks, checked_like, django_function
+from django_poolguard.backends.postgresql.async_check import cheap_async_checks, checked_like, django_method
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.cursor import TimedCursorDebugWrapper, TimedCursorWrapper
 from django_poolguard.backends.postgresql.release import (
@@ -61,8 +61,8 @@ from django_poolguard.exceptions import PoolExhausted
 
 _TRANSACTION_IDLE = TransactionStatus.IDLE
 # Django's own, called without its @async_unsafe: the overrides below make that check.
-_django_get_new_connection = django_function(postgresql.DatabaseWrapper.get_new_connection)
-_django_create_cursor = django_function(postgresql.DatabaseWrapper.create_cursor)
+_GET_NEW_CONNECTION = django_method(postgresql.DatabaseWrapper.get_new_connection)
+_CREATE_CURSOR = django_method(postgresql.DatabaseWrapper.create_cursor)
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 logger = logging.getLogger("django_poolguard")
@@ -282,7 +282,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     @checked_like(postgresql.DatabaseWrapper.get_new_connection)
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        connection = _django_get_new_connection(self, conn_params)
+        django = postgresql.DatabaseWrapper.get_new_connection  # replaced by a test's patch?
+        get_new = _GET_NEW_CONNECTION.function if django is _GET_NEW_CONNECTION.decorated else django
+        connection = get_new(self, conn_params)
         pool = connection_pool(connection)
         if isinstance(pool, GuardedPool):
             checkout = pool.ledger.get(connection)
@@ -310,7 +312,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         checkout = self._guard_checkout
         if checkout is not None:
             checkout.last_used = monotonic()
-        return _django_create_cursor(self, name)
+        django = postgresql.DatabaseWrapper.create_cursor  # replaced by a test's patch?
+        return (_CREATE_CURSOR.function if django is _CREATE_CURSOR.decorated else django)(self, name)
 
     # The pool-time profile times statements and commits while the connection is checked out.
     # (Django's classes built here rather than through super(): one call less per cursor; the
