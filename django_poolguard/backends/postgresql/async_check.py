@@ -46,6 +46,12 @@ ASYNC_UNSAFE_METHODS = (
 )
 
 
+def refuse(message: str) -> None:
+    """Inside a running event loop: Django's refusal, unless ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set."""
+    if not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+        raise SynchronousOnlyOperation(message)
+
+
 def checked(django_class: type, name: str) -> Callable[..., Any]:
     """``django_class``'s method ``name``: Django's function behind the cheap check, while the
     method is Django's own. Replaced (a test's ``mock.patch`` of ``BaseDatabaseWrapper.connect``,
@@ -57,8 +63,8 @@ def checked(django_class: type, name: str) -> Callable[..., Any]:
         current = getattr(django_class, name)
         if current is not decorated:
             return current(*args, **kwargs)
-        if running_loop() is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
-            raise SynchronousOnlyOperation(message)
+        if running_loop() is not None:
+            refuse(message)
         return function(*args, **kwargs)
 
     return functools.wraps(function)(async_unsafe)
@@ -87,8 +93,8 @@ def checked_like(method: Callable[..., Any]) -> Callable[[F], F]:
 
     def decorate(function: F) -> F:
         def async_unsafe(*args: Any, **kwargs: Any) -> Any:
-            if running_loop() is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
-                raise SynchronousOnlyOperation(message)
+            if running_loop() is not None:
+                refuse(message)
             return function(*args, **kwargs)
 
         return functools.wraps(function)(async_unsafe)  # type: ignore[return-value]
