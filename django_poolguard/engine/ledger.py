@@ -144,6 +144,9 @@ class Ledger:
 
     def __init__(self) -> None:
         self._checkouts: dict[int, Checkout] = {}
+        #: The checkout of the connection with this ``id()``: the dict's own ``get``, a C call with
+        #: no Python frame (once per checkout, by the backend).
+        self.checkout_of: Callable[[int], Checkout | None] = self._checkouts.get
         self._acquired = AtomicCounter()
         self._returned = AtomicCounter()
         # Guards the rare-event counters below (read-modify-write is not atomic).

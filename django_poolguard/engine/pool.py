@@ -518,7 +518,10 @@ def _plumbing_codes() -> frozenset[int]:
     from django.utils.asyncio import async_unsafe
 
     functions: list[Any] = [async_unsafe(lambda: None)]
-    for cls in (BaseDatabaseWrapper, PostgresWrapper):
+    # Django's wrappers, and the backend's with their subclasses: what those put on these methods
+    # (cheap async checks, overrides) is plumbing too. Any of it missed would be walked and recorded
+    # in every acquire stack, before the application's frames, taking places of STACK_DEPTH.
+    for cls in (BaseDatabaseWrapper, PostgresWrapper, *_with_subclasses(registry.wrapper_classes)):
         for name in _compat.DJANGO_CONNECT_PATH:
             function = cls.__dict__.get(name)
             if function is not None:
@@ -530,6 +533,17 @@ def _plumbing_codes() -> frozenset[int]:
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
+
+
+def _with_subclasses(classes: tuple[type, ...]) -> list[type]:
+    found: list[type] = []
+    pending = list(classes)
+    while pending:
+        cls = pending.pop()
+        if cls not in found:
+            found.append(cls)
+            pending.extend(cls.__subclasses__())
+    return found
 
 
 def describe_holders(pool: GuardedPool, limit: int = 3) -> str:

@@ -63,6 +63,22 @@ def test_inside_an_event_loop_each_method_refuses_as_djangos_does(make_alias, na
     assert wrapper.connection is None  # refused before touching anything
 
 
+@pytest.mark.parametrize("name", guarded_by_django())
+def test_a_call_with_the_wrong_arguments_fails_as_djangos_does(make_alias, name):
+    """Methods that take only ``self`` get a wrapper without ``*args``: a bad call still gets
+    Django's own ``TypeError``, naming Django's method."""
+    wrapper = connections[make_alias()]
+    arguments = ARGUMENTS.get(name, ())
+    for bad in [(*arguments, "extra", "more")] + ([()] if arguments else []):
+        errors = []
+        for method in (getattr(postgresql.DatabaseWrapper, name), getattr(type(wrapper), name)):
+            with pytest.raises(TypeError) as raised:
+                method(wrapper, *bad)
+            errors.append(str(raised.value))
+        assert errors[0] == errors[1], name
+    assert wrapper.connection is None
+
+
 def test_the_releasing_wrappers_connect_refuses_before_touching_its_state(make_alias):
     alias = make_alias(poolguard={"release": "transaction"})
     wrapper = connections[alias]

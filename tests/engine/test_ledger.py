@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import connections
 
@@ -40,6 +42,24 @@ def test_checkout_records_holder_context_and_application_stack(make_alias):
 
     connections[alias].close()
     assert get_pool(alias).ledger.checkouts() == []
+
+
+@pytest.mark.parametrize("release", ["request", "transaction"])
+def test_the_recorded_stack_starts_at_the_applications_call_with_no_plumbing_frame(make_alias, release):
+    """The raw stack, not only the formatted one: a connection-opening frame recorded before the
+    application's would take a place of STACK_DEPTH in every checkout (and its capture costs more)."""
+    alias = make_alias(poolguard={"release": release})
+
+    def query_here() -> Any:
+        with connections[alias].cursor() as cursor:  # the checkout: cursor() opens the connection
+            [checkout] = get_pool(alias).ledger.checkouts()
+            cursor.execute("SELECT 1")
+            return checkout.stack
+
+    for _ in range(3):  # the first capture finds where the plumbing ends; the next ones probe there
+        raw = query_here()
+        assert raw[0] is query_here.__code__, [code.co_name for code in raw[::2]]  # type: ignore[union-attr]
+        connections[alias].close()
 
 
 def test_checkout_outside_any_context_is_labelled_by_thread(make_alias, holders):

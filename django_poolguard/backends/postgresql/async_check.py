@@ -17,6 +17,7 @@ wrappers are extended.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -25,7 +26,6 @@ from django.core.exceptions import SynchronousOnlyOperation
 
 from django_poolguard._compat import async_unsafe_parts, running_loop
 
-F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
 
 #: Django's ``@async_unsafe`` methods of the PostgreSQL wrapper (its own and BaseDatabaseWrapper's).
@@ -46,10 +46,21 @@ ASYNC_UNSAFE_METHODS = (
 )
 
 
-def refuse(message: str) -> None:
-    """Inside a running event loop: Django's refusal, unless ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set."""
-    if not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+def refuse(message: str | None) -> None:
+    """Inside a running event loop: Django's refusal with its ``message``, unless
+    ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set (``None``: Django makes no check there)."""
+    if message is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
         raise SynchronousOnlyOperation(message)
+
+
+def _takes_self_only(function: Callable[..., Any]) -> bool:
+    code = getattr(function, "__code__", None)
+    return (
+        code is not None
+        and code.co_argcount == 1
+        and not code.co_kwonlyargcount
+        and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+    )
 
 
 def checked(django_class: type, name: str) -> Callable[..., Any]:
@@ -59,53 +70,54 @@ def checked(django_class: type, name: str) -> Callable[..., Any]:
     decorated = getattr(django_class, name)
     function, message = async_unsafe_parts(decorated)  # type: ignore[misc]
 
-    def async_unsafe(*args: Any, **kwargs: Any) -> Any:
-        current = getattr(django_class, name)
-        if current is not decorated:
-            return current(*args, **kwargs)
-        if running_loop() is not None:
-            refuse(message)
-        return function(*args, **kwargs)
+    if _takes_self_only(function):
+        # cursor(), ensure_connection() (twice), connect(), close(): five calls per checkout. Without
+        # *args and **kwargs, no tuple and dict are built per call (a third of the wrapper's cost).
+        def async_unsafe(self: Any) -> Any:
+            current = getattr(django_class, name)
+            if current is not decorated:
+                return current(self)
+            if running_loop() is not None:
+                refuse(message)
+            return function(self)
+
+    else:
+
+        def async_unsafe(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            current = getattr(django_class, name)
+            if current is not decorated:
+                return current(*args, **kwargs)
+            if running_loop() is not None:
+                refuse(message)
+            return function(*args, **kwargs)
 
     return functools.wraps(function)(async_unsafe)
 
 
 class DjangoMethod(NamedTuple):
-    """A Django method an override calls without its ``@async_unsafe`` (the override makes the
-    check): call ``function if getattr(cls, name) is decorated else getattr(cls, name)``, so a
-    replaced method (a test's patch) is still the one called."""
+    """A Django method an override of poolguard's calls without its ``@async_unsafe``. The
+    override makes the check itself, in its own body (no wrapper call per checkout)::
+
+        if running_loop() is not None:
+            refuse(METHOD.message)
+        django = DjangoClass.method  # replaced by a test's patch?
+        (METHOD.function if django is METHOD.decorated else django)(self, ...)
+    """
 
     decorated: Callable[..., Any]
     function: Callable[..., Any]
+    message: str | None  # None: Django makes no check on this method
 
 
 def django_method(method: Callable[..., Any]) -> DjangoMethod:
     parts = async_unsafe_parts(method)
-    return DjangoMethod(method, method if parts is None else parts[0])
-
-
-def checked_like(method: Callable[..., Any]) -> Callable[[F], F]:
-    """A decorator: the function under the check Django's ``method`` makes (none if it makes none)."""
-    parts = async_unsafe_parts(method)
-    if parts is None:
-        return lambda function: function
-    message = parts[1]
-
-    def decorate(function: F) -> F:
-        def async_unsafe(*args: Any, **kwargs: Any) -> Any:
-            if running_loop() is not None:
-                refuse(message)
-            return function(*args, **kwargs)
-
-        return functools.wraps(function)(async_unsafe)  # type: ignore[return-value]
-
-    return decorate
+    return DjangoMethod(method, method, None) if parts is None else DjangoMethod(method, *parts)
 
 
 def cheap_async_checks(django_class: type) -> Callable[[C], C]:
     """A class decorator: each ``@async_unsafe`` method the class inherits from ``django_class``
-    becomes Django's function under the cheap check (the methods it defines are its own to check,
-    see :func:`checked_like`). A method Django no longer decorates is left as Django's."""
+    becomes Django's function under the cheap check (the methods it defines make the check
+    themselves, see :class:`DjangoMethod`). A method Django no longer decorates is left as Django's."""
 
     def decorate(cls: C) -> C:
         for name in ASYNC_UNSAFE_METHODS:

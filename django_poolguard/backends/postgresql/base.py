@@ -28,8 +28,9 @@ from django_poolguard._compat import (
     connection_pool,
     initial_state,
     on_commit_pending,
+    running_loop,
 )
-from django_poolguard.backends.postgresql.async_check import cheap_async_checks, checked_like, django_method
+from django_poolguard.backends.postgresql.async_check import cheap_async_checks, django_method, refuse
 from django_poolguard.backends.postgresql.creation import DatabaseCreation
 from django_poolguard.backends.postgresql.cursor import TimedCursorDebugWrapper, TimedCursorWrapper
 from django_poolguard.backends.postgresql.release import (
@@ -63,6 +64,7 @@ _TRANSACTION_IDLE = TransactionStatus.IDLE
 # Django's own, called without its @async_unsafe: the overrides below make that check.
 _GET_NEW_CONNECTION = django_method(postgresql.DatabaseWrapper.get_new_connection)
 _CREATE_CURSOR = django_method(postgresql.DatabaseWrapper.create_cursor)
+_CONNECT = django_method(BaseDatabaseWrapper.connect)
 NO_DB_ALIAS: str = postgresql.NO_DB_ALIAS  # type: ignore[attr-defined]
 APPLICATION_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 logger = logging.getLogger("django_poolguard")
@@ -280,14 +282,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return commit
         return configure_session(connection, config, self.get_connection_params()) or commit
 
-    @checked_like(postgresql.DatabaseWrapper.get_new_connection)
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if running_loop() is not None:
+            refuse(_GET_NEW_CONNECTION.message)
         django = postgresql.DatabaseWrapper.get_new_connection  # replaced by a test's patch?
         get_new = _GET_NEW_CONNECTION.function if django is _GET_NEW_CONNECTION.decorated else django
         connection = get_new(self, conn_params)
         pool = connection_pool(connection)
         if isinstance(pool, GuardedPool):
-            checkout = pool.ledger.get(connection)
+            checkout = pool.ledger.checkout_of(id(connection))
             if checkout is not None:
                 checkout.wrapper_ref = self._guard_ref
             self._guard_checkout = checkout
@@ -307,8 +310,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._guard_checkout = None
         super()._close()  # type: ignore[misc]
 
-    @checked_like(postgresql.DatabaseWrapper.create_cursor)
     def create_cursor(self, name: Any = None) -> Any:
+        if running_loop() is not None:
+            refuse(_CREATE_CURSOR.message)
         checkout = self._guard_checkout
         if checkout is not None:
             checkout.last_used = monotonic()
@@ -384,8 +388,9 @@ class TransactionReleasingWrapper(DatabaseWrapper):
         finally:
             self._guard_opening_cursors -= 1
 
-    @checked_like(BaseDatabaseWrapper.connect)
     def connect(self) -> None:
+        if running_loop() is not None:  # before any state is touched
+            refuse(_CONNECT.message)
         # A new checkout: no pin, no open cursor. Never released while connecting: the
         # connection_created receivers query.
         self._guard_releasing = False
@@ -489,9 +494,9 @@ _SET_AUTOCOMMIT_CODES = frozenset(
 )
 
 # The pool registry forgets our wrappers' inherited connections after fork (TransactionReleasingWrapper
-# is a DatabaseWrapper), and acquire stacks leave out these connection-opening frames, without the
-# engine importing the backend.
-register_backend(DatabaseWrapper, DatabaseWrapper.get_new_connection, TransactionReleasingWrapper.connect)
+# is a DatabaseWrapper), and acquire stacks leave out the connection-opening methods of this class and
+# its subclasses (their overrides and cheap async checks), without the engine importing the backend.
+register_backend(DatabaseWrapper)
 
 __all__ = [
     "DEFAULT_DB_ALIAS",
