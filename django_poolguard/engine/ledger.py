@@ -144,8 +144,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self._checkouts: dict[int, Checkout] = {}
-        #: The checkout of the connection with this ``id()``: the dict's own ``get``, a C call with
-        #: no Python frame (once per checkout, by the backend).
+        #: The checkout of the connection with this ``id()``, if it is out: the dict's own ``get``,
+        #: a C call with no Python frame (the backend calls it once per checkout).
         self.checkout_of: Callable[[int], Checkout | None] = self._checkouts.get
         self._acquired = AtomicCounter()
         self._returned = AtomicCounter()
@@ -205,9 +205,6 @@ class Ledger:
             if guard_settings.PROFILE:  # the pool-time profile
                 self.profile.fold(checkout, now, held)
         return checkout
-
-    def get(self, connection: Any) -> Checkout | None:
-        return self._checkouts.get(id(connection))
 
     def checkouts(self) -> list[Checkout]:
         """The current checkouts, oldest first."""

@@ -527,9 +527,6 @@ def _plumbing_codes() -> frozenset[int]:
             if function is not None:
                 functions.append(function)
                 functions.append(getattr(function, "__wrapped__", function))
-    for function in registry.plumbing:  # the backend's own (see register_backend), and what they wrap
-        functions.append(function)
-        functions.append(getattr(function, "__wrapped__", function))
     # By id: these functions live as long as their modules, so their code objects do too.
     _PLUMBING = frozenset(id(f.__code__) for f in functions if hasattr(f, "__code__"))
     return _PLUMBING
@@ -587,10 +584,9 @@ class Registry:
 
     # Set in processes that own their pools until exit (Celery workers): see keep_pools_open().
     keep_open: bool = False
-    # The backend's DatabaseWrapper classes: after fork, their inherited connections are forgotten.
+    # The backend's DatabaseWrapper classes: after fork, their inherited connections are forgotten;
+    # their connection-opening methods (and their subclasses') are left out of acquire stacks.
     wrapper_classes: tuple[type, ...] = ()
-    # The backend's own connection-opening functions, left out of acquire stacks with Django's.
-    plumbing: tuple[Callable[..., Any], ...] = ()
     # Called (from a weakref callback, inside the garbage collector) when a checkout's wrapper is
     # collected: the runtime asks for a leak scan soon. Each must take no lock and do no I/O.
     wrapper_collected: list[Callable[[], None]] = field(default_factory=list)
@@ -605,12 +601,11 @@ class Registry:
 registry = Registry()
 
 
-def register_backend(wrapper_class: type, *plumbing: Callable[..., Any]) -> None:
-    """Tell the pool registry about the ENGINE's wrapper class and its connection-opening functions."""
+def register_backend(wrapper_class: type) -> None:
+    """Tell the pool registry about the ENGINE's wrapper class."""
     global _PLUMBING
     if wrapper_class not in registry.wrapper_classes:
         registry.wrapper_classes = (*registry.wrapper_classes, wrapper_class)
-    registry.plumbing = (*registry.plumbing, *(f for f in plumbing if f not in registry.plumbing))
     _PLUMBING = frozenset()  # recomputed at the next checkout
 
 

@@ -175,7 +175,7 @@ def _hoarding(checkout: Checkout, now: float, threshold: float) -> bool:
 
 def reclaim(pool: GuardedPool, checkout: Checkout, reason: str) -> None:
     """Give an orphaned checkout's slot back to the pool: roll back, detach, return, report."""
-    if pool.ledger.get(checkout.connection) is not checkout:
+    if pool.ledger.checkout_of(id(checkout.connection)) is not checkout:
         return  # returned meanwhile
     report = _report(pool, checkout, RECLAIMED, reason=reason)
     connection = checkout.connection

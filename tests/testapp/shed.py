@@ -19,7 +19,7 @@ from tests.metrics_view import metrics_view
 def _query(alias: str) -> dict[str, object]:
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT 1")
-    checkout = get_pool(alias).ledger.get(connections[alias].connection)
+    checkout = get_pool(alias).ledger.checkout_of(id(connections[alias].connection))
     return {"context": current_context(), "ledger_context": checkout.context if checkout else None}
 
 
