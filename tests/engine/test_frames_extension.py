@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import sysconfig
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,35 @@ def test_the_c_walk_matches_pythons_and_takes_bad_input_without_crashing():
         _frames.after_hint(1, 5, [1, 2])  # a set of code ids, not a list
     assert _frames.after_hint(10**6, 5, PLUMBING) is None  # deeper than the stack
     assert _frames.after_hint(0, 5, PLUMBING) is None  # the frame there is not plumbing
+
+
+def _nested(levels: int, work: Any) -> Any:
+    return _nested(levels - 1, work) if levels else work()
+
+
+def test_the_c_walk_keeps_no_reference_it_does_not_return():
+    # Every code object and offset the walk takes goes into the tuple it returns, or is let go:
+    # after thousands of walks nothing has gained a reference (a leak here grows with traffic).
+    if not stacks.ACCELERATED:
+        pytest.skip("the _frames extension was not built here")
+    from django_poolguard.engine import _frames
+
+    def plumbing() -> Any:
+        return _frames.after_hint(0, 200, codes)
+
+    codes = frozenset({id(plumbing.__code__)})
+
+    def walk_all() -> tuple[int, int]:
+        here = sys._getframe()
+        before = sys.getrefcount(_nested.__code__), sys.getrefcount(walk_all.__code__)
+        for _ in range(2000):
+            assert _frames.walk(here, 10)[0] is walk_all.__code__  # within the walk's own buffer
+            assert len(_frames.walk(here, 200)) > 2 * 64  # past it
+            assert plumbing()[0] is walk_all.__code__
+        after = sys.getrefcount(_nested.__code__), sys.getrefcount(walk_all.__code__)
+        return before[0] - after[0], before[1] - after[1]
+
+    assert _nested(100, walk_all) == (0, 0)
 
 
 def test_the_c_walk_is_built_wherever_a_compiler_is():

@@ -95,6 +95,47 @@ def test_depth_bounds_the_frames_kept():
     assert _plumbing_outer(-5) == ()
 
 
+def _recurse(levels: int, depth: int) -> tuple[stacks.RawStack, list[object]]:
+    if levels:
+        return _recurse(levels - 1, depth)
+    return _plumbing_outer(depth), _expected_from(sys._getframe(), depth)
+
+
+def test_a_stack_deeper_than_the_walks_buffer_is_kept_whole_and_in_order():
+    # The C walk keeps 64 frames on its own stack and the rest in a list: both, joined in order.
+    for depth in (63, 64, 65, 150):
+        raw, expected = _recurse(120, depth)
+        assert len(expected) == depth
+        assert _codes(raw) == expected
+        assert all(isinstance(offset, int) for offset in raw[1::2])
+
+
+def test_any_set_of_plumbing_codes_gives_the_same_stack_however_many_are_in_use():
+    # The C capture remembers the last few sets it was given as addresses; more sets than it
+    # remembers and a set with something else in it take a path of their own.
+    def capture_with(codes: Any) -> stacks.RawStack:
+        def inner() -> stacks.RawStack:
+            return stacks.capture(1, 20, codes)
+
+        def middle() -> stacks.RawStack:
+            return inner()
+
+        return middle()
+
+    def taker(codes: Any) -> tuple[stacks.RawStack, list[object]]:
+        return capture_with(codes), _expected_from(sys._getframe(), 20)
+
+    codes = {id(capture_with.__code__)} | {
+        id(const) for const in capture_with.__code__.co_consts if hasattr(const, "co_code")
+    }
+    sets = [frozenset(codes | {n}) for n in range(7)] + [frozenset(codes | {"not an id", -1})]
+    for _ in range(3):
+        for skip in sets:
+            raw, expected = taker(skip)
+            assert _codes(raw)[0] is taker.__code__
+            assert _codes(raw) == expected
+
+
 def test_a_plumbing_only_stack_keeps_what_is_there():
     # A thread whose whole stack is plumbing: the capture ends where the stack does.
     result: list[stacks.RawStack] = []
