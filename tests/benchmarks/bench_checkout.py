@@ -5,6 +5,7 @@ out (``cursor()``), run ``SELECT 1``, give it back (``close()``). Engines are me
 short alternating slices so drift on the machine hits them alike (see ``Interleaved``).
 
     python tests/benchmarks/bench_checkout.py [--slice 0.25] [--rounds 40] [--threads 1 8] [--skip-nopool]
+    python tests/benchmarks/bench_checkout.py --only poolguard --rounds 150   # fewer engines, more cycles
     python tests/benchmarks/bench_checkout.py --instructions   # CPU instructions per checkout (valgrind)
     python tests/benchmarks/bench_checkout.py --opcodes        # Python bytecodes per checkout (exact)
     python tests/benchmarks/bench_checkout.py --in-context     # ns of the stack capture and the fold, in place
@@ -275,6 +276,17 @@ def in_context(rounds: int = 5, checkouts: int = 5000) -> None:
 
         return run
 
+    def timed_capture(skip: int = 1, depth: int = 20, skip_codes: frozenset[int] = frozenset()) -> Any:
+        # One frame more than the caller's: skip it, or the capture would start here, miss the
+        # plumbing and walk it (a path no checkout takes). The stacks are checked below.
+        started = perf_counter_ns()
+        result = capture(skip + 1, depth, skip_codes)
+        spent[0] += perf_counter_ns() - started
+        spent[1] += 1
+        if result[:1] != (one_checkout.__code__,):
+            raise SystemExit("--in-context: the acquire stack does not start at the checkout's caller")
+        return result
+
     pieces = {
         "an empty call (the baseline)": ("fold", lambda *args: None),
         "the acquire stack's capture": ("capture", capture),
@@ -285,7 +297,7 @@ def in_context(rounds: int = 5, checkouts: int = 5000) -> None:
         for name, (where, function) in pieces.items():
             stacks.capture, Profile.fold = capture, fold  # type: ignore[method-assign]
             if where == "capture":
-                stacks.capture = timed(function)
+                stacks.capture = timed_capture
             else:
                 Profile.fold = timed(function)  # type: ignore[method-assign]
             spent[:] = [0, 0]
@@ -347,6 +359,14 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-nopool", action="store_true", help="leave out the (slow) no-pool column")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ENGINE",
+        help='measure only these engines (row names, e.g. poolguard "profile off") beside native and'
+        " native, again: with fewer engines each cycle is shorter, so more cycles fit and the medians"
+        " tighten",
+    )
     parser.add_argument("--instructions", action="store_true", help="count CPU instructions with valgrind")
     parser.add_argument("--opcodes", action="store_true", help="count Python bytecodes per checkout")
     parser.add_argument(
@@ -400,6 +420,13 @@ def main() -> None:
     engines = {"native": rows.pop("native"), "native, again": ("native_again", True, True), **rows}
     if not args.skip_nopool:
         engines["no pool"] = ("nopool", True, True)
+    if args.only:
+        unknown = sorted(set(args.only) - set(engines))
+        if unknown:
+            parser.error(f"--only {' '.join(unknown)}: the engines are {', '.join(map(repr, engines))}")
+        engines = {
+            name: row for name, row in engines.items() if name in ("native", "native, again", *args.only)
+        }
     print(
         f"checkouts/s (acquire + SELECT 1 + release): {args.rounds} cycles of {args.slice:g} s slices,"
         " every engine once per cycle, the order turning each cycle"

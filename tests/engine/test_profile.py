@@ -3,6 +3,7 @@ ranked by pool-seconds, with the idle, N+1 and retry findings and bounded labels
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -163,7 +164,12 @@ def test_each_return_adds_its_figures_and_buckets_exactly():
     profile = Profile()
     n = 777
     queries = [i % 9 if i % 100 else 1500 for i in range(n)]  # 1,500: past every bound
-    waits = [(i % 13) * 0.0002 for i in range(n)]
+    # Every bound, and the floats either side of it: a wait equal to a bound is in its bucket.
+    edges = [
+        w for bound in WAIT_BOUNDS for w in (bound, math.nextafter(bound, 0), math.nextafter(bound, 1e9))
+    ]
+    edges += [0.0, 1e-9, 100.0]
+    waits = edges + [(i % 13) * 0.0002 for i in range(n - len(edges))]
     for i in range(n):
         checkout = Checkout(object(), waits[i], (), None, started=100.0)
         checkout.scope = Scope("GET /orders/")
