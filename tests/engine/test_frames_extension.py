@@ -56,7 +56,10 @@ def test_the_c_walk_keeps_no_reference_it_does_not_return():
     def plumbing() -> Any:
         return _frames.after_hint(0, 200, codes)
 
-    codes = frozenset({id(plumbing.__code__)})
+    def plumbing_in_a_set() -> Any:  # a mutable set: looked up as Python would, not remembered
+        return _frames.after_hint(0, 200, set(codes))
+
+    codes = frozenset({id(plumbing.__code__), id(plumbing_in_a_set.__code__)})
 
     def walk_all() -> tuple[int, int]:
         here = sys._getframe()
@@ -65,6 +68,7 @@ def test_the_c_walk_keeps_no_reference_it_does_not_return():
             assert _frames.walk(here, 10)[0] is walk_all.__code__  # within the walk's own buffer
             assert len(_frames.walk(here, 200)) > 2 * 64  # past it
             assert plumbing()[0] is walk_all.__code__
+            assert plumbing_in_a_set()[0] is walk_all.__code__
         after = sys.getrefcount(_nested.__code__), sys.getrefcount(walk_all.__code__)
         return before[0] - after[0], before[1] - after[1]
 
