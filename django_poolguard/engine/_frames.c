@@ -150,16 +150,14 @@ walk_from(PyObject *frame, Py_ssize_t depth)
     Py_ssize_t extra = more == NULL ? 0 : PyList_Size(more);
     result = PyTuple_New(n + extra);
     if (result != NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t i = 0; i < n; i++)
             PyTuple_SetItem(result, i, buffer[i]); /* steals: the buffer gives its references up */
-            buffer[i] = NULL;
-        }
         for (Py_ssize_t i = 0; i < extra; i++) {
             PyObject *item = PyList_GetItem(more, i);
             Py_INCREF(item);
             PyTuple_SetItem(result, n + i, item);
         }
-        n = 0;
+        n = 0; /* nothing left to let go of */
     }
 done:
     for (Py_ssize_t i = 0; i < n; i++)
